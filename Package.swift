@@ -1,0 +1,62 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// libnl's headers live under /usr/include/libnl3 on Debian.
+let libnlInclude: [CSetting] = [.unsafeFlags(["-I/usr/include/libnl3"])]
+
+let package = Package(
+    name: "Bulkhead",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "bulkhead", targets: ["bulkhead"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        // C shims: constants, struct mirrors and wrappers Swift cannot import directly.
+        .target(name: "CLinux"),
+        .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
+        .target(name: "CNetlink", cSettings: libnlInclude,
+                linkerSettings: [.linkedLibrary("nl-route-3"), .linkedLibrary("nl-3")]),
+
+        // The only Swift modules that make syscalls.
+        .target(name: "HostOS", dependencies: ["CLinux"]),
+        .target(name: "URing", dependencies: ["CURing", "HostOS"]),
+        .target(name: "Netlink", dependencies: ["CNetlink", "HostOS"]),
+
+        // Pure Swift, no syscalls: fuzzable.
+        .target(name: "Virtio"),
+        .target(name: "Config"),
+        .target(name: "Switch", dependencies: ["Virtio", "Config"]),
+
+        // The switch's port drivers and engine loop (io_uring, TAP).
+        .target(name: "SwitchEngine", dependencies: [
+            "Switch", "Config", "Virtio", "HostOS", "URing", "Netlink",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .executableTarget(name: "bulkhead", dependencies: [
+            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+
+        .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio"]),
+        .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config"]),
+
+        .executableTarget(
+            name: "SwitchBenchmarks",
+            dependencies: ["Switch", "Config", .product(name: "Benchmark", package: "benchmark")],
+            path: "Benchmarks/SwitchBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,133 @@
+#define _GNU_SOURCE
+#include "CLinux.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+const unsigned long bh_TUNSETIFF = TUNSETIFF;
+const unsigned long bh_TUNSETOFFLOAD = TUNSETOFFLOAD;
+const unsigned long bh_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+const unsigned long bh_TUNGETIFF = TUNGETIFF;
+const int bh_IFF_TAP = IFF_TAP;
+const int bh_IFF_NO_PI = IFF_NO_PI;
+const int bh_IFF_VNET_HDR = IFF_VNET_HDR;
+const int bh_IFF_MULTI_QUEUE = IFF_MULTI_QUEUE;
+const unsigned int bh_TUN_F_CSUM = TUN_F_CSUM;
+const unsigned int bh_TUN_F_TSO4 = TUN_F_TSO4;
+const unsigned int bh_TUN_F_TSO6 = TUN_F_TSO6;
+const unsigned int bh_TUN_F_TSO_ECN = TUN_F_TSO_ECN;
+
+int bh_tap_open(const char *name, int flags, char *actual_name) {
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = (short)flags;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    if (actual_name) {
+        memcpy(actual_name, ifr.ifr_name, IFNAMSIZ);
+        actual_name[IFNAMSIZ - 1] = 0;
+    }
+    return fd;
+}
+
+int bh_ioctl_int(int fd, unsigned long request, unsigned long arg) {
+    return ioctl(fd, request, arg) < 0 ? -errno : 0;
+}
+
+int bh_ioctl_ptr(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg) < 0 ? -errno : 0;
+}
+
+static int netns_path(const char *name, char *out, size_t size) {
+    if (!name[0] || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return -EINVAL;
+    int n = snprintf(out, size, "/run/netns/%s", name);
+    return (n < 0 || (size_t)n >= size) ? -ENAMETOOLONG : 0;
+}
+
+struct netns_job { const char *path; int result; };
+
+// Runs on a thread of its own: unshare() moves only the calling thread into the new namespace.
+static void *netns_create_thread(void *arg) {
+    struct netns_job *job = arg;
+    if (unshare(CLONE_NEWNET) < 0) { job->result = -errno; return NULL; }
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
+    if (mount(self, job->path, "none", MS_BIND, NULL) < 0) { job->result = -errno; return NULL; }
+    job->result = 0;
+    return NULL;
+}
+
+int bh_netns_create(const char *name) {
+    char path[256];
+    int r = netns_path(name, path, sizeof path);
+    if (r) return r;
+    if (mkdir("/run/netns", 0755) < 0 && errno != EEXIST) return -errno;
+    // Like iproute2: make /run/netns a shared mount point so the namespaces are visible in
+    // mount namespaces created later.
+    if (mount("", "/run/netns", "none", MS_SHARED | MS_REC, NULL) < 0) {
+        if (errno == EINVAL) {
+            if (mount("/run/netns", "/run/netns", "none", MS_BIND | MS_REC, NULL) == 0)
+                (void)mount("", "/run/netns", "none", MS_SHARED | MS_REC, NULL);
+        }
+    }
+    int fd = open(path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+    if (fd < 0) return -errno;
+    close(fd);
+    struct netns_job job = { path, -EIO };
+    pthread_t thread;
+    int err = pthread_create(&thread, NULL, netns_create_thread, &job);
+    if (err) { unlink(path); return -err; }
+    pthread_join(thread, NULL);
+    if (job.result < 0) unlink(path);
+    return job.result;
+}
+
+int bh_netns_delete(const char *name) {
+    char path[256];
+    int r = netns_path(name, path, sizeof path);
+    if (r) return r;
+    if (umount2(path, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) return -errno;
+    if (unlink(path) < 0 && errno != ENOENT) return -errno;
+    return 0;
+}
+
+int bh_netns_open(const char *name) {
+    char path[256];
+    int r = netns_path(name, path, sizeof path);
+    if (r) return r;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int bh_setns_net(int nsfd) {
+    return setns(nsfd, CLONE_NEWNET) < 0 ? -errno : 0;
+}
+
+int bh_flock_exclusive(int fd) {
+    return flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : 0;
+}
+
+uint64_t bh_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,48 @@
+#ifndef BULKHEAD_CLINUX_H
+#define BULKHEAD_CLINUX_H
+// Linux constants and helpers Swift cannot import (function-like macros, variadic ioctl).
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+// TUN/TAP ioctl requests and flags (linux/if_tun.h).
+extern const unsigned long bh_TUNSETIFF;
+extern const unsigned long bh_TUNSETOFFLOAD;
+extern const unsigned long bh_TUNSETVNETHDRSZ;
+extern const unsigned long bh_TUNGETIFF;
+extern const int bh_IFF_TAP;
+extern const int bh_IFF_NO_PI;
+extern const int bh_IFF_VNET_HDR;
+extern const int bh_IFF_MULTI_QUEUE;
+extern const unsigned int bh_TUN_F_CSUM;
+extern const unsigned int bh_TUN_F_TSO4;
+extern const unsigned int bh_TUN_F_TSO6;
+extern const unsigned int bh_TUN_F_TSO_ECN;
+
+/// Opens /dev/net/tun and attaches it to TAP device `name` with `flags`
+/// (IFF_TAP | IFF_NO_PI | ...). Returns the fd, or -errno. The kernel's chosen
+/// name is written to `actual_name` (IFNAMSIZ bytes).
+int bh_tap_open(const char *name, int flags, char *actual_name);
+
+/// ioctl with an integer argument. Returns 0 or -errno.
+int bh_ioctl_int(int fd, unsigned long request, unsigned long arg);
+/// ioctl with a pointer argument. Returns 0 or -errno.
+int bh_ioctl_ptr(int fd, unsigned long request, void *arg);
+
+/// Creates the named network namespace at /run/netns/<name> the way `ip netns add` does
+/// (a fresh namespace bind-mounted on that path). Returns 0, -EEXIST, or -errno.
+int bh_netns_create(const char *name);
+/// Unmounts and removes /run/netns/<name>. Returns 0 or -errno.
+int bh_netns_delete(const char *name);
+/// Opens /run/netns/<name> read-only. Returns the fd or -errno.
+int bh_netns_open(const char *name);
+/// Enters the network namespace `nsfd` on the calling thread. Returns 0 or -errno.
+int bh_setns_net(int nsfd);
+
+/// Takes an exclusive, non-blocking flock on `fd`. Returns 0, -EWOULDBLOCK, or -errno.
+int bh_flock_exclusive(int fd);
+
+/// Returns CLOCK_MONOTONIC in nanoseconds.
+uint64_t bh_monotonic_ns(void);
+
+#endif

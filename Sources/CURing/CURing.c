@@ -1,0 +1,107 @@
+// glibc's <sys/select.h> must come before <liburing.h>: liburing sets feature macros that
+// otherwise change fd_set's definition from the one Swift's Glibc module saw.
+#include <sys/select.h>
+#include <liburing.h>
+#include <errno.h>
+#include <stdlib.h>
+#include "CURing.h"
+
+struct bh_ring { struct io_uring ring; };
+
+bh_ring *bh_ring_create(unsigned entries, unsigned flags, int *err) {
+    bh_ring *r = calloc(1, sizeof *r);
+    if (!r) { *err = -ENOMEM; return NULL; }
+    int ret = io_uring_queue_init(entries, &r->ring, flags);
+    if (ret < 0) { free(r); *err = ret; return NULL; }
+    *err = 0;
+    return r;
+}
+
+void bh_ring_destroy(bh_ring *r) {
+    if (!r) return;
+    io_uring_queue_exit(&r->ring);
+    free(r);
+}
+
+int bh_ring_register_files(bh_ring *r, const int *fds, unsigned count) {
+    return io_uring_register_files(&r->ring, fds, count);
+}
+
+unsigned bh_ring_sq_space(bh_ring *r) { return io_uring_sq_space_left(&r->ring); }
+
+static struct io_uring_sqe *sqe_for(bh_ring *r) { return io_uring_get_sqe(&r->ring); }
+
+static void finish(struct io_uring_sqe *sqe, int fixed_file, uint64_t user_data) {
+    if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, user_data);
+}
+
+int bh_ring_prep_read(bh_ring *r, int fd, int fixed, void *buf, unsigned len, int64_t off, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_read(sqe, fd, buf, len, (__u64)off);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+int bh_ring_prep_write(bh_ring *r, int fd, int fixed, const void *buf, unsigned len, int64_t off, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_write(sqe, fd, buf, len, (__u64)off);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+int bh_ring_prep_readv(bh_ring *r, int fd, int fixed, const void *iov, unsigned n, int64_t off, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_readv(sqe, fd, (const struct iovec *)iov, n, (__u64)off);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+int bh_ring_prep_writev(bh_ring *r, int fd, int fixed, const void *iov, unsigned n, int64_t off, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_writev(sqe, fd, (const struct iovec *)iov, n, (__u64)off);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+int bh_ring_prep_fsync(bh_ring *r, int fd, int fixed, int datasync, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+int bh_ring_prep_nop(bh_ring *r, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_nop(sqe);
+    finish(sqe, 0, ud);
+    return 0;
+}
+
+int bh_ring_submit(bh_ring *r) { return io_uring_submit(&r->ring); }
+
+int bh_ring_submit_and_wait(bh_ring *r, unsigned wait_nr) {
+    int ret;
+    do { ret = io_uring_submit_and_wait(&r->ring, wait_nr); } while (ret == -EINTR);
+    return ret;
+}
+
+unsigned bh_ring_reap(bh_ring *r, bh_completion *out, unsigned max) {
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        if (n == max) break;
+        out[n].user_data = cqe->user_data;
+        out[n].res = cqe->res;
+        out[n].flags = cqe->flags;
+        n++;
+    }
+    io_uring_cq_advance(&r->ring, n);
+    return n;
+}

@@ -1,0 +1,44 @@
+#ifndef BULKHEAD_CURING_H
+#define BULKHEAD_CURING_H
+// A narrow C surface over liburing: Swift sees an opaque ring and plain functions.
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct bh_ring bh_ring;
+
+/// One completion, copied out of the completion queue.
+typedef struct bh_completion {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+} bh_completion;
+
+/// Creates a ring with `entries` submission slots. Returns NULL and sets *err to -errno on failure.
+bh_ring *bh_ring_create(unsigned entries, unsigned flags, int *err);
+void bh_ring_destroy(bh_ring *ring);
+
+/// Registers `count` fds as fixed files; later SQEs name them by index. Returns 0 or -errno.
+int bh_ring_register_files(bh_ring *ring, const int *fds, unsigned count);
+
+/// Number of free submission slots.
+unsigned bh_ring_sq_space(bh_ring *ring);
+
+/// Queues a read/write of `len` bytes at `buf`. `fixed_file` nonzero means `fd` is a registered
+/// file index. `offset` is the file offset, or -1 for the current position (streams).
+/// Returns 0, or -EBUSY when the submission queue is full.
+int bh_ring_prep_read(bh_ring *ring, int fd, int fixed_file, void *buf, unsigned len, int64_t offset, uint64_t user_data);
+int bh_ring_prep_write(bh_ring *ring, int fd, int fixed_file, const void *buf, unsigned len, int64_t offset, uint64_t user_data);
+int bh_ring_prep_readv(bh_ring *ring, int fd, int fixed_file, const void *iov, unsigned iovcnt, int64_t offset, uint64_t user_data);
+int bh_ring_prep_writev(bh_ring *ring, int fd, int fixed_file, const void *iov, unsigned iovcnt, int64_t offset, uint64_t user_data);
+int bh_ring_prep_fsync(bh_ring *ring, int fd, int fixed_file, int datasync, uint64_t user_data);
+int bh_ring_prep_nop(bh_ring *ring, uint64_t user_data);
+
+/// Submits queued SQEs. Returns the number submitted or -errno.
+int bh_ring_submit(bh_ring *ring);
+/// Submits queued SQEs and waits until at least `wait_nr` completions are available.
+int bh_ring_submit_and_wait(bh_ring *ring, unsigned wait_nr);
+
+/// Copies up to `max` available completions into `out` and marks them seen. Returns how many.
+unsigned bh_ring_reap(bh_ring *ring, bh_completion *out, unsigned max);
+
+#endif

@@ -1,0 +1,313 @@
+/// The host configuration: one JSON document per host.
+///
+/// These types are the validated, typed form of that document. They are produced only by
+/// `HostConfiguration.load(...)`/`decode(...)` (see `Decoding.swift`), which checks every rule
+/// listed in `Validation.swift` and reports every problem with its JSON path.
+public struct HostConfiguration: Sendable, Equatable {
+    public var host: HostSettings
+    public var principals: [Principal]
+    public var tenants: [Tenant]
+
+    public init(host: HostSettings, principals: [Principal] = [], tenants: [Tenant] = []) {
+        self.host = host
+        self.principals = principals
+        self.tenants = tenants
+    }
+}
+
+public struct HostSettings: Sendable, Equatable {
+    /// Absolute path of the directory that holds the daemon's lock, status and tenant data.
+    public var stateDirectory: String
+    /// Path of the management API's Unix socket; default `<stateDirectory>/control.sock`.
+    public var controlSocket: String?
+    /// Path of the audit log; default `<stateDirectory>/audit.log`.
+    public var auditLog: String?
+
+    public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil) {
+        self.stateDirectory = stateDirectory
+        self.controlSocket = controlSocket
+        self.auditLog = auditLog
+    }
+}
+
+public enum Role: String, Sendable, Equatable, CaseIterable {
+    /// Everything on the host.
+    case hostAdmin = "host-admin"
+    /// Everything within one tenant (requires `tenant`).
+    case tenantAdmin = "tenant-admin"
+    /// Read-only access to one tenant's state (requires `tenant`).
+    case tenantViewer = "tenant-viewer"
+    /// Reads and verifies the audit log, nothing else.
+    case auditor = "auditor"
+}
+
+public struct Principal: Sendable, Equatable {
+    public var name: String
+    public var uid: UInt32
+    public var role: Role
+    public var tenant: String?
+
+    public init(name: String, uid: UInt32, role: Role, tenant: String? = nil) {
+        self.name = name; self.uid = uid; self.role = role; self.tenant = tenant
+    }
+}
+
+public struct Tenant: Sendable, Equatable {
+    public var id: String
+    public var segments: [Segment]
+    public var ports: [Port]
+    public var volumes: [Volume]
+    public var partitions: [Partition]
+    /// Stateless rules, first match wins. A packet that matches no rule is allowed.
+    public var acl: [ACLRule]
+
+    public init(id: String, segments: [Segment] = [], ports: [Port] = [], volumes: [Volume] = [],
+                partitions: [Partition] = [], acl: [ACLRule] = []) {
+        self.id = id; self.segments = segments; self.ports = ports; self.volumes = volumes
+        self.partitions = partitions; self.acl = acl
+    }
+}
+
+/// A layer-2 broadcast domain of one tenant.
+public struct Segment: Sendable, Equatable {
+    public var id: String
+    /// VXLAN network identifier (1...16777215) for the uplink; unique across tenants.
+    public var vni: UInt32?
+    /// Largest IP packet (without Ethernet header) a port of this segment may send, unless the
+    /// frame is a GSO super-frame announced in its virtio-net header.
+    public var mtu: Int
+    public var macTable: MACTableSettings
+
+    public init(id: String, vni: UInt32? = nil, mtu: Int = 1500, macTable: MACTableSettings = .init()) {
+        self.id = id; self.vni = vni; self.mtu = mtu; self.macTable = macTable
+    }
+}
+
+public struct MACTableSettings: Sendable, Equatable {
+    /// Learned entries the segment holds at most.
+    public var maxEntries: Int
+    /// Learned entries one port may hold at most.
+    public var maxEntriesPerPort: Int
+    /// Seconds after which an entry that was not refreshed is forgotten.
+    public var agingSeconds: Int
+
+    public init(maxEntries: Int = 4096, maxEntriesPerPort: Int = 64, agingSeconds: Int = 300) {
+        self.maxEntries = maxEntries; self.maxEntriesPerPort = maxEntriesPerPort; self.agingSeconds = agingSeconds
+    }
+}
+
+public enum PortKind: String, Sendable, Equatable, CaseIterable {
+    /// A TAP device whose network side lives in a network namespace (or the host's).
+    case tap
+}
+
+public struct Port: Sendable, Equatable {
+    public var id: String
+    public var kind: PortKind
+    public var segment: String
+    /// The MAC address the endpoint uses; also set on the TAP device's network side.
+    public var mac: MACAddress
+    /// The endpoint's addresses, with their subnet length (`10.0.0.1/24`). Port security allows
+    /// exactly these as source addresses (plus the IPv6 link-local address derived from `mac`).
+    public var ips: [IPPrefix]
+    /// Further source MACs the endpoint may use.
+    public var allowedMACs: [MACAddress]
+    /// Network namespace that receives the TAP device's network side; created when missing.
+    /// Nil keeps the device in the daemon's namespace.
+    public var netns: String?
+    /// Interface name; default `bh-<tenant>-<port>` (at most 15 bytes).
+    public var ifname: String?
+    /// Number of TAP queues (multiqueue); default 1.
+    public var queues: Int
+    /// The endpoint may send DHCP discover/request from 0.0.0.0.
+    public var allowDHCPClient: Bool
+    /// The endpoint may send DHCP and DHCPv6 server messages.
+    public var dhcpServer: Bool
+    /// The endpoint may send IPv6 router advertisements and redirects, and ICMP redirects.
+    public var router: Bool
+    public var rateLimit: RateLimit?
+    public var stormControl: StormControl?
+
+    public init(id: String, kind: PortKind = .tap, segment: String, mac: MACAddress, ips: [IPPrefix] = [],
+                allowedMACs: [MACAddress] = [], netns: String? = nil, ifname: String? = nil, queues: Int = 1,
+                allowDHCPClient: Bool = false, dhcpServer: Bool = false, router: Bool = false,
+                rateLimit: RateLimit? = nil, stormControl: StormControl? = nil) {
+        self.id = id; self.kind = kind; self.segment = segment; self.mac = mac; self.ips = ips
+        self.allowedMACs = allowedMACs; self.netns = netns; self.ifname = ifname; self.queues = queues
+        self.allowDHCPClient = allowDHCPClient; self.dhcpServer = dhcpServer; self.router = router
+        self.rateLimit = rateLimit; self.stormControl = stormControl
+    }
+
+    /// The interface name of this port's TAP device.
+    public func interfaceName(tenant: String) -> String { ifname ?? "bh-\(tenant)-\(id)" }
+}
+
+/// Token buckets on what a port sends into the switch. Absent fields are unlimited.
+public struct RateLimit: Sendable, Equatable {
+    public var bitsPerSecond: UInt64?
+    /// Bucket depth in bits; see `effectiveBurstBits` for the default.
+    public var burstBits: UInt64?
+    public var packetsPerSecond: UInt64?
+    public var burstPackets: UInt64?
+
+    public init(bitsPerSecond: UInt64? = nil, burstBits: UInt64? = nil, packetsPerSecond: UInt64? = nil,
+                burstPackets: UInt64? = nil) {
+        self.bitsPerSecond = bitsPerSecond; self.burstBits = burstBits
+        self.packetsPerSecond = packetsPerSecond; self.burstPackets = burstPackets
+    }
+
+    /// Burst in bits when none is configured: 10 ms of the rate, but at least two 64 KB GSO frames.
+    public var effectiveBurstBits: UInt64? {
+        guard let rate = bitsPerSecond else { return nil }
+        return burstBits ?? max(rate / 100, 2 * 65_536 * 8)
+    }
+
+    /// Burst in packets when none is configured: 10 ms of the rate, but at least 64 packets.
+    public var effectiveBurstPackets: UInt64? {
+        guard let rate = packetsPerSecond else { return nil }
+        return burstPackets ?? max(rate / 100, 64)
+    }
+}
+
+/// Limits on broadcast and multicast frames a port sends, in packets per second.
+public struct StormControl: Sendable, Equatable {
+    public var broadcastPacketsPerSecond: UInt64?
+    public var multicastPacketsPerSecond: UInt64?
+
+    public init(broadcastPacketsPerSecond: UInt64? = nil, multicastPacketsPerSecond: UInt64? = nil) {
+        self.broadcastPacketsPerSecond = broadcastPacketsPerSecond
+        self.multicastPacketsPerSecond = multicastPacketsPerSecond
+    }
+}
+
+public enum ACLAction: String, Sendable, Equatable, CaseIterable { case allow, deny }
+
+/// `ingress`: frames a port sends into the switch; `egress`: frames the switch delivers to a port.
+public enum ACLDirection: String, Sendable, Equatable, CaseIterable { case ingress, egress, both }
+
+public enum ACLProtocol: Sendable, Equatable {
+    case any
+    case tcp
+    case udp
+    case icmp
+    case icmpv6
+    /// Any other IP protocol number.
+    case number(UInt8)
+
+    public init?(_ text: String) {
+        switch text {
+        case "any": self = .any
+        case "tcp": self = .tcp
+        case "udp": self = .udp
+        case "icmp": self = .icmp
+        case "icmpv6": self = .icmpv6
+        default: return nil
+        }
+    }
+
+    /// The IP protocol number, or nil for `any`.
+    public var number: UInt8? {
+        switch self {
+        case .any: nil
+        case .tcp: 6
+        case .udp: 17
+        case .icmp: 1
+        case .icmpv6: 58
+        case .number(let n): n
+        }
+    }
+}
+
+/// An inclusive range of TCP/UDP ports; JSON `22` or `"1000-2000"`.
+public struct PortRange: Sendable, Equatable {
+    public var lower: UInt16
+    public var upper: UInt16
+    public init?(lower: UInt16, upper: UInt16) {
+        guard lower <= upper else { return nil }
+        self.lower = lower; self.upper = upper
+    }
+    @inlinable public func contains(_ port: UInt16) -> Bool { port >= lower && port <= upper }
+}
+
+public struct ACLRule: Sendable, Equatable {
+    public var action: ACLAction
+    public var direction: ACLDirection
+    public var `protocol`: ACLProtocol
+    public var source: IPPrefix?
+    public var destination: IPPrefix?
+    public var sourcePort: PortRange?
+    public var destinationPort: PortRange?
+    /// Limits the rule to the port with this id; nil applies it to every port of the tenant.
+    public var port: String?
+
+    public init(action: ACLAction, direction: ACLDirection = .both, protocol: ACLProtocol = .any,
+                source: IPPrefix? = nil, destination: IPPrefix? = nil, sourcePort: PortRange? = nil,
+                destinationPort: PortRange? = nil, port: String? = nil) {
+        self.action = action; self.direction = direction; self.protocol = `protocol`; self.source = source
+        self.destination = destination; self.sourcePort = sourcePort; self.destinationPort = destinationPort
+        self.port = port
+    }
+}
+
+public struct Volume: Sendable, Equatable {
+    public var id: String
+    public var sizeBytes: UInt64
+    public var readOnly: Bool
+    /// Serial number returned by virtio-blk GET_ID (at most 20 bytes); default the volume id.
+    public var serial: String?
+    public var qos: VolumeQoS?
+
+    public init(id: String, sizeBytes: UInt64, readOnly: Bool = false, serial: String? = nil, qos: VolumeQoS? = nil) {
+        self.id = id; self.sizeBytes = sizeBytes; self.readOnly = readOnly; self.serial = serial; self.qos = qos
+    }
+}
+
+public struct VolumeQoS: Sendable, Equatable {
+    public var iops: UInt64?
+    public var burstIOs: UInt64?
+    public var bytesPerSecond: UInt64?
+    public var burstBytes: UInt64?
+
+    public init(iops: UInt64? = nil, burstIOs: UInt64? = nil, bytesPerSecond: UInt64? = nil, burstBytes: UInt64? = nil) {
+        self.iops = iops; self.burstIOs = burstIOs; self.bytesPerSecond = bytesPerSecond; self.burstBytes = burstBytes
+    }
+}
+
+public struct MeasuredFile: Sendable, Equatable {
+    public var path: String
+    /// Lower-case hex SHA-256 the file must measure to.
+    public var sha256: String
+    public init(path: String, sha256: String) { self.path = path; self.sha256 = sha256 }
+}
+
+public struct Partition: Sendable, Equatable {
+    public var id: String
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var kernel: MeasuredFile
+    public var initrd: MeasuredFile?
+    public var cmdline: String
+    public var nics: [PartitionNIC]
+    public var disks: [PartitionDisk]
+
+    public init(id: String, vcpus: Int, memoryMiB: Int, kernel: MeasuredFile, initrd: MeasuredFile? = nil,
+                cmdline: String = "", nics: [PartitionNIC] = [], disks: [PartitionDisk] = []) {
+        self.id = id; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
+        self.cmdline = cmdline; self.nics = nics; self.disks = disks
+    }
+}
+
+public struct PartitionNIC: Sendable, Equatable {
+    public var segment: String
+    public var mac: MACAddress
+    public var ips: [IPPrefix]
+    public init(segment: String, mac: MACAddress, ips: [IPPrefix] = []) {
+        self.segment = segment; self.mac = mac; self.ips = ips
+    }
+}
+
+public struct PartitionDisk: Sendable, Equatable {
+    public var volume: String
+    public var readOnly: Bool
+    public init(volume: String, readOnly: Bool = false) { self.volume = volume; self.readOnly = readOnly }
+}

@@ -1,0 +1,1 @@
+// The switch: implemented in this module.
