@@ -26,7 +26,7 @@ let package = Package(
         // The only Swift modules that make syscalls.
         .target(name: "HostOS", dependencies: ["CLinux"]),
         .target(name: "URing", dependencies: ["CURing", "HostOS"]),
-        .target(name: "Netlink", dependencies: ["CNetlink", "HostOS"]),
+        .target(name: "Netlink", dependencies: ["CNetlink", "HostOS", "Config"]),
 
         // Pure Swift, no syscalls: fuzzable.
         .target(name: "Virtio"),
@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Config"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead"]),
 
         .executableTarget(
             name: "SwitchBenchmarks",

@@ -13,6 +13,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,7 +32,8 @@ const unsigned int bh_TUN_F_TSO_ECN = TUN_F_TSO_ECN;
 
 int bh_tap_open(const char *name, int flags, char *actual_name) {
     if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    // Blocking mode on purpose: io_uring then waits for frames instead of completing reads with -EAGAIN.
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
     if (fd < 0) return -errno;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
@@ -131,3 +133,5 @@ uint64_t bh_monotonic_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+int bh_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include "CURing.h"
 
-struct bh_ring { struct io_uring ring; };
+struct bh_ring { struct io_uring ring; struct __kernel_timespec timeout; };
 
 bh_ring *bh_ring_create(unsigned entries, unsigned flags, int *err) {
     bh_ring *r = calloc(1, sizeof *r);
@@ -80,6 +80,18 @@ int bh_ring_prep_nop(bh_ring *r, uint64_t ud) {
     struct io_uring_sqe *sqe = sqe_for(r);
     if (!sqe) return -EBUSY;
     io_uring_prep_nop(sqe);
+    finish(sqe, 0, ud);
+    return 0;
+}
+
+int bh_ring_prep_timeout(bh_ring *r, uint64_t ns, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    // The kernel reads the timespec when the timeout is armed at submission; keep one per ring,
+    // valid until then (one timer in flight per ring at a time).
+    r->timeout.tv_sec = (long long)(ns / 1000000000ull);
+    r->timeout.tv_nsec = (long long)(ns % 1000000000ull);
+    io_uring_prep_timeout(sqe, &r->timeout, 0, 0);
     finish(sqe, 0, ud);
     return 0;
 }

@@ -18,7 +18,7 @@ public struct MACAddress: Hashable, Sendable, Comparable, CustomStringConvertibl
         guard parts.count == 6 else { return nil }
         var value: UInt64 = 0
         for part in parts {
-            guard part.count == 2, let octet = UInt8(part, radix: 16) else { return nil }
+            guard part.count == 2, part.allSatisfy(\.isHexDigitASCII), let octet = UInt8(part, radix: 16) else { return nil }
             value = value << 8 | UInt64(octet)
         }
         self.init(rawValue: value)
@@ -70,6 +70,10 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     public static let any = IPv4Address(rawValue: 0)
     public var isMulticast: Bool { rawValue >> 28 == 0xE }
     public var isUnspecified: Bool { rawValue == 0 }
+    /// 127.0.0.0/8.
+    public var isLoopback: Bool { rawValue >> 24 == 127 }
+    /// The limited broadcast address 255.255.255.255.
+    public var isBroadcast: Bool { rawValue == .max }
     public var description: String {
         "\(rawValue >> 24).\(rawValue >> 16 & 0xFF).\(rawValue >> 8 & 0xFF).\(rawValue & 0xFF)"
     }
@@ -100,7 +104,8 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
                     result.append(UInt16(v4.rawValue >> 16)); result.append(UInt16(v4.rawValue & 0xFFFF))
                     continue
                 }
-                guard (1...4).contains(field.count), let g = UInt16(field, radix: 16) else { return nil }
+                guard (1...4).contains(field.count), field.allSatisfy(\.isHexDigitASCII),
+                      let g = UInt16(field, radix: 16) else { return nil }
                 result.append(g)
             }
             return result
@@ -127,6 +132,8 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
     public var isUnspecified: Bool { high == 0 && low == 0 }
     public var isMulticast: Bool { high >> 56 == 0xFF }
     public var isLinkLocal: Bool { high >> 54 == 0x3FA }  // fe80::/10
+    /// `::1`.
+    public var isLoopback: Bool { high == 0 && low == 1 }
 
     public var description: String {
         let g = (0..<8).map { i -> UInt16 in
@@ -188,7 +195,7 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
         var length = full
         if parts.count == 2 {
             guard !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-                  let l = Int(parts[1]) else { return nil }
+                  !(parts[1].count > 1 && parts[1].first == "0"), let l = Int(parts[1]) else { return nil }
             length = l
         }
         self.init(address: address, length: length)
@@ -215,4 +222,9 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(address)/\(length)" }
+}
+
+extension Character {
+    /// 0-9, a-f, A-F only (`isHexDigit` also accepts full-width forms).
+    var isHexDigitASCII: Bool { isASCII && isHexDigit }
 }

@@ -1,1 +1,78 @@
 import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An owned file descriptor: closed exactly once, when it goes out of scope or by `close()`.
+public struct FileDescriptor: ~Copyable, Sendable {
+    public let rawValue: Int32
+
+    /// Takes ownership of `rawValue`.
+    public init(taking rawValue: Int32) { self.rawValue = rawValue }
+
+    deinit { _ = Glibc.close(rawValue) }
+
+    /// Closes the descriptor and reports a failure. The corresponding C function is `close`.
+    public consuming func close() throws(SystemError) {
+        let fd = rawValue
+        discard self
+        if Glibc.close(fd) < 0 { throw SystemError("close(\(fd))", errno: Glibc.errno) }
+    }
+
+    /// Opens `path`. The corresponding C function is `open`.
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0) throws(SystemError) -> FileDescriptor {
+        let fd = try syscall("open(\(path))") { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        return FileDescriptor(taking: fd)
+    }
+
+    /// Writes all of `bytes`, retrying short writes and EINTR.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        var offset = 0
+        while offset < bytes.count {
+            let base = bytes.baseAddress! + offset
+            let n = try syscall("write(fd \(rawValue))") { Glibc.write(rawValue, base, bytes.count - offset) }
+            offset += n
+        }
+    }
+
+    public func writeAll(_ text: String) throws(SystemError) {
+        let bytes = Array(text.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(rawValue, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                throw SystemError("write(fd \(rawValue))", errno: Glibc.errno)
+            }
+            offset += n
+        }
+    }
+
+    /// Truncates the file to `length` bytes. The corresponding C function is `ftruncate`.
+    public func truncate(to length: Int) throws(SystemError) {
+        try syscall("ftruncate(fd \(rawValue))") { ftruncate(rawValue, off_t(length)) }
+    }
+}
+
+/// An eventfd: a counter another thread can bump to wake a waiter (here: the engine's ring).
+public struct EventFD: ~Copyable, Sendable {
+    public let descriptor: FileDescriptor
+
+    /// The corresponding C function is `eventfd`.
+    public init() throws(SystemError) {
+        let fd = try syscall("eventfd") { bh_eventfd() }
+        descriptor = FileDescriptor(taking: fd)
+    }
+
+    public var rawValue: Int32 { descriptor.rawValue }
+
+    /// Adds one to the counter, waking readers.
+    public func signal() {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { Glibc.write(descriptor.rawValue, $0.baseAddress, 8) }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+@inline(__always)
+public func monotonicNanoseconds() -> UInt64 { bh_monotonic_ns() }

@@ -42,6 +42,9 @@ int bh_setns_net(int nsfd);
 /// Takes an exclusive, non-blocking flock on `fd`. Returns 0, -EWOULDBLOCK, or -errno.
 int bh_flock_exclusive(int fd);
 
+/// eventfd(0, EFD_CLOEXEC); returns the fd or -1 with errno set.
+int bh_eventfd(void);
+
 /// Returns CLOCK_MONOTONIC in nanoseconds.
 uint64_t bh_monotonic_ns(void);
 

@@ -32,6 +32,8 @@ int bh_ring_prep_readv(bh_ring *ring, int fd, int fixed_file, const void *iov, u
 int bh_ring_prep_writev(bh_ring *ring, int fd, int fixed_file, const void *iov, unsigned iovcnt, int64_t offset, uint64_t user_data);
 int bh_ring_prep_fsync(bh_ring *ring, int fd, int fixed_file, int datasync, uint64_t user_data);
 int bh_ring_prep_nop(bh_ring *ring, uint64_t user_data);
+/// Queues a timer that completes (with -ETIME) after `nanoseconds`.
+int bh_ring_prep_timeout(bh_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 
 /// Submits queued SQEs. Returns the number submitted or -errno.
 int bh_ring_submit(bh_ring *ring);

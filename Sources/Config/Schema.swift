@@ -1,0 +1,29 @@
+/// The keys each object of the configuration document allows and requires.
+///
+/// The decoder reads objects only through this table (unknown and missing keys are reported from
+/// it), and a test compares it with `configs/bulkhead.schema.json`, so the two cannot drift.
+public enum ConfigurationSchema {
+    /// Allowed and required keys per object type, keyed by the schema's `$defs` name.
+    public static let objects: [String: (allowed: Set<String>, required: Set<String>)] = [
+        "HostConfiguration": (["host", "principals", "tenants"], ["host"]),
+        "HostSettings": (["stateDirectory", "controlSocket", "auditLog"], ["stateDirectory"]),
+        "Principal": (["name", "uid", "role", "tenant"], ["name", "uid", "role"]),
+        "Tenant": (["id", "segments", "ports", "volumes", "partitions", "acl"], ["id"]),
+        "Segment": (["id", "vni", "mtu", "macTable"], ["id"]),
+        "MACTableSettings": (["maxEntries", "maxEntriesPerPort", "agingSeconds"], []),
+        "Port": (["id", "kind", "segment", "mac", "ips", "allowedMACs", "netns", "ifname", "queues",
+                  "allowDHCPClient", "dhcpServer", "router", "rateLimit", "stormControl"],
+                 ["id", "segment", "mac"]),
+        "RateLimit": (["bitsPerSecond", "burstBits", "packetsPerSecond", "burstPackets"], []),
+        "StormControl": (["broadcastPacketsPerSecond", "multicastPacketsPerSecond"], []),
+        "ACLRule": (["action", "direction", "protocol", "source", "destination", "sourcePort",
+                     "destinationPort", "port"], ["action"]),
+        "Volume": (["id", "sizeBytes", "readOnly", "serial", "qos"], ["id", "sizeBytes"]),
+        "VolumeQoS": (["iops", "burstIOs", "bytesPerSecond", "burstBytes"], []),
+        "MeasuredFile": (["path", "sha256"], ["path", "sha256"]),
+        "Partition": (["id", "vcpus", "memoryMiB", "kernel", "initrd", "cmdline", "nics", "disks"],
+                      ["id", "vcpus", "memoryMiB", "kernel"]),
+        "PartitionNIC": (["segment", "mac", "ips"], ["segment", "mac"]),
+        "PartitionDisk": (["volume", "readOnly"], ["volume"]),
+    ]
+}

@@ -1,0 +1,485 @@
+/// The rules a decoded configuration must follow beyond its shape: id syntax, ranges, uniqueness
+/// and references between tenants' objects. Each problem names the JSON path it is about.
+///
+/// Runs on whatever decoded (`DecodedDocument`), so that one broken port does not hide problems
+/// elsewhere; references to elements that failed to decode are not reported again.
+struct Validator {
+    struct Finding {
+        var path: String
+        var message: String
+    }
+
+    /// Most TAP ports the host may have, across tenants.
+    static let maximumTapPorts = 256
+
+    let document: DecodedDocument
+    private(set) var problems: [Finding] = []
+
+    /// Interface name -> the port that has it.
+    private var interfaceNames: [String: String] = [:]
+    /// VNI -> the segment that has it.
+    private var vnis: [UInt32: String] = [:]
+    /// Per tenant and segment: MAC / IP -> who uses it.
+    private var segmentMACs: [String: [MACAddress: String]] = [:]
+    private var segmentIPs: [String: [IPAddress: String]] = [:]
+    private var tapPorts = 0
+
+    init(document: DecodedDocument) {
+        self.document = document
+    }
+
+    mutating func validate() {
+        if let host = document.host { validateHost(host) }
+        validatePrincipals()
+        validateTenants()
+    }
+
+    private mutating func report(_ path: String, _ message: String) {
+        problems.append(Finding(path: path, message: message))
+    }
+
+    // MARK: Host
+
+    private mutating func validateHost(_ host: HostSettings) {
+        let path = "$.host.stateDirectory"
+        let directory = host.stateDirectory
+        guard directory.hasPrefix("/") else {
+            report(path, "\(quote(directory)) is not an absolute path; start it with '/'")
+            return
+        }
+        let components = directory.split(separator: "/")
+        guard !components.contains(where: { $0 == "." || $0 == ".." }) else {
+            report(path, "\(quote(directory)) must not contain '.' or '..' components; write the plain absolute path")
+            return
+        }
+        let base = "/" + components.joined(separator: "/")
+        checkInside(host.controlSocket, key: "controlSocket", base: base)
+        checkInside(host.auditLog, key: "auditLog", base: base)
+    }
+
+    /// A file path must lie strictly inside the state directory after resolving `.` and `..`.
+    private mutating func checkInside(_ value: String?, key: String, base: String) {
+        guard let value else { return }
+        let path = "$.host." + key
+        guard !value.isEmpty else {
+            report(path, "must not be empty; leave the key out for the default inside the state directory")
+            return
+        }
+        let resolved = Validator.normalize(value.hasPrefix("/") ? value : base + "/" + value)
+        let inside = base == "/" ? resolved != "/" : resolved.hasPrefix(base + "/")
+        guard inside else {
+            report(path, "\(quote(value)) resolves to \(quote(resolved)), which is outside the state directory \(quote(base)); "
+                + "use a path inside it (relative paths are resolved against it)")
+            return
+        }
+    }
+
+    /// Resolves `.`, `..` and repeated slashes lexically; `..` at the root stays at the root.
+    static func normalize(_ absolutePath: String) -> String {
+        var stack: [Substring] = []
+        for component in absolutePath.split(separator: "/") {
+            switch component {
+            case ".": continue
+            case "..": _ = stack.popLast()
+            default: stack.append(component)
+            }
+        }
+        return "/" + stack.joined(separator: "/")
+    }
+
+    // MARK: Principals
+
+    private mutating func validatePrincipals() {
+        let tenantIDs = document.tenants.compactMap { $0?.id }
+        var names: [String: Int] = [:]
+        var uids: [UInt32: String] = [:]
+        for (index, principal) in document.principals.enumerated() {
+            guard let principal else { continue }
+            let path = "$.principals[\(index)]"
+            checkID(principal.name, path: path + ".name", what: "principal name")
+            if let first = names[principal.name] {
+                report(path + ".name", "duplicate principal name \(quote(principal.name)) (also $.principals[\(first)])")
+            } else {
+                names[principal.name] = index
+            }
+            if let owner = uids[principal.uid] {
+                report(path + ".uid", "uid \(principal.uid) is already used by principal \(quote(owner)); each uid maps to one principal")
+            } else {
+                uids[principal.uid] = principal.name
+            }
+            checkPrincipalTenant(principal, path: path + ".tenant", tenantIDs: tenantIDs)
+        }
+    }
+
+    private mutating func checkPrincipalTenant(_ principal: Principal, path: String, tenantIDs: [String]) {
+        let role = quote(principal.role.rawValue)
+        switch principal.role {
+        case .tenantAdmin, .tenantViewer:
+            guard let tenant = principal.tenant else {
+                report(path, "role \(role) requires \"tenant\": the id of the tenant it applies to")
+                return
+            }
+            if !tenantIDs.contains(tenant) {
+                report(path, "no tenant \(quote(tenant)); \(listing("tenants", tenantIDs))")
+            }
+        case .hostAdmin, .auditor:
+            if principal.tenant != nil {
+                report(path, "role \(role) applies to the whole host and takes no \"tenant\"; remove it or use "
+                    + "\"tenant-admin\" or \"tenant-viewer\"")
+            }
+        }
+    }
+
+    // MARK: Tenants
+
+    private mutating func validateTenants() {
+        var tenantIDs: [String: Int] = [:]
+        for (index, tenant) in document.tenants.enumerated() {
+            guard let tenant else { continue }
+            let path = "$.tenants[\(index)]"
+            if let id = tenant.id {
+                checkID(id, path: path + ".id", what: "tenant id")
+                if let first = tenantIDs[id] {
+                    report(path + ".id", "duplicate tenant id \(quote(id)) (also $.tenants[\(first)])")
+                } else {
+                    tenantIDs[id] = index
+                }
+            }
+            validateTenant(tenant, index: index, path: path)
+        }
+    }
+
+    private mutating func validateTenant(_ tenant: DecodedTenant, index: Int, path: String) {
+        let name = tenant.id ?? "#\(index)"
+        checkUniqueIDs(tenant.segments.map { $0?.id }, path: path + ".segments", what: "segment", tenant: name)
+        checkUniqueIDs(tenant.ports.map { $0?.id }, path: path + ".ports", what: "port", tenant: name)
+        checkUniqueIDs(tenant.volumes.map { $0?.id }, path: path + ".volumes", what: "volume", tenant: name)
+        checkUniqueIDs(tenant.partitions.map { $0?.id }, path: path + ".partitions", what: "partition", tenant: name)
+        for (i, segment) in tenant.segments.enumerated() {
+            if let segment { validateSegment(segment, path: path + ".segments[\(i)]", tenant: name) }
+        }
+        for (i, port) in tenant.ports.enumerated() {
+            if let port { validatePort(port, path: path + ".ports[\(i)]", tenantIndex: index, tenant: tenant) }
+        }
+        for (i, volume) in tenant.volumes.enumerated() {
+            if let volume { validateVolume(volume, path: path + ".volumes[\(i)]") }
+        }
+        for (i, partition) in tenant.partitions.enumerated() {
+            if let partition {
+                validatePartition(partition, path: path + ".partitions[\(i)]", tenantIndex: index, tenant: tenant)
+            }
+        }
+        for (i, rule) in tenant.acl.enumerated() {
+            if let rule { validateRule(rule, path: path + ".acl[\(i)]", tenantIndex: index, tenant: tenant) }
+        }
+    }
+
+    private mutating func checkUniqueIDs(_ ids: [String?], path: String, what: String, tenant: String) {
+        var seen: [String: Int] = [:]
+        for (index, id) in ids.enumerated() {
+            guard let id else { continue }
+            let idPath = path + "[\(index)].id"
+            checkID(id, path: idPath, what: "\(what) id")
+            if let first = seen[id] {
+                report(idPath, "duplicate \(what) id \(quote(id)) in tenant \(quote(tenant)) (also \(path)[\(first)])")
+            } else {
+                seen[id] = index
+            }
+        }
+    }
+
+    // MARK: Segments
+
+    private mutating func validateSegment(_ segment: Segment, path: String, tenant: String) {
+        if let vni = segment.vni {
+            if !(1...16_777_215).contains(vni) {
+                report(path + ".vni", "VNI \(vni) is outside 1...16777215 (24 bits, 0 reserved)")
+            } else if let owner = vnis[vni] {
+                report(path + ".vni", "VNI \(vni) is already used by \(owner); each segment needs its own VNI")
+            } else {
+                vnis[vni] = "segment \(quote(segment.id)) of tenant \(quote(tenant))"
+            }
+        }
+        checkRange(segment.mtu, 576...9000, path: path + ".mtu", what: "MTU")
+        let table = segment.macTable
+        let tablePath = path + ".macTable"
+        checkRange(table.maxEntries, 1...65_536, path: tablePath + ".maxEntries", what: "maxEntries")
+        checkRange(table.maxEntriesPerPort, 1...max(1, table.maxEntries), path: tablePath + ".maxEntriesPerPort",
+                   what: "maxEntriesPerPort (at most maxEntries)")
+        checkRange(table.agingSeconds, 10...86_400, path: tablePath + ".agingSeconds", what: "agingSeconds")
+    }
+
+    // MARK: Ports
+
+    private mutating func validatePort(_ port: Port, path: String, tenantIndex: Int, tenant: DecodedTenant) {
+        let tenantName = tenant.id ?? "#\(tenantIndex)"
+        if port.kind == .tap {
+            tapPorts += 1
+            if tapPorts == Validator.maximumTapPorts + 1 {
+                report(path, "the host has more than \(Validator.maximumTapPorts) ports of kind \"tap\"; this is number \(tapPorts)")
+            }
+        }
+        let segmentKnown = checkReference(port.segment, path: path + ".segment", kind: "segment", user: "a port",
+                                          tenantIndex: tenantIndex, ids: \.segmentIDs)
+        let owner = "port \(quote(port.id)) in segment \(quote(port.segment)) of tenant \(quote(tenantName))"
+        let segmentKey = "\(tenantIndex)/\(port.segment)"
+        checkMAC(port.mac, path: path + ".mac", owner: owner, segmentKey: segmentKnown ? segmentKey : nil)
+        for (i, mac) in port.allowedMACs.enumerated() {
+            checkMAC(mac, path: path + ".allowedMACs[\(i)]", owner: owner, segmentKey: segmentKnown ? segmentKey : nil)
+        }
+        for (i, ip) in port.ips.enumerated() {
+            checkInterfaceAddress(ip, path: path + ".ips[\(i)]", owner: owner, segmentKey: segmentKnown ? segmentKey : nil)
+        }
+        if let netns = port.netns, !Validator.isValidNetnsName(netns) {
+            report(path + ".netns", "\(quote(netns)) is not a valid namespace name; use 1 to 64 characters: lower-case "
+                + "letters, digits, '-', '.' and '_', starting with a letter or digit")
+        }
+        if let tenantID = tenant.id { checkInterfaceName(port, path: path + ".ifname", tenant: tenantID) }
+        checkRange(port.queues, 1...16, path: path + ".queues", what: "queues")
+        if let limit = port.rateLimit {
+            checkPositive(limit.bitsPerSecond, path: path + ".rateLimit.bitsPerSecond")
+            checkPositive(limit.burstBits, path: path + ".rateLimit.burstBits")
+            checkPositive(limit.packetsPerSecond, path: path + ".rateLimit.packetsPerSecond")
+            checkPositive(limit.burstPackets, path: path + ".rateLimit.burstPackets")
+        }
+        if let storm = port.stormControl {
+            checkPositive(storm.broadcastPacketsPerSecond, path: path + ".stormControl.broadcastPacketsPerSecond")
+            checkPositive(storm.multicastPacketsPerSecond, path: path + ".stormControl.multicastPacketsPerSecond")
+        }
+    }
+
+    private mutating func checkInterfaceName(_ port: Port, path: String, tenant: String) {
+        let name = port.interfaceName(tenant: tenant)
+        let length = name.utf8.count
+        if length > 15 || name.isEmpty {
+            let hint = port.ifname == nil
+                ? "the default interface name \(quote(name)) is \(length) bytes; Linux allows at most 15: set \"ifname\" to a shorter name"
+                : "\(quote(name)) is \(length) bytes; an interface name has 1 to 15 bytes"
+            report(path, hint)
+            return
+        }
+        if name == "." || name == ".." || name.contains(where: { $0 == "/" || $0 == ":" || $0.isWhitespace }) {
+            report(path, "\(quote(name)) is not a valid interface name; it must not contain '/', ':' or whitespace, "
+                + "nor be '.' or '..'")
+            return
+        }
+        if let owner = interfaceNames[name] {
+            report(path, "interface name \(quote(name)) is already used by \(owner); set \"ifname\" to a name unique on the host")
+        } else {
+            interfaceNames[name] = "port \(quote(port.id)) of tenant \(quote(tenant))"
+        }
+    }
+
+    // MARK: Volumes and partitions
+
+    private mutating func validateVolume(_ volume: Volume, path: String) {
+        if volume.sizeBytes == 0 {
+            report(path + ".sizeBytes", "must be greater than 0")
+        } else if volume.sizeBytes % 512 != 0 {
+            let lower = volume.sizeBytes / 512 * 512
+            let suggestion = lower > 0 ? "e.g. \(lower)" : "e.g. 512"
+            report(path + ".sizeBytes", "\(volume.sizeBytes) is not a multiple of 512 (the sector size); use \(suggestion)")
+        }
+        if let serial = volume.serial, serial.utf8.count > 20 {
+            report(path + ".serial", "\(quote(serial)) is \(serial.utf8.count) bytes; a virtio-blk serial has at most 20")
+        }
+        if let qos = volume.qos {
+            checkPositive(qos.iops, path: path + ".qos.iops")
+            checkPositive(qos.burstIOs, path: path + ".qos.burstIOs")
+            checkPositive(qos.bytesPerSecond, path: path + ".qos.bytesPerSecond")
+            checkPositive(qos.burstBytes, path: path + ".qos.burstBytes")
+        }
+    }
+
+    private mutating func validatePartition(_ partition: Partition, path: String, tenantIndex: Int, tenant: DecodedTenant) {
+        let tenantName = tenant.id ?? "#\(tenantIndex)"
+        checkRange(partition.vcpus, 1...64, path: path + ".vcpus", what: "vcpus")
+        checkRange(partition.memoryMiB, 16...1_048_576, path: path + ".memoryMiB", what: "memoryMiB")
+        checkMeasuredFile(partition.kernel, path: path + ".kernel")
+        if let initrd = partition.initrd { checkMeasuredFile(initrd, path: path + ".initrd") }
+        for (i, nic) in partition.nics.enumerated() {
+            let nicPath = path + ".nics[\(i)]"
+            let known = checkReference(nic.segment, path: nicPath + ".segment", kind: "segment", user: "a partition NIC",
+                                       tenantIndex: tenantIndex, ids: \.segmentIDs)
+            let owner = "NIC \(i) of partition \(quote(partition.id)) in segment \(quote(nic.segment)) of tenant \(quote(tenantName))"
+            let key = known ? "\(tenantIndex)/\(nic.segment)" : nil
+            checkMAC(nic.mac, path: nicPath + ".mac", owner: owner, segmentKey: key)
+            for (j, ip) in nic.ips.enumerated() {
+                checkInterfaceAddress(ip, path: nicPath + ".ips[\(j)]", owner: owner, segmentKey: key)
+            }
+        }
+        for (i, disk) in partition.disks.enumerated() {
+            checkReference(disk.volume, path: path + ".disks[\(i)].volume", kind: "volume", user: "a partition",
+                           tenantIndex: tenantIndex, ids: \.volumeIDs)
+        }
+    }
+
+    private mutating func checkMeasuredFile(_ file: MeasuredFile, path: String) {
+        if !file.path.hasPrefix("/") {
+            report(path + ".path", "\(quote(file.path)) is not an absolute path; start it with '/'")
+        }
+        if file.sha256.utf8.count != 64 || !file.sha256.allSatisfy(\.isHexDigitASCII) {
+            report(path + ".sha256", "\(quote(file.sha256)) is not a SHA-256 digest; write exactly 64 hex digits")
+        }
+    }
+
+    // MARK: ACL
+
+    private mutating func validateRule(_ rule: ACLRule, path: String, tenantIndex: Int, tenant: DecodedTenant) {
+        if let port = rule.port {
+            checkReference(port, path: path + ".port", kind: "port", user: "an ACL rule",
+                           tenantIndex: tenantIndex, ids: \.portIDs)
+        }
+        if let source = rule.source, let destination = rule.destination,
+           Validator.isIPv4(source.address) != Validator.isIPv4(destination.address) {
+            report(path + ".destination", "source \(quote(source.description)) and destination "
+                + "\(quote(destination.description)) are of different IP families; a rule matches one family")
+        }
+        let takesPorts = rule.protocol.number == 6 || rule.protocol.number == 17
+        for (key, range) in [("sourcePort", rule.sourcePort), ("destinationPort", rule.destinationPort)] where range != nil {
+            if !takesPorts {
+                report(path + "." + key, "port ranges need \"protocol\": \"tcp\" or \"udp\"; this rule's protocol is "
+                    + Validator.describe(rule.protocol))
+            }
+        }
+    }
+
+    private static func describe(_ proto: ACLProtocol) -> String {
+        switch proto {
+        case .any: "\"any\""
+        case .tcp: "\"tcp\""
+        case .udp: "\"udp\""
+        case .icmp: "\"icmp\""
+        case .icmpv6: "\"icmpv6\""
+        case .number(let n): "\(n)"
+        }
+    }
+
+    // MARK: Addresses
+
+    /// A port's or NIC's MAC must be unicast, non-zero and unique in its segment.
+    private mutating func checkMAC(_ mac: MACAddress, path: String, owner: String, segmentKey: String?) {
+        if mac.isZero {
+            report(path, "\(quote(mac.description)) is all zeros; use a unicast address such as \"02:00:00:00:01:01\"")
+            return
+        }
+        if mac.isBroadcast {
+            report(path, "\(quote(mac.description)) is the broadcast address; use a unicast address")
+            return
+        }
+        if mac.isMulticast {
+            report(path, "\(quote(mac.description)) is a multicast address (lowest bit of the first octet set); use a "
+                + "unicast address")
+            return
+        }
+        guard let segmentKey else { return }
+        if let other = segmentMACs[segmentKey]?[mac] {
+            report(path, "\(quote(mac.description)) is already used by \(other)")
+        } else {
+            segmentMACs[segmentKey, default: [:]][mac] = owner
+        }
+    }
+
+    /// An endpoint address must be a usable unicast host address, unique in its segment.
+    private mutating func checkInterfaceAddress(_ prefix: IPPrefix, path: String, owner: String, segmentKey: String?) {
+        let text = quote(prefix.description)
+        switch prefix.address {
+        case .v4(let a):
+            if a.isMulticast { return report(path, "\(text) is a multicast address; a port address must be unicast") }
+            if a.isUnspecified { return report(path, "\(text) is the unspecified address 0.0.0.0") }
+            if a.isLoopback { return report(path, "\(text) is a loopback address (127.0.0.0/8)") }
+            if a.isBroadcast { return report(path, "\(text) is the broadcast address 255.255.255.255") }
+            if prefix.length < 31 {
+                let hostMask = UInt32.max >> UInt32(prefix.length)
+                let network = IPv4Address(rawValue: a.rawValue & ~hostMask)
+                if a.rawValue & hostMask == 0 {
+                    return report(path, "\(text) is the network address of \(network)/\(prefix.length); use a host address")
+                }
+                if a.rawValue & hostMask == hostMask {
+                    return report(path, "\(text) is the broadcast address of \(network)/\(prefix.length); use a host address")
+                }
+            }
+        case .v6(let a):
+            if a.isMulticast { return report(path, "\(text) is a multicast address; a port address must be unicast") }
+            if a.isUnspecified { return report(path, "\(text) is the unspecified address ::") }
+            if a.isLoopback { return report(path, "\(text) is the loopback address ::1") }
+        }
+        guard let segmentKey else { return }
+        if let other = segmentIPs[segmentKey]?[prefix.address] {
+            report(path, "\(quote(prefix.address.description)) is already used by \(other)")
+        } else {
+            segmentIPs[segmentKey, default: [:]][prefix.address] = owner
+        }
+    }
+
+    private static func isIPv4(_ address: IPAddress) -> Bool {
+        if case .v4 = address { return true }
+        return false
+    }
+
+    // MARK: References
+
+    /// Checks that `name` is a `kind` of this tenant; returns whether it is. When another tenant has
+    /// it, says so: objects are never shared across tenants.
+    @discardableResult
+    private mutating func checkReference(_ name: String, path: String, kind: String, user: String, tenantIndex: Int,
+                                         ids: KeyPath<DecodedTenant, Set<String>>) -> Bool {
+        guard document.tenants.indices.contains(tenantIndex), let tenant = document.tenants[tenantIndex] else { return false }
+        if tenant[keyPath: ids].contains(name) { return true }
+        let tenantName = tenant.id.map(quote) ?? "#\(tenantIndex)"
+        let owner = document.tenants.enumerated().first { index, other in
+            index != tenantIndex && other?[keyPath: ids].contains(name) == true
+        }
+        if let owner, let ownerID = owner.element?.id {
+            report(path, "\(kind) \(quote(name)) belongs to tenant \(quote(ownerID)), not \(tenantName); "
+                + "\(user) cannot use another tenant's \(kind)")
+        } else {
+            report(path, "no \(kind) \(quote(name)) in tenant \(tenantName); "
+                + listing("its \(kind)s", tenant[keyPath: ids].sorted()))
+        }
+        return false
+    }
+
+    // MARK: Values
+
+    static func isValidID(_ id: String) -> Bool {
+        let bytes = Array(id.utf8)
+        guard let first = bytes.first, bytes.count <= 32, isLowerAlphanumeric(first) else { return false }
+        return bytes.allSatisfy { isLowerAlphanumeric($0) || $0 == UInt8(ascii: "-") }
+    }
+
+    static func isValidNetnsName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, bytes.count <= 64, isLowerAlphanumeric(first) else { return false }
+        return bytes.allSatisfy {
+            isLowerAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_")
+        }
+    }
+
+    private static func isLowerAlphanumeric(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+    }
+
+    private mutating func checkID(_ id: String, path: String, what: String) {
+        guard !Validator.isValidID(id) else { return }
+        report(path, "\(quote(id)) is not a valid \(what); use 1 to 32 characters: lower-case letters, digits and '-', "
+            + "starting with a letter or digit")
+    }
+
+    private mutating func checkRange(_ value: Int, _ range: ClosedRange<Int>, path: String, what: String) {
+        guard !range.contains(value) else { return }
+        report(path, "\(what) \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+    }
+
+    private mutating func checkPositive(_ value: UInt64?, path: String) {
+        guard value == 0 else { return }
+        report(path, "must be greater than 0; leave the key out for no limit")
+    }
+
+    private func quote(_ text: String) -> String { JSONPath.quoted(text) }
+
+    private func listing(_ noun: String, _ items: [String]) -> String {
+        items.isEmpty ? "there are no \(noun.replacingOccurrences(of: "its ", with: ""))"
+            : "\(noun): " + items.map(quote).joined(separator: ", ")
+    }
+}

@@ -1,1 +1,0 @@
-// The switch: implemented in this module.

@@ -1,0 +1,148 @@
+import Foundation
+import XCTest
+
+/// A `bulkhead run` process started by a test, with its log collected.
+final class RunningDaemon: @unchecked Sendable {
+    // @unchecked Sendable: `log` is only touched under `lock`.
+    let process = Process()
+    let configPath: String
+    let stateDirectory: String
+    private let lock = NSLock()
+    private var log = ""
+
+    /// The `bulkhead` executable built next to the test bundle.
+    static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["BULKHEAD_BINARY"] { return path }
+        let bundle = Bundle.main.bundleURL.deletingLastPathComponent()
+        for candidate in [bundle.appendingPathComponent("bulkhead").path,
+                          Bundle.main.executableURL?.deletingLastPathComponent().appendingPathComponent("bulkhead").path]
+        where candidate.map({ FileManager.default.isExecutableFile(atPath: $0) }) == true {
+            return candidate!
+        }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug/bulkhead").path
+    }
+
+    /// Writes `configuration` to a file and starts the daemon on it. Waits until it logs that it
+    /// is ready, or fails the test with its log if it exits first.
+    init(configuration: [String: Any], waitForReady: Bool = true) throws {
+        let host = configuration["host"] as? [String: Any]
+        stateDirectory = host?["stateDirectory"] as? String ?? ""
+        configPath = NSTemporaryDirectory() + "bulkhead-test-\(UUID().uuidString).json"
+        let data = try JSONSerialization.data(withJSONObject: configuration, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: configPath))
+
+        process.executableURL = URL(fileURLWithPath: RunningDaemon.binary)
+        process.arguments = ["run", "--config", configPath]
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let chunk = handle.availableData
+            guard let self, !chunk.isEmpty else { return }
+            self.lock.withLock { self.log += String(decoding: chunk, as: UTF8.self) }
+        }
+        try process.run()
+        if waitForReady {
+            try waitFor("bulkhead ready", timeout: 30)
+        }
+    }
+
+    var output: String { lock.withLock { log } }
+
+    /// Waits until the log contains `text`; throws if the daemon exits first or time runs out.
+    func waitFor(_ text: String, timeout: TimeInterval) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if output.contains(text) { return }
+            if !process.isRunning {
+                Thread.sleep(forTimeInterval: 0.2)
+                throw DaemonFailure(message: "bulkhead exited with \(process.terminationStatus) before '\(text)':\n\(output)")
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw DaemonFailure(message: "timed out waiting for '\(text)':\n\(output)")
+    }
+
+    /// Waits for the process to exit by itself and returns its status.
+    func waitForExit(timeout: TimeInterval = 30) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        if process.isRunning { return nil }
+        Thread.sleep(forTimeInterval: 0.1)  // let the log reader drain
+        return process.terminationStatus
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    @discardableResult
+    func stop(signal: Int32 = SIGTERM) -> Int32? {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+        return waitForExit()
+    }
+
+    /// The daemon's status file, decoded.
+    func status() throws -> [String: Any] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: stateDirectory + "/status.json"))
+        return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+    }
+
+    /// Waits for a fresh status file (rewritten every second) and returns one port's entry.
+    func portStatus(tenant: String, port: String, fresh: Bool = true) throws -> [String: Any] {
+        if fresh { Thread.sleep(forTimeInterval: 1.2) }
+        let ports = (try status()["switch"] as? [String: Any])?["ports"] as? [[String: Any]] ?? []
+        guard let entry = ports.first(where: { $0["tenant"] as? String == tenant && $0["port"] as? String == port }) else {
+            throw DaemonFailure(message: "no status for \(tenant)/\(port)")
+        }
+        return entry
+    }
+
+    /// One drop counter of one port.
+    func drops(tenant: String, port: String, reason: String) throws -> Int {
+        let drops = try portStatus(tenant: tenant, port: port)["drops"] as? [String: Any]
+        return (drops?[reason] as? NSNumber)?.intValue ?? -1
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: configPath)
+    }
+}
+
+struct DaemonFailure: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+/// The demo topology of configs/demo.json, renamed so that tests do not collide with a running
+/// demo: namespaces and interfaces get a `t` prefix, and state lives in a temporary directory.
+enum TestTopology {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    static func demo(stateDirectory: String = NSTemporaryDirectory() + "bulkhead-state-\(UUID().uuidString)") throws -> [String: Any] {
+        let data = try Data(contentsOf: repository.appendingPathComponent("configs/demo.json"))
+        guard var config = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw DaemonFailure(message: "configs/demo.json is not an object")
+        }
+        config["host"] = ["stateDirectory": stateDirectory]
+        var tenants = config["tenants"] as? [[String: Any]] ?? []
+        for t in tenants.indices {
+            let tenant = tenants[t]["id"] as? String ?? "x"
+            var ports = tenants[t]["ports"] as? [[String: Any]] ?? []
+            for p in ports.indices {
+                let port = ports[p]["id"] as? String ?? "x"
+                ports[p]["netns"] = namespace(tenant, port)
+                ports[p]["ifname"] = interface(tenant, port)
+            }
+            tenants[t]["ports"] = ports
+        }
+        config["tenants"] = tenants
+        return config
+    }
+
+    static func namespace(_ tenant: String, _ port: String) -> String { "t-\(tenant)-\(port)" }
+    static func interface(_ tenant: String, _ port: String) -> String { "t-\(tenant)-\(port)" }
+}
