@@ -1,0 +1,142 @@
+import Config
+
+/// A prefix as two masked 64-bit halves; an IPv4 prefix sits in the low 32 bits of `low`.
+struct CompiledPrefix: Sendable {
+    var high: UInt64 = 0
+    var low: UInt64 = 0
+    var maskHigh: UInt64 = 0
+    var maskLow: UInt64 = 0
+
+    init() {}
+
+    init(_ prefix: IPPrefix) {
+        switch prefix.address {
+        case .v4(let address):
+            let mask: UInt32 = prefix.length == 0 ? 0 : prefix.length >= 32 ? .max : ~(UInt32.max >> UInt32(prefix.length))
+            maskLow = UInt64(mask)
+            low = UInt64(address.rawValue & mask)
+        case .v6(let address):
+            let length = prefix.length
+            maskHigh = length == 0 ? 0 : length >= 64 ? .max : ~(UInt64.max >> UInt64(length))
+            maskLow = length <= 64 ? 0 : length == 128 ? .max : ~(UInt64.max >> UInt64(length - 64))
+            high = address.high & maskHigh
+            low = address.low & maskLow
+        }
+    }
+
+    func contains(high addressHigh: UInt64, low addressLow: UInt64) -> Bool {
+        addressHigh & maskHigh == high && addressLow & maskLow == low
+    }
+}
+
+/// One ACL rule with every string resolved: the flat form the data path evaluates.
+struct CompiledRule: Sendable {
+    var deny: Bool
+    var ingress: Bool
+    var egress: Bool
+    /// IP protocol number, or -1 for any.
+    var proto: Int16
+    /// 0: either family; 4 or 6; 255: never matches (prefixes of different families).
+    var family: UInt8
+    var source: CompiledPrefix
+    var destination: CompiledPrefix
+    var hasPortRanges: Bool
+    var sourcePortLower: UInt16 = 0
+    var sourcePortUpper: UInt16 = .max
+    var destinationPortLower: UInt16 = 0
+    var destinationPortUpper: UInt16 = .max
+    /// Port index the rule is limited to; -1: every port; -2: a port that does not exist (never matches).
+    var port: Int32
+}
+
+/// The IP packet fields an ACL rule looks at.
+struct ACLPacket {
+    var family: UInt8
+    var proto: UInt8
+    var sourceHigh: UInt64
+    var sourceLow: UInt64
+    var destinationHigh: UInt64
+    var destinationLow: UInt64
+    var hasPorts: Bool
+    var isNonFirstFragment: Bool
+    var sourcePort: UInt16
+    var destinationPort: UInt16
+}
+
+/// The tenants' ACLs compiled at init into one flat rule array; evaluation reads only scalars.
+///
+/// First match wins; no match allows. A rule with port ranges applies only to TCP and UDP; a
+/// non-first fragment carries no ports, so such a rule never matches it when it allows and always
+/// matches it (given protocol and prefixes) when it denies: a fragment cannot slip past a
+/// deny-by-port rule.
+struct AccessControl: Sendable {
+    var rules: [CompiledRule] = []
+    /// Per tenant: its rules in `rules`.
+    var ranges: [Range<Int>] = []
+    var hasIngressRules: [Bool] = []
+    var hasEgressRules: [Bool] = []
+
+    init(tenants: [Tenant], portIndex: (_ tenant: Int, _ port: String) -> Int?) {
+        for (tenantIndex, tenant) in tenants.enumerated() {
+            let start = rules.count
+            var ingress = false, egress = false
+            for rule in tenant.acl {
+                var family: UInt8 = 0
+                for prefix in [rule.source, rule.destination].compactMap({ $0 }) {
+                    let prefixFamily: UInt8
+                    switch prefix.address { case .v4: prefixFamily = 4; case .v6: prefixFamily = 6 }
+                    family = family == 0 || family == prefixFamily ? prefixFamily : 255
+                }
+                var port: Int32 = -1
+                if let name = rule.port { port = portIndex(tenantIndex, name).map { Int32($0) } ?? -2 }
+                var compiled = CompiledRule(
+                    deny: rule.action == .deny,
+                    ingress: rule.direction != .egress, egress: rule.direction != .ingress,
+                    proto: rule.protocol.number.map { Int16($0) } ?? -1, family: family,
+                    source: rule.source.map(CompiledPrefix.init) ?? CompiledPrefix(),
+                    destination: rule.destination.map(CompiledPrefix.init) ?? CompiledPrefix(),
+                    hasPortRanges: rule.sourcePort != nil || rule.destinationPort != nil, port: port)
+                if let range = rule.sourcePort {
+                    compiled.sourcePortLower = range.lower; compiled.sourcePortUpper = range.upper
+                }
+                if let range = rule.destinationPort {
+                    compiled.destinationPortLower = range.lower; compiled.destinationPortUpper = range.upper
+                }
+                ingress = ingress || compiled.ingress
+                egress = egress || compiled.egress
+                rules.append(compiled)
+            }
+            ranges.append(start..<rules.count)
+            hasIngressRules.append(ingress)
+            hasEgressRules.append(egress)
+        }
+    }
+
+    /// Whether `tenant`'s ACL allows `packet` at `port` in the given direction.
+    func allows(tenant: Int, port: Int, egress: Bool, packet: ACLPacket) -> Bool {
+        let range = ranges[tenant]
+        for index in range.lowerBound..<range.upperBound {
+            let rule = rules[index]
+            if egress ? !rule.egress : !rule.ingress { continue }
+            if rule.port != -1 && rule.port != Int32(port) { continue }
+            if rule.family != 0 && rule.family != packet.family { continue }
+            if rule.proto >= 0 && rule.proto != Int16(packet.proto) { continue }
+            if !rule.source.contains(high: packet.sourceHigh, low: packet.sourceLow) { continue }
+            if !rule.destination.contains(high: packet.destinationHigh, low: packet.destinationLow) { continue }
+            if rule.hasPortRanges {
+                guard packet.proto == Wire.protoTCP || packet.proto == Wire.protoUDP else { continue }
+                if packet.isNonFirstFragment {
+                    if !rule.deny { continue }
+                } else {
+                    guard packet.hasPorts,
+                          packet.sourcePort >= rule.sourcePortLower, packet.sourcePort <= rule.sourcePortUpper,
+                          packet.destinationPort >= rule.destinationPortLower,
+                          packet.destinationPort <= rule.destinationPortUpper
+                    else { continue }
+                }
+            }
+            return !rule.deny
+        }
+        return true
+    }
+}
