@@ -103,7 +103,7 @@ struct Validator {
                 names[principal.name] = index
             }
             if let owner = uids[principal.uid] {
-                report(path + ".uid", "uid \(principal.uid) is already used by principal \(quote(owner)); each uid maps to one principal")
+                report(path + ".uid", "uid \(principal.uid) is already used by principal '\(owner)'; each uid maps to one principal")
             } else {
                 uids[principal.uid] = principal.name
             }
@@ -197,7 +197,7 @@ struct Validator {
             } else if let owner = vnis[vni] {
                 report(path + ".vni", "VNI \(vni) is already used by \(owner); each segment needs its own VNI")
             } else {
-                vnis[vni] = "segment \(quote(segment.id)) of tenant \(quote(tenant))"
+                vnis[vni] = "segment '\(segment.id)' of tenant '\(tenant)'"
             }
         }
         checkRange(segment.mtu, 576...9000, path: path + ".mtu", what: "MTU")
@@ -221,7 +221,7 @@ struct Validator {
         }
         let segmentKnown = checkReference(port.segment, path: path + ".segment", kind: "segment", user: "a port",
                                           tenantIndex: tenantIndex, ids: \.segmentIDs)
-        let owner = "port \(quote(port.id)) in segment \(quote(port.segment)) of tenant \(quote(tenantName))"
+        let owner = "port '\(port.id)' in segment '\(port.segment)' of tenant '\(tenantName)'"
         let segmentKey = "\(tenantIndex)/\(port.segment)"
         checkMAC(port.mac, path: path + ".mac", owner: owner, segmentKey: segmentKnown ? segmentKey : nil)
         for (i, mac) in port.allowedMACs.enumerated() {
@@ -266,7 +266,7 @@ struct Validator {
         if let owner = interfaceNames[name] {
             report(path, "interface name \(quote(name)) is already used by \(owner); set \"ifname\" to a name unique on the host")
         } else {
-            interfaceNames[name] = "port \(quote(port.id)) of tenant \(quote(tenant))"
+            interfaceNames[name] = "port '\(port.id)' of tenant '\(tenant)'"
         }
     }
 
@@ -301,7 +301,7 @@ struct Validator {
             let nicPath = path + ".nics[\(i)]"
             let known = checkReference(nic.segment, path: nicPath + ".segment", kind: "segment", user: "a partition NIC",
                                        tenantIndex: tenantIndex, ids: \.segmentIDs)
-            let owner = "NIC \(i) of partition \(quote(partition.id)) in segment \(quote(nic.segment)) of tenant \(quote(tenantName))"
+            let owner = "NIC \(i) of partition '\(partition.id)' in segment '\(nic.segment)' of tenant '\(tenantName)'"
             let key = known ? "\(tenantIndex)/\(nic.segment)" : nil
             checkMAC(nic.mac, path: nicPath + ".mac", owner: owner, segmentKey: key)
             for (j, ip) in nic.ips.enumerated() {

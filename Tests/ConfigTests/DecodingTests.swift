@@ -1,0 +1,169 @@
+import Foundation
+import Testing
+@testable import Config
+
+@Suite struct DecodingTests {
+    @Test func demoDecodesToTheExpectedModel() throws {
+        let configuration = try HostConfiguration.load(contentsOf: repositoryFile("configs/demo.json"))
+        func mac(_ text: String) -> MACAddress { MACAddress(text) ?? .zero }
+        func prefixes(_ texts: [String]) -> [IPPrefix] { texts.compactMap(IPPrefix.init) }
+        let telnet = ACLRule(action: .deny, protocol: .tcp, destinationPort: PortRange(lower: 23, upper: 23))
+        func tenant(_ id: String, vni: UInt32, macs: (String, String), rateLimit: RateLimit?) -> Tenant {
+            Tenant(id: id, segments: [Segment(id: "lan", vni: vni)], ports: [
+                Port(id: "a", kind: .tap, segment: "lan", mac: mac(macs.0),
+                     ips: prefixes(["10.0.0.1/24", "fd00::1/64"]), netns: "\(id)-a", rateLimit: rateLimit),
+                Port(id: "b", kind: .tap, segment: "lan", mac: mac(macs.1),
+                     ips: prefixes(["10.0.0.2/24", "fd00::2/64"]), netns: "\(id)-b"),
+            ], acl: [telnet])
+        }
+        let expected = HostConfiguration(
+            host: HostSettings(stateDirectory: "/var/lib/bulkhead/demo"),
+            principals: [Principal(name: "ops", uid: 0, role: .hostAdmin)],
+            tenants: [
+                tenant("blue", vni: 5001, macs: ("02:00:00:00:01:01", "02:00:00:00:01:02"),
+                       rateLimit: RateLimit(bitsPerSecond: 20_000_000_000)),
+                tenant("red", vni: 5002, macs: ("02:00:00:00:02:01", "02:00:00:00:02:02"), rateLimit: nil),
+            ])
+        #expect(expected.tenants.flatMap(\.ports).allSatisfy { !$0.mac.isZero && $0.ips.count == 2 })
+        #expect(configuration == expected)
+        #expect(configuration.tenants.first?.ports.first?.interfaceName(tenant: "blue") == "bh-blue-a")
+    }
+
+    @Test func defaultsOfOptionalFields() throws {
+        let text = document(tenants: "[" + tenant("blue", "\"ports\": [\(port())]") + "]")
+        let configuration = try HostConfiguration.decode(text)
+        let port = try #require(configuration.tenants.first?.ports.first)
+        #expect(port == Port(id: "a", segment: "lan", mac: try #require(MACAddress("02:00:00:00:01:01"))))
+        #expect(configuration.tenants.first?.segments.first == Segment(id: "lan"))
+        #expect(configuration.principals.isEmpty)
+    }
+
+    @Test func allKeysDecode() throws {
+        let text = document(tenants: "[" + tenant("blue", segments: #"[{"id": "lan", "vni": 7, "mtu": 9000, "macTable": {"maxEntries": 10, "maxEntriesPerPort": 5, "agingSeconds": 60}}]"#, #"""
+            "ports": [{"id": "a", "kind": "tap", "segment": "lan", "mac": "02:00:00:00:01:01", "ips": ["10.0.0.5/24"],
+                       "allowedMACs": ["02:00:00:00:01:02"], "netns": "ns.a_1", "ifname": "tap0", "queues": 4,
+                       "allowDHCPClient": true, "dhcpServer": true, "router": true,
+                       "rateLimit": {"bitsPerSecond": 1, "burstBits": 2, "packetsPerSecond": 3, "burstPackets": 4},
+                       "stormControl": {"broadcastPacketsPerSecond": 5, "multicastPacketsPerSecond": 6}}],
+            "volumes": [{"id": "data", "sizeBytes": 1024, "readOnly": true, "serial": "SER1",
+                         "qos": {"iops": 1, "burstIOs": 2, "bytesPerSecond": 3, "burstBytes": 4}}],
+            "partitions": [{"id": "vm1", "vcpus": 2, "memoryMiB": 256,
+                            "kernel": {"path": "/k", "sha256": "\#(String(repeating: "A", count: 64))"},
+                            "initrd": {"path": "/i", "sha256": "\#(zeroDigest)"}, "cmdline": "console=ttyS0",
+                            "nics": [{"segment": "lan", "mac": "02:00:00:00:01:10", "ips": ["10.0.0.6/24"]}],
+                            "disks": [{"volume": "data", "readOnly": true}]}],
+            "acl": [{"action": "allow", "direction": "ingress", "protocol": 6, "source": "10.0.0.0/8",
+                     "destination": "10.1.0.0/16", "sourcePort": "1000-2000", "destinationPort": 22, "port": "a"}]
+            """#) + "]", principals: #"[{"name": "blue-admin", "uid": 1001, "role": "tenant-admin", "tenant": "blue"}]"#,
+            host: #"{"stateDirectory": "/var/lib/bh/", "controlSocket": "run/control.sock", "auditLog": "/var/lib/bh/audit/log"}"#)
+        let configuration = try HostConfiguration.decode(text)
+        let blue = try #require(configuration.tenants.first)
+        #expect(blue.segments.first?.macTable == MACTableSettings(maxEntries: 10, maxEntriesPerPort: 5, agingSeconds: 60))
+        #expect(blue.ports.first?.rateLimit == RateLimit(bitsPerSecond: 1, burstBits: 2, packetsPerSecond: 3, burstPackets: 4))
+        #expect(blue.ports.first?.queues == 4)
+        #expect(blue.ports.first?.router == true)
+        #expect(blue.volumes.first?.qos == VolumeQoS(iops: 1, burstIOs: 2, bytesPerSecond: 3, burstBytes: 4))
+        #expect(blue.partitions.first?.kernel.sha256 == String(repeating: "a", count: 64))
+        #expect(blue.partitions.first?.disks == [PartitionDisk(volume: "data", readOnly: true)])
+        #expect(blue.acl.first == ACLRule(action: .allow, direction: .ingress, protocol: .number(6),
+                                          source: IPPrefix("10.0.0.0/8"), destination: IPPrefix("10.1.0.0/16"),
+                                          sourcePort: PortRange(lower: 1000, upper: 2000),
+                                          destinationPort: PortRange(lower: 22, upper: 22), port: "a"))
+        #expect(configuration.principals.first?.tenant == "blue")
+    }
+
+    @Test func tenantsMayShareSubnetsAndMACs() throws {
+        let tenants = "[" + tenant("blue", "\"ports\": [\(port(extra: #""ips": ["10.0.0.1/24"]"#))]") + ", "
+            + tenant("red", "\"ports\": [\(port(extra: #""ips": ["10.0.0.1/24"]"#))]") + "]"
+        #expect(problems(document(tenants: tenants)).isEmpty)
+    }
+
+    @Test func severalProblemsAreAllReportedInOrder() throws {
+        let text = """
+        {
+          "host": {"stateDirectory": "relative"},
+          "principals": [{"name": "ops", "uid": -1, "role": "root"}],
+          "tenants": [
+            {"id": "blue", "segments": [{"id": "lan", "vni": 0}],
+             "ports": [{"id": "a", "segment": "lan", "mac": "01:00:00:00:00:01"},
+                       {"id": "b", "segment": "wan", "mac": "02:00:00:00:00:01", "queues": 0}]}
+          ]
+        }
+        """
+        let found = problems(text)
+        #expect(found.map(\.path) == [
+            "$.host.stateDirectory", "$.principals[0].uid", "$.principals[0].role", "$.tenants[0].segments[0].vni",
+            "$.tenants[0].ports[0].mac", "$.tenants[0].ports[1].segment", "$.tenants[0].ports[1].queues",
+        ])
+        #expect(found.allSatisfy { $0.line != nil && $0.column != nil })
+        #expect(found.first?.description == #"$.host.stateDirectory (line 2, column 30): "relative" is not an absolute path; start it with '/'"#)
+    }
+
+    @Test func errorDescriptionNamesTheFile() throws {
+        let path = repositoryFile("configs/examples/shape.json")
+        do {
+            _ = try HostConfiguration.load(contentsOf: path)
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.file == path)
+            #expect(error.description.hasPrefix("\(path): configuration has 7 problems\n"))
+        }
+    }
+
+    @Test func missingFile() {
+        do {
+            _ = try HostConfiguration.load(contentsOf: "/nonexistent/bulkhead.json")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.problems.map(\.path) == ["$"])
+            #expect(error.problems.first?.message.contains("cannot read") == true)
+        }
+    }
+
+    @Test func integersAreExact() {
+        let cases: [(String, String)] = [
+            (#"1e3"#, "expected an integer, found 1e3"), (#"1.0"#, "expected an integer, found 1.0"),
+            (#"-1"#, "out of range"), (#"4294967296"#, "out of range"), (#"true"#, "expected an integer, found a boolean"),
+            (#""5""#, "expected an integer, found a string"),
+        ]
+        for (value, fragment) in cases {
+            let found = problems(document(principals: #"[{"name": "ops", "uid": \#(value), "role": "auditor"}]"#))
+            #expect(found.map(\.path) == ["$.principals[0].uid"], "\(value)")
+            #expect(found.first?.message.contains(fragment) == true, "\(value): \(found)")
+        }
+        let big = problems(document(tenants: "[" + tenant("blue", #""volumes": [{"id": "v", "sizeBytes": 18446744073709551616}]"#) + "]"))
+        #expect(big.map(\.path) == ["$.tenants[0].volumes[0].sizeBytes"])
+    }
+
+    /// The broken examples under configs/examples each report exactly these paths.
+    @Test(arguments: [
+        ("cross-tenant.json", [
+            "$.tenants[1].segments[0].vni", "$.tenants[1].ports[0].segment",
+            "$.tenants[1].partitions[0].disks[0].volume", "$.tenants[1].acl[0].port",
+        ]),
+        ("duplicates.json", [
+            "$.principals[1].name", "$.principals[1].uid", "$.tenants[0].segments[1].id",
+            "$.tenants[0].ports[1].mac", "$.tenants[0].ports[1].ips[0]", "$.tenants[0].partitions[0].nics[0].mac",
+            "$.tenants[1].id",
+        ]),
+        ("host-and-principals.json", [
+            "$.host.controlSocket", "$.host.auditLog", "$.principals[0].tenant", "$.principals[1].tenant",
+            "$.principals[2].tenant", "$.principals[3].role",
+        ]),
+        ("shape.json", [
+            "$.host.logLevel", "$.tenants[0].segments[0].mtu", "$.tenants[0].ports[0].router",
+            "$.tenants[0].ports[1].mac", "$.tenants[0].ports[2].mac", "$.tenants[0].ports[2].allowedMacs",
+            "$.tenants[0].volumes[0].sizeBytes",
+        ]),
+    ])
+    func brokenExamples(file: String, paths: [String]) throws {
+        let path = repositoryFile("configs/examples/" + file)
+        do {
+            _ = try HostConfiguration.load(contentsOf: path)
+            Issue.record("\(file) decoded")
+        } catch {
+            #expect(error.problems.map(\.path) == paths, "\(error)")
+            #expect(error.problems.allSatisfy { $0.line != nil })
+        }
+    }
+}
