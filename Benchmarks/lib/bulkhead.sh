@@ -1,0 +1,95 @@
+# The Bulkhead side of Benchmarks/run-system.sh: its configuration, and starting and stopping
+# the daemon, which creates (and on SIGTERM removes) the namespaces bhb-a, bhb-b and their TAPs.
+# Sourced.
+# shellcheck shell=bash
+
+BHB_NAMESPACES=(bhb-a bhb-b)
+BHB_PID=""
+
+# bulkhead_write_config FILE STATE_DIR MAC_A IP_A MAC_B IP_B
+bulkhead_write_config() {
+    local file=$1 state=$2
+    cat >"$file" <<JSON
+{
+  "host": {"stateDirectory": "$state"},
+  "tenants": [
+    {
+      "id": "bench",
+      "segments": [{"id": "lan", "vni": 7001}],
+      "ports": [
+        {"id": "a", "kind": "tap", "segment": "lan", "mac": "$3", "ips": ["$4"],
+         "netns": "bhb-a", "ifname": "bhb-a"},
+        {"id": "b", "kind": "tap", "segment": "lan", "mac": "$5", "ips": ["$6"],
+         "netns": "bhb-b", "ifname": "bhb-b"}
+      ]
+    }
+  ]
+}
+JSON
+}
+
+# Removes what a daemon of an earlier, aborted run may have left (its TAPs go with their
+# namespaces; a TAP not moved yet goes when its fds close, i.e. with the daemon).
+bulkhead_leftovers_remove() {
+    local ns
+    for ns in "${BHB_NAMESPACES[@]}"; do
+        netns_remove "$ns"
+        ip link delete "$ns" 2>/dev/null || true
+    done
+}
+
+# bulkhead_start BINARY CONFIG LOG: starts the daemon in the background and waits up to 30 s for
+# "bulkhead ready" in its log. Returns non-zero (after printing the log) when it exits or the
+# time runs out.
+bulkhead_start() {
+    local bin=$1 config=$2 log=$3
+    : >"$log"
+    "$bin" run --config "$config" >>"$log" 2>&1 &
+    BHB_PID=$!
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        if grep -q "bulkhead ready" "$log"; then return 0; fi
+        if ! kill -0 "$BHB_PID" 2>/dev/null; then
+            local rc=0
+            wait "$BHB_PID" || rc=$?
+            BHB_PID=""
+            say "bulkhead exited with status $rc before it was ready; its log ($log):"
+            sed 's/^/    /' "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    say "bulkhead did not log 'bulkhead ready' within 30 s; its log ($log):"
+    sed 's/^/    /' "$log" >&2
+    return 1
+}
+
+# bulkhead_stop LOG: SIGTERM, then waits up to 15 s (SIGKILL after that). Returns non-zero when
+# the daemon had to be killed, exited with a failure status, or left its namespaces behind.
+bulkhead_stop() {
+    local log=$1 rc=0 i ns problem=0
+    [ -n "$BHB_PID" ] || return 0
+    if kill -0 "$BHB_PID" 2>/dev/null; then
+        kill -TERM "$BHB_PID" 2>/dev/null || true
+        for ((i = 0; i < 150; i++)); do kill -0 "$BHB_PID" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$BHB_PID" 2>/dev/null; then
+            say "bulkhead did not exit within 15 s of SIGTERM; killing it"
+            kill -KILL "$BHB_PID" 2>/dev/null || true
+            problem=1
+        fi
+    else
+        say "bulkhead (pid $BHB_PID) had already exited before SIGTERM"
+        problem=1
+    fi
+    wait "$BHB_PID" 2>/dev/null || rc=$?
+    BHB_PID=""
+    if [ "$rc" != 0 ]; then say "bulkhead exited with status $rc"; problem=1; fi
+    for ns in "${BHB_NAMESPACES[@]}"; do
+        if [ -e "/run/netns/$ns" ]; then say "bulkhead left namespace $ns behind"; problem=1; fi
+    done
+    if [ "$problem" != 0 ]; then
+        say "bulkhead's log ($log), last 30 lines:"
+        tail -n 30 "$log" | sed 's/^/    /' >&2
+    fi
+    return "$problem"
+}

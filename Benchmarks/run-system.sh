@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# System benchmark: the same iperf3 traffic between two network namespaces, once through
+# Bulkhead's switch (TAP ports, io_uring) and once through a Linux bridge with veth pairs (the
+# peer), in one run, and the ratios Bulkhead / Linux bridge.
+#
+#   Benchmarks/run-system.sh [--short] [--out DIR] [--rounds N] [--duration S]
+#
+#   --short       3 s per measurement (default 10 s)
+#   --out DIR     where the raw iperf3 JSON, the daemon's logs and results.txt go (default: a new
+#                 temporary directory, printed)
+#   --rounds N    measurements per scenario and topology; the table shows the median
+#                 (default 2 with --short, 3 without). Rounds alternate which topology goes first.
+#   --duration S  seconds per measurement, overriding --short's and the default
+#
+# Environment: BULKHEAD_BINARY (use this binary, do not build), BULKHEAD_SCRATCH_PATH (passed to
+# `swift build --scratch-path`; the binary is then taken from there).
+#
+# Needs root (namespaces, TAP devices), iperf3, iproute2 and /usr/bin/python3; installs nothing
+# (CI runs deploy/install-deps.sh first). Scenarios: TCP throughput (one stream, what the
+# receiver got) and UDP with 64-byte payloads at an unlimited send rate (datagrams/s delivered to
+# the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
+# also needs a core, leaving placement to the scheduler treats both sides alike.
+#
+# Exit status 0 when every measurement was taken (the ratios are reported, not judged),
+# non-zero with the reason otherwise. The last two lines of the output are
+#   ratio.tcp_vs_linux_bridge=R
+#   ratio.udp64_pps_vs_linux_bridge=R
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/common.sh
+source "$REPO/Benchmarks/lib/common.sh"
+# shellcheck source=lib/linux-bridge.sh
+source "$REPO/Benchmarks/lib/linux-bridge.sh"
+# shellcheck source=lib/bulkhead.sh
+source "$REPO/Benchmarks/lib/bulkhead.sh"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+SHORT=0 OUT_DIR="" ROUNDS="" DURATION=""
+while (($#)); do
+    case $1 in
+        --short) SHORT=1 ;;
+        --out) OUT_DIR=${2:?--out needs a directory}; shift ;;
+        --out=*) OUT_DIR=${1#--out=} ;;
+        --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
+        --duration) DURATION=${2:?--duration needs seconds}; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument '$1'" ;;
+    esac
+    shift
+done
+[ -n "$DURATION" ] || DURATION=$((SHORT ? 3 : 10))
+[ -n "$ROUNDS" ] || ROUNDS=$((SHORT ? 2 : 3))
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a whole number of seconds"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number"
+
+[ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices)"
+missing=()
+for tool in iperf3 ip ss top timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+[ -x "$PYTHON" ] || missing+=("$PYTHON")
+((${#missing[@]} == 0)) || die "missing: ${missing[*]} (run deploy/install-deps.sh: iperf3, iproute2, procps, python3)"
+
+# Addresses, the same on both topologies.
+MAC_A=02:00:00:00:0b:01 MAC_B=02:00:00:00:0b:02
+IP_A=10.77.0.1/24 IP_B=10.77.0.2/24
+SERVER_IP=${IP_B%/*}
+
+# --- build -----------------------------------------------------------------------------------
+cd "$REPO"
+if [ -n "${BULKHEAD_BINARY:-}" ]; then
+    BIN=$BULKHEAD_BINARY
+    step "using BULKHEAD_BINARY=$BIN (not building)"
+else
+    command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
+    command -v swift >/dev/null || die "swift toolchain not found (expected at /opt/swift)"
+    build=(swift build -c release --product bulkhead)
+    BIN=$REPO/.build/release/bulkhead
+    if [ -n "${BULKHEAD_SCRATCH_PATH:-}" ]; then
+        build+=(--scratch-path "$BULKHEAD_SCRATCH_PATH")
+        BIN=$(cd "$REPO" && mkdir -p "$BULKHEAD_SCRATCH_PATH" && cd "$BULKHEAD_SCRATCH_PATH" && pwd)/release/bulkhead
+    fi
+    step "building: ${build[*]}"
+    "${build[@]}" >&2 || die "the release build of bulkhead failed"
+fi
+[ -x "$BIN" ] || die "no bulkhead binary at $BIN"
+
+# --- directories, cleanup ----------------------------------------------------------------------
+WORK_DIR=$(mktemp -d /tmp/bulkhead-bench-work.XXXXXX)
+if [ -n "$OUT_DIR" ]; then mkdir -p "$OUT_DIR"; else OUT_DIR=$(mktemp -d /tmp/bulkhead-bench.XXXXXX); fi
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+: >"$OUT_DIR/measurements.tsv"
+step "output directory: $OUT_DIR"
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    stop_iperf_client
+    if [ -n "$BHB_PID" ]; then bulkhead_stop /dev/null >/dev/null 2>&1; fi
+    kill_pidfile "$WORK_DIR/iperf3-server.pid"
+    linux_bridge_teardown
+    bulkhead_leftovers_remove
+    rm -rf "$WORK_DIR"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT
+trap 'say "terminated"; exit 143' TERM
+
+step "removing what an earlier, aborted run may have left"
+linux_bridge_teardown
+bulkhead_leftovers_remove
+
+# --- topologies --------------------------------------------------------------------------------
+CONFIG=$WORK_DIR/bench.json
+bulkhead_write_config "$CONFIG" "$WORK_DIR/state" "$MAC_A" "$IP_A" "$MAC_B" "$IP_B"
+cp "$CONFIG" "$OUT_DIR/bulkhead-config.json"
+"$BIN" validate --config "$CONFIG" >&2 || die "bulkhead rejected the benchmark configuration ($OUT_DIR/bulkhead-config.json)"
+
+step "setting up the Linux bridge topology (brb-a, brb-b, bridge brb-br0)"
+linux_bridge_setup "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" || die "could not set up the Linux bridge topology"
+
+# Bridge runs take place while the daemon is stopped, so that it cannot take CPU from them;
+# Bulkhead runs while the bridge sits idle (no traffic, no cost).
+measure_linux_bridge() {
+    local round=$1
+    SNAPSHOT_TOP=1 run_iperf linux-bridge tcp "$round" brb-a brb-b - || die "iperf3 TCP through the Linux bridge failed"
+    SNAPSHOT_TOP= run_iperf linux-bridge udp64 "$round" brb-a brb-b - || die "iperf3 UDP through the Linux bridge failed"
+}
+
+measure_bulkhead() {
+    local round=$1 log="$OUT_DIR/bulkhead-r$1.log"
+    bulkhead_start "$BIN" "$CONFIG" "$log" || die "bulkhead did not start (round $round)"
+    SNAPSHOT_TOP=1 run_iperf bulkhead tcp "$round" bhb-a bhb-b "$BHB_PID" \
+        || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 TCP through Bulkhead failed"; }
+    kill -0 "$BHB_PID" 2>/dev/null || { sed 's/^/    /' "$log" >&2; die "bulkhead exited during the TCP run"; }
+    SNAPSHOT_TOP= run_iperf bulkhead udp64 "$round" bhb-a bhb-b "$BHB_PID" \
+        || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 UDP through Bulkhead failed"; }
+    bulkhead_stop "$log" || die "bulkhead did not stop cleanly (round $round)"
+}
+
+step "measuring: $ROUNDS round(s), $DURATION s per measurement; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for ((round = 1; round <= ROUNDS; round++)); do
+    if ((round % 2)); then   # Bulkhead first in round 1: a daemon that fails, fails early
+        measure_bulkhead "$round"; measure_linux_bridge "$round"
+    else
+        measure_linux_bridge "$round"; measure_bulkhead "$round"
+    fi
+done
+linux_bridge_teardown
+
+# --- report --------------------------------------------------------------------------------------
+{
+    echo "Bulkhead system benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo ' (+ uncommitted changes)')"
+    echo "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $DURATION s per measurement, iperf3 $(iperf3 --version | awk 'NR==1 { print $2 }')"
+    echo "TCP: one stream, end.sum_received.bits_per_second of the client's JSON (what the receiver got)."
+    echo "UDP: 64-byte payloads, -b 0; delivered/s = (packets - lost_packets) / seconds of the receiver's"
+    echo "     own JSON (server_output_json.end.sum_received)."
+    echo
+    for f in "$OUT_DIR"/*-tcp-r1.top.txt; do
+        [ -s "$f" ] || continue
+        echo "Busiest threads in the middle of $(basename "$f" .top.txt) (top -H, 1 s):"
+        awk '/^ *PID /{ h = 1; print "  " $0; next } h && n < 6 { print "  " $0; n++ }' "$f"
+        d=${f%.top.txt}.top-daemon.txt
+        if [ -s "$d" ]; then
+            echo "  of which bulkhead's threads:"
+            awk '!/^ *PID /{ print "  " $0 }' "$d"
+        fi
+        echo
+    done
+    "$PYTHON" "$BENCH_LIB/iperf_json.py" summarize "$OUT_DIR/measurements.tsv"
+} >"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the measurements"; }
+echo "raw iperf3 JSON, daemon logs and results.txt: $OUT_DIR"
+echo
+cat "$OUT_DIR/results.txt"
