@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds a libFuzzer target with ASan and runs it for a bounded time.
+#
+#   bash Fuzz/run.sh TARGET SECONDS     build, then fuzz TARGET for SECONDS; non-zero on a finding
+#   bash Fuzz/run.sh --list             the targets
+#
+# The modules under test are compiled from Sources/ as separate Swift modules (one object file
+# and .swiftmodule each, whole-module, instrumented for coverage and ASan) into .build-fuzz/, so
+# no SwiftPM build is involved. Corpus: .build-fuzz/corpus-TARGET (seeded on first use);
+# findings: .build-fuzz/artifacts-TARGET/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+targets="switch"
+if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
+target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
+seconds="${2:-30}"
+[[ "$seconds" =~ ^[0-9]+$ ]] || { echo "SECONDS must be a whole number" >&2; exit 2; }
+
+SWIFTC="${SWIFTC:-swiftc}"
+command -v "$SWIFTC" >/dev/null || SWIFTC=/opt/swift/usr/bin/swiftc
+out=.build-fuzz
+modules="$out/modules"
+mkdir -p "$modules"
+sanitize=(-sanitize=fuzzer,address -gline-tables-only -Onone -swift-version 6 -parse-as-library)
+
+# compile_module NAME DEPENDENCIES...: Sources/NAME/*.swift -> $modules/NAME.o + NAME.swiftmodule
+compile_module() {
+  local name="$1"
+  echo "fuzz: compiling module $name" >&2
+  "$SWIFTC" "${sanitize[@]}" -wmo -module-name "$name" -I "$modules" \
+    -emit-module -emit-module-path "$modules/$name.swiftmodule" \
+    -c -o "$modules/$name.o" Sources/"$name"/*.swift
+}
+
+case "$target" in
+  switch)
+    compile_module Virtio
+    compile_module Config
+    compile_module Switch
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Switch.o")
+    main=Fuzz/SwitchFuzz/FuzzMain.swift
+    ;;
+  *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
+esac
+
+binary="$out/$target-fuzzer"
+echo "fuzz: linking $binary" >&2
+# gold warns once per ASan helper symbol; the warnings are harmless, keep the log readable.
+"$SWIFTC" "${sanitize[@]}" -module-name "${target^}Fuzz" -I "$modules" "$main" "${objects[@]}" -o "$binary" 2>&1 \
+  | { grep -v "Cannot export local symbol" || true; }
+
+corpus="$out/corpus-$target"
+artifacts="$out/artifacts-$target"
+mkdir -p "$corpus" "$artifacts"
+if [[ "$target" == switch && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: byte 0 = ingress port, 12-byte virtio-net header, then the frame.
+  printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00\x45\x00\x00\x20\x12\x34\x00\x00\x40\x11\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02\x9c\x40\x00\x35\x00\x0c\x00\x00\x61\x62\x63\x64' > "$corpus/seed-udp"
+  printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00\x45\x00\x00\x28\x12\x34\x20\x00\x40\x06\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02\x04\xd2\x00\x50\x00\x00\x00\x01\x00\x00\x00\x00\x50\x02\xff\xff\x00\x00\x00\x00' > "$corpus/seed-tcpfrag"
+  printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\x02\x00\x00\x00\x00\x01\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01\x02\x00\x00\x00\x00\x01\x0a\x00\x00\x01\x00\x00\x00\x00\x00\x00\x0a\x00\x00\x02' > "$corpus/seed-arp"
+  printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x86\xdd\x60\x00\x00\x00\x00\x20\x3a\xff\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x87\x00\x00\x00\x00\x00\x00\x00\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01\x01\x02\x00\x00\x00\x00\x01' > "$corpus/seed-ns"
+  printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x86\xdd\x60\x00\x00\x00\x00\x28\x2c\xff\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x3a\x00\x00\x00\x00\x00\x00\x01\x87\x00\x00\x00\x00\x00\x00\x00\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01\x01\x02\x00\x00\x00\x00\x01' > "$corpus/seed-v6frag"
+  printf '\x80\x01\x01\x36\x00\xe8\x03\x22\x00\x10\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00\x45\x00\x0b\xe0\x12\x34\x00\x00\x40\x06\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02\x04\xd2\x00\x50\x00\x00\x00\x01\x00\x00\x00\x00\x50\x02\xff\xff\x00\x00\x00\x00' > "$corpus/seed-gso"; head -c 3000 /dev/zero >> "$corpus/seed-gso"
+fi
+
+echo "fuzz: running $target for ${seconds}s" >&2
+# libFuzzer exits non-zero on a crash, a sanitizer report, a leak or a timeout; set -e passes it on.
+"$binary" "$corpus" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
+  -artifact_prefix="$artifacts/"
+echo "fuzz: $target: no findings in ${seconds}s" >&2
