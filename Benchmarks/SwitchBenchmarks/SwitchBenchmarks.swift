@@ -8,7 +8,10 @@ import Virtio
 // with port security and ACLs in force. One iteration is 1M decisions (scalingFactor .mega), so
 // `throughput` reads directly in millions of decisions per second.
 //
-// Short mode for CI (about 1 s per benchmark): SWITCH_BENCH_SHORT=1.
+// Short mode for CI (about 1 s per benchmark):
+//   SWITCH_BENCH_SHORT=1 swift package --scratch-path .build-bench --disable-sandbox benchmark --filter "Forwarding.*"
+// Allocations: "Malloc (total)" must read 0; the threshold below declares it for baseline
+// comparisons (`benchmark baseline check`, `benchmark thresholds check`).
 
 private func configuration() -> Benchmark.Configuration {
     let short = ProcessInfo.processInfo.environment["SWITCH_BENCH_SHORT"] != nil

@@ -120,7 +120,8 @@ public struct ForwardingPlane: Sendable {
         self.ports = ports
         self.portSegment = portSegment
         self.portTenant = portTenant
-        self.segmentMTU = segmentSettings.map { max(0, $0.mtu) }
+        // Clamped so that no configuration value can overflow the length check.
+        self.segmentMTU = segmentSettings.map { min(max(0, $0.mtu), Wire.maxGSOFrameLength) }
         self.segmentMembers = members
         self.segmentNames = segmentNames
         self.security = PortSecurity(ports: portConfigs)
