@@ -216,7 +216,7 @@ public final class Dataplane: @unchecked Sendable {
             var failure: SystemError?
             targets.forEach { target in
                 guard failure == nil else { return }
-                do {
+                do throws(SystemError) {
                     try ring.prepareWrite(fd: queueSlots[target][0], fixed: true, buffer: base, length: UInt32(length),
                                           userData: Dataplane.userData(.write, buffer: index, port: target))
                     pendingWrites[index] += 1

@@ -2,6 +2,9 @@ import Config
 import HostOS
 import Logging
 import Netlink
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A TAP port's kernel side as the daemon set it up: its queues (owned here; closing the last
 /// one removes the device) and where its network side lives.

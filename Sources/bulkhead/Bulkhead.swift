@@ -26,9 +26,9 @@ func loadConfiguration(_ path: String) throws -> HostConfiguration {
     do {
         return try HostConfiguration.load(contentsOf: path)
     } catch {
-        var standardError = FileHandle.standardError
-        print("\(path): invalid configuration, \(error.problems.count) problem(s):", to: &standardError)
-        for problem in error.problems { print("  \(problem)", to: &standardError) }
+        var report = "\(path): invalid configuration, \(error.problems.count) problem(s):\n"
+        for problem in error.problems { report += "  \(problem)\n" }
+        FileHandle.standardError.write(Data(report.utf8))
         throw ExitCode(1)
     }
 }
