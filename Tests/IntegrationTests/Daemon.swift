@@ -13,14 +13,10 @@ final class RunningDaemon: @unchecked Sendable {
     /// The `bulkhead` executable built next to the test bundle.
     static var binary: String {
         if let path = ProcessInfo.processInfo.environment["BULKHEAD_BINARY"] { return path }
-        let bundle = Bundle.main.bundleURL.deletingLastPathComponent()
-        for candidate in [bundle.appendingPathComponent("bulkhead").path,
-                          Bundle.main.executableURL?.deletingLastPathComponent().appendingPathComponent("bulkhead").path]
-        where candidate.map({ FileManager.default.isExecutableFile(atPath: $0) }) == true {
-            return candidate!
-        }
-        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent(".build/debug/bulkhead").path
+        // swift test runs the test bundle from the build directory that also holds the product.
+        let besideTests = Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("bulkhead").path
+        if FileManager.default.isExecutableFile(atPath: besideTests) { return besideTests }
+        return TestTopology.repository.appendingPathComponent(".build/debug/bulkhead").path
     }
 
     /// Writes `configuration` to a file and starts the daemon on it. Waits until it logs that it

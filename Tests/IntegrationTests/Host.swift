@@ -37,26 +37,26 @@ enum Host {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
+        // Files rather than pipes: a chatty command can't block on a full pipe, and no reader
+        // threads are needed.
+        let base = NSTemporaryDirectory() + "bulkhead-run-\(UUID().uuidString)"
+        _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
+        _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        defer {
+            try? FileManager.default.removeItem(atPath: base + ".out")
+            try? FileManager.default.removeItem(atPath: base + ".err")
+        }
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".out"))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".err"))
         process.standardInput = FileHandle.nullDevice
         try process.run()
-        let deadline = DispatchTime.now() + timeout
-        let group = DispatchGroup()
-        var outData = Data(), errData = Data()
-        group.enter()
-        DispatchQueue.global().async { outData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        group.enter()
-        DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        if group.wait(timeout: deadline) == .timedOut {
-            process.terminate()
-            group.wait()
-        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if process.isRunning { process.terminate() }
         process.waitUntilExit()
-        return Result(status: process.terminationStatus,
-                      output: String(decoding: outData, as: UTF8.self),
-                      error: String(decoding: errData, as: UTF8.self))
+        let output = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
+        let error = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
+        return Result(status: process.terminationStatus, output: output, error: error)
     }
 
     /// Runs a command inside a network namespace.
