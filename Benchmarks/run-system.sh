@@ -157,16 +157,14 @@ linux_bridge_teardown
     echo "TCP: one stream, end.sum_received.bits_per_second of the client's JSON (what the receiver got)."
     echo "UDP: 64-byte payloads, -b 0; delivered/s = (packets - lost_packets) / seconds of the receiver's"
     echo "     own JSON (server_output_json.end.sum_received)."
+    echo "Daemon CPU: the process's utime+stime over the run (100% = one core), and by thread name"
+    echo "(percent(threads)); link drops: tx_dropped of the sender's link, rx_dropped of the receiver's;"
+    echo "receiver out-of-order queued: TcpExt TCPOFOQueue in the receiver's namespace (reordering or loss)."
     echo
     for f in "$OUT_DIR"/*-tcp-r1.top.txt; do
         [ -s "$f" ] || continue
         echo "Busiest threads in the middle of $(basename "$f" .top.txt) (top -H, 1 s):"
         awk '/^ *PID /{ h = 1; print "  " $0; next } h && n < 6 { print "  " $0; n++ }' "$f"
-        d=${f%.top.txt}.top-daemon.txt
-        if [ -s "$d" ]; then
-            echo "  of which bulkhead's threads:"
-            awk '!/^ *PID /{ print "  " $0 }' "$d"
-        fi
         echo
     done
     "$PYTHON" "$BENCH_LIB/iperf_json.py" summarize "$OUT_DIR/measurements.tsv"

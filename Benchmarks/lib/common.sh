@@ -46,6 +46,28 @@ proc_cpu_ticks() {
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null
 }
 
+# One line per thread of process $1: "TID COMM TICKS" (utime+stime; spaces in COMM become _).
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '{ c = $0; sub(/^[^(]*\(/, "", c); sub(/\) [^)]*$/, "", c); gsub(/ /, "_", c)
+                                 sub(/^.*\) /, ""); print tid, c, $12 + $13 }' "$t/stat" 2>/dev/null
+    done
+}
+
+# thread_usage BEFORE AFTER HZ SECONDS: the CPU use of a process's threads between two
+# thread_ticks listings, grouped by name (iou-wrk-123 and iou-wrk-124 are "iou-wrk"), busiest
+# first, as "name:percent(threads),...". Threads that exited in between are missed (their time
+# shows in the process total only), so the groups can sum to less than the process.
+thread_usage() {
+    awk -v hz="$3" -v w="$4" '
+        NR == FNR { before[$1] = $3; next }
+        { name = $2; sub(/-[0-9]+$/, "", name); d = $3 - (($1 in before) ? before[$1] : 0)
+          use[name] += d; n[name]++ }
+        END { for (k in use) if (use[k] > 0) printf "%.0f %s:%.0f(%d)\n", use[k], k, 100 * use[k] / hz / w, n[k] }' \
+        "$1" "$2" | sort -rn | awk '{ printf "%s%s", sep, $2; sep = "," } END { print "" }'
+}
+
 # Busy and total jiffies of the whole machine, from /proc/stat's cpu line.
 machine_ticks() {
     awk '/^cpu /{ idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total - idle, total; exit }' /proc/stat
@@ -54,6 +76,12 @@ machine_ticks() {
 # Counters of /proc/net/snmp's Udp line in namespace $1, as "InDatagrams RcvbufErrors".
 udp_counters() {
     ip netns exec "$1" awk '/^Udp:/ { if (!seen) { for (i = 1; i <= NF; i++) col[$i] = i; seen = 1 } else { print $col["InDatagrams"], $col["RcvbufErrors"]; exit } }' /proc/net/snmp
+}
+
+# TcpExt TCPOFOQueue of namespace $1 (/proc/net/netstat): segments the TCP receiver had to queue
+# out of order (reordering, or a gap left by a loss).
+tcp_ofo_counter() {
+    ip netns exec "$1" awk '/^TcpExt:/ { if (!seen) { for (i = 1; i <= NF; i++) col[$i] = i; seen = 1 } else { print $col["TCPOFOQueue"] + 0; exit } }' /proc/net/netstat
 }
 
 # Value of /sys/class/net/IFACE/statistics/COUNTER in namespace NS ($1 $2 $3); the interfaces
@@ -91,24 +119,24 @@ run_iperf() {
         || { say "iperf3 server did not start in $ns_s"; return 1; }
     wait_iperf_server "$ns_s" || { say "iperf3 server in $ns_s is not listening on :5201"; return 1; }
 
-    local udp_before cpu_before d_before="" txd_before rxd_before
+    local udp_before cpu_before d_before="" txd_before rxd_before ofo_before
     udp_before=$(udp_counters "$ns_s")
+    ofo_before=$(tcp_ofo_counter "$ns_s")
     txd_before=$(link_counter "$ns_c" "$ns_c" tx_dropped)
     rxd_before=$(link_counter "$ns_s" "$ns_s" rx_dropped)
     cpu_before=$(machine_ticks)
-    [ "$dpid" != - ] && d_before=$(proc_cpu_ticks "$dpid")
+    [ "$dpid" != - ] && d_before=$(proc_cpu_ticks "$dpid") && thread_ticks "$dpid" >"$WORK_DIR/threads.before"
 
     # A top snapshot (threads) in the middle of the run: the second of two 1 s frames, so that
     # %CPU is measured over that second and not since each thread started.
     local snap_pid=""
     if [ -n "${SNAPSHOT_TOP:-}" ]; then
         ( sleep "$(awk -v d="$DURATION" 'BEGIN { print (d > 3 ? d / 2 - 0.5 : 1) }')"
-          top -b -H -d 1 -n 2 -w 200 2>/dev/null | awk '/^top -/{ n++ } n == 2' >"$base.top.txt"
-          # The daemon's own threads, picked out of that frame by thread id.
-          if [ "$dpid" != - ] && [ -d "/proc/$dpid/task" ]; then
-              awk -v tids=" $(ls "/proc/$dpid/task" | tr '\n' ' ')" \
-                  '/^ *PID /{ print; next } index(tids, " " $1 " ")' "$base.top.txt" >"$base.top-daemon.txt"
-          fi ) &
+          # procps-ng's top -H shows a thread group's leader with the whole process's %CPU; the
+          # daemon's leader (an idle main thread) is dropped so that its busy thread is not
+          # counted twice. Per-thread figures over the whole run come from /proc instead.
+          top -b -H -d 1 -n 2 -w 200 2>/dev/null | awk '/^top -/{ n++ } n == 2' \
+              | awk -v leader="$dpid" '$1 != leader' >"$base.top.txt" ) &
         snap_pid=$!
     fi
 
@@ -124,12 +152,13 @@ run_iperf() {
     end=$(date +%s.%N)
     [ -n "$snap_pid" ] && wait "$snap_pid" 2>/dev/null
 
-    local cpu_after udp_after d_after="" txd_after rxd_after
+    local cpu_after udp_after d_after="" txd_after rxd_after ofo_after
     cpu_after=$(machine_ticks)
     udp_after=$(udp_counters "$ns_s")
+    ofo_after=$(tcp_ofo_counter "$ns_s")
     txd_after=$(link_counter "$ns_c" "$ns_c" tx_dropped)
     rxd_after=$(link_counter "$ns_s" "$ns_s" rx_dropped)
-    [ "$dpid" != - ] && d_after=$(proc_cpu_ticks "$dpid")
+    [ "$dpid" != - ] && d_after=$(proc_cpu_ticks "$dpid") && thread_ticks "$dpid" >"$WORK_DIR/threads.after"
     kill_pidfile "$pidfile"
 
     if [ "$rc" != 0 ]; then
@@ -145,7 +174,7 @@ PY
         return 1
     fi
 
-    local hz wall machine_busy daemon_cpu=-
+    local hz wall machine_busy daemon_cpu=- daemon_threads=-
     hz=$(getconf CLK_TCK)
     wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
     machine_busy=$(awk -v b="$cpu_before" -v a="$cpu_after" 'BEGIN { split(b, x, " "); split(a, y, " ");
@@ -153,6 +182,8 @@ PY
     if [ -n "$d_before" ] && [ -n "$d_after" ]; then
         daemon_cpu=$(awk -v b="$d_before" -v a="$d_after" -v hz="$hz" -v w="$wall" \
             'BEGIN { printf "%.0f", 100 * (a - b) / hz / w }')
+        daemon_threads=$(thread_usage "$WORK_DIR/threads.before" "$WORK_DIR/threads.after" "$hz" "$wall")
+        [ -n "$daemon_threads" ] || daemon_threads=-
     fi
     local metrics
     metrics=$("$PYTHON" "$BENCH_LIB/iperf_json.py" "$kind" "$base.json") \
@@ -161,8 +192,8 @@ PY
     local rcvbuf_errors
     rcvbuf_errors=$(awk -v b="$udp_before" -v a="$udp_after" 'BEGIN { split(b, x, " "); split(a, y, " "); print y[2] - x[2] }')
     # Drops on the sender's link (a TAP whose reader falls behind drops here) and the receiver's.
-    printf '%s\t%s\t%s\t%s\tmachine_busy_pct=%s\tdaemon_cpu_pct=%s\trcvbuf_errors=%s\tsender_link_tx_dropped=%s\treceiver_link_rx_dropped=%s\n' \
-        "$round" "$topo" "$kind" "$metrics" "$machine_busy" "$daemon_cpu" "$rcvbuf_errors" \
+    printf '%s\t%s\t%s\t%s\tmachine_busy_pct=%s\tdaemon_cpu_pct=%s\tdaemon_threads=%s\trcvbuf_errors=%s\ttcp_ofo_queued=%s\tsender_link_tx_dropped=%s\treceiver_link_rx_dropped=%s\n' \
+        "$round" "$topo" "$kind" "$metrics" "$machine_busy" "$daemon_cpu" "$daemon_threads" "$rcvbuf_errors" "$((ofo_after - ofo_before))" \
         "$((txd_after - txd_before))" "$((rxd_after - rxd_before))" >>"$OUT_DIR/measurements.tsv"
     say "   $(printf '%-13s %-6s round %s: ' "$topo" "$kind" "$round")$("$PYTHON" "$BENCH_LIB/iperf_json.py" describe "$kind" "$metrics") (machine busy ${machine_busy}%$([ "$dpid" = - ] || echo ", daemon ${daemon_cpu}%"))"
 }

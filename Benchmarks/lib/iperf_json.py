@@ -131,6 +131,7 @@ def summarize(path):
                 extra = []
                 if kind == "tcp":
                     extra.append("retransmits %d" % r.get("retransmits", -1))
+                    extra.append("receiver out-of-order queued %s" % fmtnum(r.get("tcp_ofo_queued")))
                 else:
                     d, lost = r.get("delivered", 0), r.get("lost", 0)
                     extra.append("sender %.0f kpps" % (r.get("sender_pps", 0) / 1e3))
@@ -143,6 +144,8 @@ def summarize(path):
                 extra.append("machine busy %s%%" % fmtnum(r.get("machine_busy_pct")))
                 if topo == "bulkhead":
                     extra.append("daemon CPU %s%%" % fmtnum(r.get("daemon_cpu_pct")))
+                    if r.get("daemon_threads") not in (None, "-"):
+                        extra.append("by thread %s" % r["daemon_threads"])
                 out.append("  %-6s %-13s %10.2f %-6s %s" % (kind, topo, r["value"] / scale, unit, ", ".join(extra)))
     out.append("")
     missing = [k for k, r in ratios if r is None]
