@@ -4,9 +4,23 @@
 #include <liburing.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include "CURing.h"
 
 struct bh_ring { struct io_uring ring; struct __kernel_timespec timeout; };
+
+const unsigned BH_SETUP_R_DISABLED = IORING_SETUP_R_DISABLED;
+const unsigned BH_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
+const unsigned BH_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
+const unsigned BH_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
+const unsigned BH_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
+
+// liburing 2.3's shared library lacks io_uring_enable_rings; the syscall is simple enough.
+int bh_ring_enable(bh_ring *r) {
+    int ret = (int)syscall(__NR_io_uring_register, r->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    return ret < 0 ? -errno : 0;
+}
 
 bh_ring *bh_ring_create(unsigned entries, unsigned flags, int *err) {
     bh_ring *r = calloc(1, sizeof *r);
@@ -72,6 +86,16 @@ int bh_ring_prep_fsync(bh_ring *r, int fd, int fixed, int datasync, uint64_t ud)
     struct io_uring_sqe *sqe = sqe_for(r);
     if (!sqe) return -EBUSY;
     io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+const uint32_t BH_CQE_F_MORE = IORING_CQE_F_MORE;
+
+int bh_ring_prep_poll_multishot(bh_ring *r, int fd, int fixed, unsigned mask, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_multishot(sqe, fd, mask);
     finish(sqe, fixed, ud);
     return 0;
 }

@@ -76,3 +76,8 @@ public struct EventFD: ~Copyable, Sendable {
 /// CLOCK_MONOTONIC in nanoseconds.
 @inline(__always)
 public func monotonicNanoseconds() -> UInt64 { bh_monotonic_ns() }
+
+/// Names the calling thread as `top -H` and `ps -L` show it (the kernel keeps 15 bytes).
+public func setCurrentThreadName(_ name: String) {
+    _ = bh_set_thread_name(String(name.utf8.prefix(15))!)
+}

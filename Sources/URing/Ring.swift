@@ -11,17 +11,39 @@ public typealias Completion = bh_completion
 public struct Ring: ~Copyable {
     private let ring: OpaquePointer
 
+    /// How the kernel runs the ring (IORING_SETUP_* flags).
+    public struct Setup: OptionSet, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+        /// Start disabled: files and restrictions can be registered from any thread, and `enable()`
+        /// (on the thread that will use the ring) starts it.
+        public static let disabled = Setup(rawValue: BH_SETUP_R_DISABLED)
+        /// Keep submitting a batch after one entry fails.
+        public static let submitAll = Setup(rawValue: BH_SETUP_SUBMIT_ALL)
+        /// Only one thread submits (the one that enables the ring) and completion work runs
+        /// when it waits, not through interrupts: the fastest mode for a one-thread event loop.
+        public static let singleIssuer = Setup(rawValue: BH_SETUP_SINGLE_ISSUER | BH_SETUP_DEFER_TASKRUN)
+    }
+
     /// Creates a ring with `entries` submission slots (a power of two; the completion queue
     /// gets twice as many). The corresponding C function is `io_uring_queue_init`.
-    public init(entries: UInt32) throws(SystemError) {
+    public init(entries: UInt32, setup: Setup = []) throws(SystemError) {
         var err: Int32 = 0
-        guard let ring = bh_ring_create(entries, 0, &err) else {
+        guard let ring = bh_ring_create(entries, setup.rawValue, &err) else {
             throw SystemError("io_uring_setup(\(entries) entries)", negated: err)
         }
         self.ring = ring
     }
 
     deinit { bh_ring_destroy(ring) }
+
+    /// Enables a ring created with `.disabled`; with `.singleIssuer`, the calling thread becomes
+    /// the only one that may submit. The corresponding C function is `io_uring_enable_rings`.
+    public func enable() throws(SystemError) {
+        let r = bh_ring_enable(ring)
+        if r < 0 { throw SystemError("io_uring_register(ENABLE_RINGS)", negated: r) }
+    }
 
     /// Registers fds as fixed files: later operations name them by index with `fixed: true`,
     /// which saves the kernel a file-table lookup and reference per operation.
@@ -51,6 +73,15 @@ public struct Ring: ~Copyable {
             try submit()
         }
     }
+
+    /// Queues a multishot poll for `events` (e.g. POLLIN): a completion per wake-up, whose
+    /// `flags` contain `Ring.moreFlag` while the poll stays armed.
+    public func preparePollMultishot(fd: Int32, fixed: Bool, events: UInt32, userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_poll_multishot(ring, fd, fixed ? 1 : 0, events, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// Completion flag: the operation stays armed and will complete again.
+    public static var moreFlag: UInt32 { BH_CQE_F_MORE }
 
     /// Queues a no-op: its completion arrives with `userData` (used for wake-ups in tests).
     public func prepareNop(userData: UInt64) throws(SystemError) {

@@ -45,6 +45,9 @@ int bh_flock_exclusive(int fd);
 /// eventfd(0, EFD_CLOEXEC); returns the fd or -1 with errno set.
 int bh_eventfd(void);
 
+/// Names the calling thread (at most 15 bytes), as top and ps show it. Returns 0 or -errno.
+int bh_set_thread_name(const char *name);
+
 /// Returns CLOCK_MONOTONIC in nanoseconds.
 uint64_t bh_monotonic_ns(void);
 

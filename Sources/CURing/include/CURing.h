@@ -17,6 +17,17 @@ typedef struct bh_completion {
 bh_ring *bh_ring_create(unsigned entries, unsigned flags, int *err);
 void bh_ring_destroy(bh_ring *ring);
 
+/// Setup flags (IORING_SETUP_*), for bh_ring_create.
+extern const unsigned BH_SETUP_R_DISABLED;
+extern const unsigned BH_SETUP_SUBMIT_ALL;
+extern const unsigned BH_SETUP_COOP_TASKRUN;
+extern const unsigned BH_SETUP_SINGLE_ISSUER;
+extern const unsigned BH_SETUP_DEFER_TASKRUN;
+
+/// Enables a ring created with BH_SETUP_R_DISABLED; with BH_SETUP_SINGLE_ISSUER the calling
+/// thread becomes the only one that may submit. Returns 0 or -errno.
+int bh_ring_enable(bh_ring *ring);
+
 /// Registers `count` fds as fixed files; later SQEs name them by index. Returns 0 or -errno.
 int bh_ring_register_files(bh_ring *ring, const int *fds, unsigned count);
 
@@ -32,6 +43,13 @@ int bh_ring_prep_readv(bh_ring *ring, int fd, int fixed_file, const void *iov, u
 int bh_ring_prep_writev(bh_ring *ring, int fd, int fixed_file, const void *iov, unsigned iovcnt, int64_t offset, uint64_t user_data);
 int bh_ring_prep_fsync(bh_ring *ring, int fd, int fixed_file, int datasync, uint64_t user_data);
 int bh_ring_prep_nop(bh_ring *ring, uint64_t user_data);
+/// Queues a multishot poll for `mask` (POLLIN...): one completion per wake-up, with
+/// BH_CQE_F_MORE set while the poll stays armed.
+int bh_ring_prep_poll_multishot(bh_ring *ring, int fd, int fixed_file, unsigned mask, uint64_t user_data);
+
+/// Completion flag: the operation will post more completions.
+extern const uint32_t BH_CQE_F_MORE;
+
 /// Queues a timer that completes (with -ETIME) after `nanoseconds`.
 int bh_ring_prep_timeout(bh_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 
