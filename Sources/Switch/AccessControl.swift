@@ -67,8 +67,14 @@ struct ACLPacket {
 ///
 /// First match wins; no match allows. A rule with port ranges applies only to TCP and UDP; a
 /// non-first fragment carries no ports, so such a rule never matches it when it allows and always
-/// matches it (given protocol and prefixes) when it denies: a fragment cannot slip past a
-/// deny-by-port rule.
+/// matches it (given prefixes, and for IPv4 the protocol) when it denies: a fragment cannot slip
+/// past a deny-by-port rule. The protocol of an IPv4 fragment is part of the reassembly key (RFC
+/// 791), so a fragment labelled UDP never joins a TCP datagram and the label can be trusted. An
+/// IPv6 receiver reassembles on addresses and identification alone and ignores a later fragment's
+/// next header (RFC 8200 4.5), so a deny-by-port rule takes every non-first IPv6 fragment whatever
+/// it claims. Other rules may go by the claim: the parser keeps later IPv6 fragments out of the
+/// first fragment's headers, so a lying fragment only adds payload to a datagram whose first
+/// fragment the ACL judged.
 struct AccessControl: Sendable {
     var rules: [CompiledRule] = []
     /// Per tenant: its rules in `rules`.
@@ -120,11 +126,12 @@ struct AccessControl: Sendable {
             if egress ? !rule.egress : !rule.ingress { continue }
             if rule.port != -1 && rule.port != Int32(port) { continue }
             if rule.family != 0 && rule.family != packet.family { continue }
-            if rule.proto >= 0 && rule.proto != Int16(packet.proto) { continue }
+            let ignoresClaimedProtocol = rule.deny && rule.hasPortRanges && packet.isNonFirstFragment && packet.family == 6
+            if rule.proto >= 0 && rule.proto != Int16(packet.proto) && !ignoresClaimedProtocol { continue }
             if !rule.source.contains(high: packet.sourceHigh, low: packet.sourceLow) { continue }
             if !rule.destination.contains(high: packet.destinationHigh, low: packet.destinationLow) { continue }
             if rule.hasPortRanges {
-                guard packet.proto == Wire.protoTCP || packet.proto == Wire.protoUDP else { continue }
+                guard packet.proto == Wire.protoTCP || packet.proto == Wire.protoUDP || ignoresClaimedProtocol else { continue }
                 if packet.isNonFirstFragment {
                     if !rule.deny { continue }
                 } else {

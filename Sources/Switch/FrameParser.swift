@@ -22,6 +22,19 @@ enum Wire {
     static let ipv6DestinationOptions: UInt8 = 60
     /// Extension headers walked before giving up on a packet.
     static let maxIPv6ExtensionHeaders = 8
+
+    /// The bytes of an upper-layer header the switch decides on: ports, TCP data offset and flags,
+    /// ICMP type and code. RFC 1858 protects these 16 bytes against overlapping fragments.
+    static let decisiveTransportBytes = 16
+    /// The start of an IPv6 fragmentable part that belongs to the first fragment alone. A first
+    /// fragment must carry its extension headers there, plus `decisiveTransportBytes` of the
+    /// upper-layer header; a later fragment may not start there, so none can overlap what the
+    /// switch checked, whatever its fragment header claims comes next. No stack trips either way:
+    /// the second fragment starts at least 1232 bytes in (1280-byte minimum MTU less the IPv6 and
+    /// fragment headers, and less any unfragmentable headers, which are small), and a fragmented
+    /// datagram's first fragment holds the upper-layer header right after the fragment header,
+    /// seldom behind a destination options header, and 64 bytes leave 48 for those.
+    static let ipv6FirstFragmentRegion = 64
 }
 
 enum NetworkLayer: UInt8 {
@@ -39,7 +52,8 @@ struct ParsedFrame {
     var sourceLow: UInt64 = 0
     var destinationHigh: UInt64 = 0
     var destinationLow: UInt64 = 0
-    /// The upper-layer protocol (for a non-first IPv6 fragment: the fragment header's next header).
+    /// The upper-layer protocol. For a non-first IPv6 fragment, the fragment header's next header:
+    /// only the sender's word, since receivers ignore it (RFC 8200 4.5).
     var proto: UInt8 = 0
     /// Part of a fragmented datagram (an IPv6 atomic fragment is not).
     var isFragment = false
@@ -125,9 +139,11 @@ enum FrameParser {
         if offsetUnits > 0 {
             parsed.isFragment = true
             parsed.isNonFirstFragment = true
-            // RFC 1858: a fragment at offset 8 can rewrite the TCP flags of the first one; and no
-            // fragment may extend the datagram past 65535 bytes.
-            if proto == Wire.protoTCP && offsetUnits * 8 < 16 { return .fragmentInvalid }
+            // RFC 1858: a fragment at offset 8 can rewrite the TCP flags of the first one. Other
+            // headers run past 8 bytes too, and only a stack on a 68-byte MTU with 40 bytes of IP
+            // options sends such a fragment (no such link exists), so it goes for every protocol.
+            // And no fragment may extend the datagram past 65535 bytes.
+            if offsetUnits * 8 < Wire.decisiveTransportBytes { return .fragmentInvalid }
             if offsetUnits * 8 + totalLength - headerLength > 65_535 { return .fragmentInvalid }
             return nil
         }
@@ -151,6 +167,8 @@ enum FrameParser {
         parsed.packetEnd = end
         var offset = ip + 40
         var seenFragmentHeader = false
+        // Where the fragmentable part of a first fragment begins; nil when not fragmented.
+        var fragmentableStart: Int?
         for index in 0...Wire.maxIPv6ExtensionHeaders {
             switch next {
             case Wire.ipv6HopByHop, Wire.ipv6Routing, Wire.ipv6DestinationOptions:
@@ -174,14 +192,21 @@ enum FrameParser {
                     parsed.isFragment = true
                     parsed.isNonFirstFragment = true
                     parsed.proto = following
-                    if following == Wire.protoTCP && offsetUnits * 8 < 16 { return .fragmentInvalid }
+                    // Whatever `following` says: receivers reassemble on addresses and
+                    // identification alone and take the chain from the first fragment.
+                    if offsetUnits * 8 < Wire.ipv6FirstFragmentRegion { return .fragmentInvalid }
                     return nil
                 }
                 // An atomic fragment (offset 0, M clear) is a whole packet (RFC 6946).
                 parsed.isFragment = field & 1 != 0
+                if parsed.isFragment { fragmentableStart = offset }
                 next = following
             default:
                 parsed.proto = next
+                if let start = fragmentableStart,
+                   offset - start + Wire.decisiveTransportBytes > Wire.ipv6FirstFragmentRegion {
+                    return .fragmentInvalid
+                }
                 return parseTransport(frame, at: offset, end: end, isGSO: isGSO, into: &parsed)
             }
         }

@@ -101,9 +101,7 @@ struct PortSecurity: Sendable {
         if !ownsIPv4(source, port: port) {
             guard source == 0, isDHCPClient, policy.allowDHCPClient else { return .sourceIPSpoofed }
         }
-        if parsed.hasPorts && parsed.proto == Wire.protoUDP && parsed.sourcePort == 67 && !policy.dhcpServer {
-            return .dhcpServer
-        }
+        if isDHCPServerMessage(parsed, serverPort: 67, clientPort: 68) && !policy.dhcpServer { return .dhcpServer }
         if parsed.hasTransportHeader && parsed.proto == Wire.protoICMP && parsed.icmpType == 5 && !policy.router {
             return .routerAdvertisement
         }
@@ -123,9 +121,7 @@ struct PortSecurity: Sendable {
         } else if !ownsIPv6(high: parsed.sourceHigh, low: parsed.sourceLow, port: port) {
             return .sourceIPSpoofed
         }
-        if parsed.hasPorts && parsed.proto == Wire.protoUDP && parsed.sourcePort == 547 && !policy.dhcpServer {
-            return .dhcpServer
-        }
+        if isDHCPServerMessage(parsed, serverPort: 547, clientPort: 546) && !policy.dhcpServer { return .dhcpServer }
         guard isICMPv6, (133...137).contains(type) else { return nil }
         // RFC 6980: neighbor discovery never uses fragments.
         if parsed.isFragment { return .fragmentInvalid }
@@ -148,6 +144,15 @@ struct PortSecurity: Sendable {
         default:
             return nil
         }
+    }
+
+    /// A message only a DHCP server or relay sends: UDP from the server port, or to the client port.
+    /// Clients accept a reply by its destination port alone (NetworkManager's n-dhcp4 never checks
+    /// the source port; a DHCPv6 client's socket on 546 takes any), while their own messages go
+    /// from the client port to the server port.
+    func isDHCPServerMessage(_ parsed: ParsedFrame, serverPort: UInt16, clientPort: UInt16) -> Bool {
+        parsed.hasPorts && parsed.proto == Wire.protoUDP
+            && (parsed.sourcePort == serverPort || parsed.destinationPort == clientPort)
     }
 
     /// Walks ND options in [start, end); a source (1) or target (2) link-layer address option of

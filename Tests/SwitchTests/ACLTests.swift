@@ -90,7 +90,7 @@ final class ACLTests: XCTestCase {
         var v6 = Fixture.plane(Fixture.configuration(blueACL: rules))
         let first6 = Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 0, more: true)],
                                        payload: FrameBuilder.tcp(sourcePort: 1, destinationPort: 80))
-        let later6 = Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 3, more: false)], payload: Array(repeating: 0, count: 16))
+        let later6 = Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 8, more: false)], payload: Array(repeating: 0, count: 16))
         XCTAssertEqual(v6.send(first6, from: 0), mask(1))
         XCTAssertEqual(v6.send(later6, from: 0), .drop(.aclIngress))
         // An allow-by-port rule never matches a non-first fragment.
@@ -100,5 +100,31 @@ final class ACLTests: XCTestCase {
         ]))
         XCTAssertEqual(allowOnly.send(first, from: 0), mask(1))
         XCTAssertEqual(allowOnly.send(later, from: 0), .drop(.aclIngress))
+    }
+
+    /// An IPv6 receiver reassembles on addresses and identification alone and ignores a later
+    /// fragment's next header (RFC 8200 4.5): a deny-by-port rule takes every non-first IPv6
+    /// fragment whatever it claims. IPv4 reassembles on the protocol too, so there it still counts.
+    func testNonFirstIPv6FragmentMatchesDenyByPortWhateverItsNextHeader() {
+        let rules = [ACLRule(action: .deny, protocol: .tcp, destinationPort: range(23)),
+                     ACLRule(action: .allow, protocol: .udp, destinationPort: range(53))]
+        var plane = Fixture.plane(Fixture.configuration(blueACL: rules))
+        for next: UInt8 in [6, 17, 58, 60, 59] {
+            let later = Fixture.ipv6Frame(next: next, extensions: [.fragment(offset: 8, more: false)],
+                                          payload: Array(repeating: 0, count: 16))
+            XCTAssertEqual(plane.send(later, from: 0), .drop(.aclIngress), "next \(next)")
+        }
+        // The addresses must still match.
+        var scoped = Fixture.plane(Fixture.configuration(blueACL: [
+            ACLRule(action: .deny, protocol: .tcp, destination: Fixture.prefix("fd00::99/128"), destinationPort: range(23)),
+        ]))
+        XCTAssertEqual(scoped.send(Fixture.ipv6Frame(next: 17, extensions: [.fragment(offset: 8, more: false)],
+                                                     payload: Array(repeating: 0, count: 16)), from: 0), mask(1))
+        // IPv4: a UDP fragment cannot join a TCP datagram.
+        for (proto, verdict) in [(UInt8(6), Verdict.drop(.aclIngress)), (17, mask(1)), (1, mask(1))] {
+            let later = Fixture.ipv4Frame(FrameBuilder.ipv4(source: Fixture.ipA, destination: Fixture.ipB, protocol: proto,
+                                                            payload: Array(repeating: 0, count: 16), fragmentOffset: 8))
+            XCTAssertEqual(plane.send(later, from: 0), verdict, "protocol \(proto)")
+        }
     }
 }

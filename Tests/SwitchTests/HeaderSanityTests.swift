@@ -73,6 +73,18 @@ final class IPv4SanityTests: XCTestCase {
                        .drop(.fragmentInvalid))
         XCTAssertEqual(plane.drops(.fragmentInvalid, port: 0), 5)
     }
+
+    /// RFC 1858's offset-8 overlap is no less an overlap for UDP, ICMP or any other protocol: no
+    /// legitimate stack starts a second fragment 8 bytes in.
+    func testFragmentAtOffsetEightDroppedForEveryProtocol() {
+        var plane = Fixture.plane()
+        for proto: UInt8 in [6, 17, 1, 47] {
+            XCTAssertEqual(plane.send(packet([1, 2, 3, 4, 5, 6, 7, 8], proto: proto, fragmentOffset: 1), from: 0),
+                           .drop(.fragmentInvalid), "protocol \(proto)")
+            XCTAssertEqual(plane.send(packet([1, 2, 3, 4, 5, 6, 7, 8], proto: proto, fragmentOffset: 2), from: 0), mask(1),
+                           "protocol \(proto)")
+        }
+    }
 }
 
 final class IPv6SanityTests: XCTestCase {
@@ -107,7 +119,7 @@ final class IPv6SanityTests: XCTestCase {
         let tcp = FrameBuilder.tcp(sourcePort: 1, destinationPort: 80)
         XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 0, more: true)], payload: tcp),
                                   from: 0), mask(1))
-        XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 5, more: false)],
+        XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 8, more: false)],
                                                     payload: [1, 2, 3, 4, 5, 6, 7, 8]), from: 0), mask(1))
         // Atomic fragment: a whole packet.
         XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 17, extensions: [.fragment(offset: 0, more: false)], payload: udp),
@@ -128,5 +140,72 @@ final class IPv6SanityTests: XCTestCase {
         XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 17, extensions: [.fragment(offset: 0, more: false),
                                                                            .fragment(offset: 0, more: false)], payload: udp),
                                   from: 0), .drop(.malformedHeader))
+    }
+
+    /// No later fragment may start in the first 64 bytes of the fragmentable part, whatever its
+    /// fragment header claims comes next: receivers ignore that claim (RFC 8200 4.5).
+    func testNonFirstFragmentInTheFirstFragmentsHeaderRegion() {
+        var plane = Fixture.plane()
+        for next: UInt8 in [6, 17, 58, 60, 59, 50] {
+            for units in 1...7 {
+                XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: next, extensions: [.fragment(offset: units, more: true)],
+                                                            payload: Array(repeating: 0, count: 16)), from: 0),
+                               .drop(.fragmentInvalid), "next \(next), offset \(units * 8)")
+            }
+            XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: next, extensions: [.fragment(offset: 8, more: false)],
+                                                        payload: Array(repeating: 0, count: 16)), from: 0),
+                           mask(1), "next \(next), offset 64")
+        }
+        // Behind a hop-by-hop header (unfragmentable part) the offset still counts from the fragmentable part.
+        XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 6, extensions: [.hopByHop(), .fragment(offset: 7, more: false)],
+                                                    payload: Array(repeating: 0, count: 16)), from: 0),
+                       .drop(.fragmentInvalid))
+    }
+
+    /// The first fragment is TCP to port 80 behind a destination options header; the second,
+    /// at offset 8, lands on the TCP header and rewrites the ports while its fragment header says
+    /// "destination options", never TCP.
+    func testOverlapThroughAnExtensionHeader() {
+        var plane = Fixture.plane()
+        let first = Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 0, more: true), .destinationOptions()],
+                                      payload: FrameBuilder.tcp(sourcePort: 1, destinationPort: 80) + [0, 0, 0, 0])
+        let rewrite = Fixture.ipv6Frame(next: 60, extensions: [.fragment(offset: 1, more: false)],
+                                        payload: FrameBuilder.tcp(sourcePort: 1, destinationPort: 23))
+        XCTAssertEqual(plane.send(first, from: 0), mask(1))
+        XCTAssertEqual(plane.send(rewrite, from: 0), .drop(.fragmentInvalid))
+    }
+
+    /// The IPv6 twin of RFC 1858's overlap with the rewriting fragment claiming UDP.
+    func testOverlapWithALyingFragmentHeader() {
+        var plane = Fixture.plane()
+        let tcp23 = FrameBuilder.tcp(sourcePort: 1, destinationPort: 23)
+        let first = Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 0, more: true)],
+                                      payload: FrameBuilder.tcp(sourcePort: 1, destinationPort: 80) + [0, 0, 0, 0])
+        let rewrite = Fixture.ipv6Frame(next: 17, extensions: [.fragment(offset: 1, more: false)], payload: Array(tcp23[8...]))
+        XCTAssertEqual(plane.send(first, from: 0), mask(1))
+        XCTAssertEqual(plane.send(rewrite, from: 0), .drop(.fragmentInvalid))
+    }
+
+    /// A first fragment keeps its fragmentable-part extension headers and the upper-layer header's
+    /// first 16 bytes within the 64 bytes no later fragment may overlap.
+    func testFirstFragmentHeaderRegion() {
+        var plane = Fixture.plane()
+        let tcp = FrameBuilder.tcp(sourcePort: 1, destinationPort: 80, dataOffset: 15)
+        func first(_ options: [FrameBuilder.IPv6Extension], more: Bool = true) -> [UInt8] {
+            Fixture.ipv6Frame(next: 6, extensions: [.fragment(offset: 0, more: more)] + options, payload: tcp)
+        }
+        XCTAssertEqual(plane.send(first([.destinationOptions(length: 48)]), from: 0), mask(1))
+        XCTAssertEqual(plane.send(first([.destinationOptions(length: 40), .destinationOptions()]), from: 0), mask(1))
+        XCTAssertEqual(plane.send(first([.destinationOptions(length: 56)]), from: 0), .drop(.fragmentInvalid))
+        XCTAssertEqual(plane.send(first([.destinationOptions(length: 48), .destinationOptions()]), from: 0),
+                       .drop(.fragmentInvalid))
+        // Unfragmentable headers before the fragment header do not count; an atomic fragment and an
+        // unfragmented packet are whole packets.
+        XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 6, extensions: [.hopByHop(length: 64), .routing(length: 64),
+                                                                          .fragment(offset: 0, more: true)], payload: tcp),
+                                  from: 0), mask(1))
+        XCTAssertEqual(plane.send(first([.destinationOptions(length: 56)], more: false), from: 0), mask(1))
+        XCTAssertEqual(plane.send(Fixture.ipv6Frame(next: 6, extensions: [.destinationOptions(length: 200)], payload: tcp),
+                                  from: 0), mask(1))
     }
 }

@@ -117,6 +117,28 @@ final class PortSecurityTests: XCTestCase {
         XCTAssertEqual(server.send(advertise, from: 0), mask(1))
     }
 
+    /// Clients take a server message by its destination port alone (n-dhcp4 never checks the
+    /// source port), so a non-server may not send to the client ports from any port.
+    func testDHCPServerMessagesFromAnotherSourcePort() {
+        let offer = Fixture.udp4(to: .broadcast, Fixture.ipA, IPv4Address("255.255.255.255")!, sourcePort: 6767,
+                                 destinationPort: 68, payload: FrameBuilder.dhcp(op: 2, messageType: 2, client: Fixture.macB))
+        let advertise = Fixture.ipv6Frame(next: 17, payload: FrameBuilder.udp(sourcePort: 5470, destinationPort: 546,
+                                                                              payload: FrameBuilder.dhcpv6Advertise()))
+        var plane = Fixture.plane()
+        XCTAssertEqual(plane.send(offer, from: 0), .drop(.dhcpServer))
+        XCTAssertEqual(plane.send(advertise, from: 0), .drop(.dhcpServer))
+        // Client messages (to 67 and 547 from 68 and 546) pass.
+        let request = Fixture.udp4(sourcePort: 68, destinationPort: 67,
+                                   payload: FrameBuilder.dhcp(op: 1, messageType: 3, client: Fixture.macA))
+        let solicit = Fixture.ipv6Frame(next: 17, payload: FrameBuilder.udp(sourcePort: 546, destinationPort: 547,
+                                                                            payload: [1, 0x12, 0x34, 0x56]))
+        XCTAssertEqual(plane.send(request, from: 0), mask(1))
+        XCTAssertEqual(plane.send(solicit, from: 0), mask(1))
+        var server = Fixture.plane(Fixture.configuration(configureA: { $0.dhcpServer = true }))
+        XCTAssertEqual(server.send(offer, from: 0), mask(1, 2))
+        XCTAssertEqual(server.send(advertise, from: 0), mask(1))
+    }
+
     func testARP() {
         var plane = Fixture.plane()
         XCTAssertEqual(plane.send(Fixture.arpFrame(), from: 0), mask(1, 2))
