@@ -71,6 +71,7 @@ public final class Dataplane: @unchecked Sendable {
     /// Writes in flight per buffer.
     private let pendingWrites: UnsafeMutableBufferPointer<Int32>
     private var wakeBuffer: UInt64 = 0
+    private var statusFailing = false
 
     /// Sets up the ring and buffers. `queues[port]` lists the raw fds of that port's TAP queues
     /// (ports indexed like `plane.ports`); the fds stay owned by the caller and must outlive `run`.
@@ -255,11 +256,11 @@ public final class Dataplane: @unchecked Sendable {
                         }
                     case .wake:
                         logger.debug("switch loop stopping")
-                        try writeStatus()
+                        writeStatus()
                         return
                     case .tick:
                         plane.expire(now: now)
-                        try writeStatus()
+                        writeStatus()
                         try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: Dataplane.userData(.tick, 0))
                     case nil:
                         logger.error("unexpected io_uring completion", metadata: ["user_data": "\(completion.user_data)"])
@@ -341,14 +342,24 @@ public final class Dataplane: @unchecked Sendable {
         if pendingWrites[index] == 0 { release(buffer: index) }
     }
 
-    private func writeStatus() throws(SystemError) {
+    /// Rewrites the status file. A failure is logged (once until it works again) and does not
+    /// stop forwarding: counters are for operators, frames are for tenants.
+    private func writeStatus() {
         guard let path = options.statusPath else { return }
         let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: plane.statistics())
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
-        guard let data = try? encoder.encode(status) else { return }
-        try StateFiles.writeAtomically(path, contents: String(decoding: data, as: UTF8.self))
+        do {
+            let data = try encoder.encode(status)
+            try StateFiles.writeAtomically(path, contents: String(decoding: data, as: UTF8.self))
+            statusFailing = false
+        } catch {
+            if !statusFailing {
+                logger.error("cannot write the status file", metadata: ["path": "\(path)", "error": "\(error)"])
+            }
+            statusFailing = true
+        }
     }
 }
 

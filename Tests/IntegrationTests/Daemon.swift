@@ -7,6 +7,7 @@ final class RunningDaemon: @unchecked Sendable {
     let process = Process()
     let configPath: String
     let stateDirectory: String
+    private let ownsStateDirectory: Bool
     private let lock = NSLock()
     private var log = ""
 
@@ -21,7 +22,9 @@ final class RunningDaemon: @unchecked Sendable {
 
     /// Writes `configuration` to a file and starts the daemon on it. Waits until it logs that it
     /// is ready, or fails the test with its log if it exits first.
-    init(configuration: [String: Any], waitForReady: Bool = true) throws {
+    /// With `ownsStateDirectory`, the state directory is removed when this object goes away.
+    init(configuration: [String: Any], waitForReady: Bool = true, ownsStateDirectory: Bool = true) throws {
+        self.ownsStateDirectory = ownsStateDirectory
         let host = configuration["host"] as? [String: Any]
         stateDirectory = host?["stateDirectory"] as? String ?? ""
         configPath = NSTemporaryDirectory() + "bulkhead-test-\(UUID().uuidString).json"
@@ -104,6 +107,9 @@ final class RunningDaemon: @unchecked Sendable {
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: configPath)
+        if ownsStateDirectory && !stateDirectory.isEmpty && !process.isRunning {
+            try? FileManager.default.removeItem(atPath: stateDirectory)
+        }
     }
 }
 
@@ -113,7 +119,7 @@ struct DaemonFailure: Error, CustomStringConvertible {
 }
 
 /// The demo topology of configs/demo.json, renamed so that tests do not collide with a running
-/// demo: namespaces and interfaces get a `t` prefix, and state lives in a temporary directory.
+/// demo: namespaces and interfaces get a per-process prefix (`t1234-blue-a`), and state lives in a temporary directory.
 enum TestTopology {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
@@ -139,6 +145,8 @@ enum TestTopology {
         return config
     }
 
-    static func namespace(_ tenant: String, _ port: String) -> String { "t-\(tenant)-\(port)" }
-    static func interface(_ tenant: String, _ port: String) -> String { "t-\(tenant)-\(port)" }
+    /// Unique per test process, so that two test runs on one machine don't share namespaces.
+    static let prefix = "t\(getpid() % 10_000)"
+    static func namespace(_ tenant: String, _ port: String) -> String { "\(prefix)-\(tenant)-\(port)" }
+    static func interface(_ tenant: String, _ port: String) -> String { "\(prefix)-\(tenant)-\(port)" }
 }

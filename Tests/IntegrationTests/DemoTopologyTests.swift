@@ -31,8 +31,14 @@ final class DemoTopologyTests: XCTestCase {
 
         // A TCP transfer in blue, with the kernel's TSO/GSO frames crossing the switch.
         if Host.which("iperf3") != nil {
-            let server = try Host.inNamespace(ns("blue", "b"), ["iperf3", "-s", "-D", "-1", "-B", "10.0.0.2"])
-            XCTAssertEqual(server.status, 0, server.error)
+            // One-off server (-1) in the foreground of its own process: it exits after the test.
+            let server = Process()
+            server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            server.arguments = ["ip", "netns", "exec", ns("blue", "b"), "iperf3", "-s", "-1", "-B", "10.0.0.2"]
+            server.standardOutput = FileHandle.nullDevice
+            server.standardError = FileHandle.nullDevice
+            try server.run()
+            defer { if server.isRunning { server.terminate() } }
             Thread.sleep(forTimeInterval: 0.5)
             let client = try Host.inNamespace(ns("blue", "a"), ["iperf3", "-c", "10.0.0.2", "-t", "2", "-J"], timeout: 30)
             XCTAssertEqual(client.status, 0, "iperf3 failed: \(client.output)\(client.error)")
@@ -76,7 +82,7 @@ final class DemoTopologyTests: XCTestCase {
         try Host.requireNetworkPrivileges()
         let config = try TestTopology.demo()
         let first = try RunningDaemon(configuration: config)
-        let second = try RunningDaemon(configuration: config, waitForReady: false)
+        let second = try RunningDaemon(configuration: config, waitForReady: false, ownsStateDirectory: false)
         let status = second.waitForExit()
         XCTAssertEqual(status, 1, second.output)
         XCTAssertTrue(second.output.contains("already runs on this state directory"), second.output)
@@ -108,7 +114,7 @@ final class DemoTopologyTests: XCTestCase {
     func testRestartAfterKillRemovesLeftovers() throws {
         try Host.requireNetworkPrivileges()
         let config = try TestTopology.demo()
-        let crashed = try RunningDaemon(configuration: config)
+        let crashed = try RunningDaemon(configuration: config, ownsStateDirectory: false)
         crashed.stop(signal: SIGKILL)
         XCTAssertTrue(Host.namespaceExists(ns("blue", "a")), "a killed daemon cannot clean up; the namespace should remain")
         let restarted = try RunningDaemon(configuration: config)
