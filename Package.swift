@@ -33,6 +33,15 @@ let package = Package(
         .target(name: "Config"),
         .target(name: "Switch", dependencies: ["Virtio", "Config"]),
 
+        // vhost-user protocol: message codec, backend server, frontend client.
+        .target(name: "VhostUser", dependencies: ["Virtio", "HostOS"]),
+
+        // Block backend: tenant-confined volumes, io_uring engine, virtio-blk over vhost-user.
+        .target(name: "Block", dependencies: [
+            "Config", "Virtio", "VhostUser", "HostOS", "URing",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
         // The switch's port drivers and engine loop (io_uring, TAP).
         .target(name: "SwitchEngine", dependencies: [
             "Switch", "Config", "Virtio", "HostOS", "URing", "Netlink",
@@ -40,7 +49,7 @@ let package = Package(
         ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink",
+            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -49,12 +58,21 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
+        .testTarget(name: "BlockTests", dependencies: ["Block", "VhostUser", "Virtio", "HostOS", "Config"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead"]),
 
         .executableTarget(
             name: "SwitchBenchmarks",
             dependencies: ["Switch", "Config", .product(name: "Benchmark", package: "benchmark")],
             path: "Benchmarks/SwitchBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "BlockBenchmarks",
+            dependencies: ["Virtio", .product(name: "Benchmark", package: "benchmark")],
+            path: "Benchmarks/BlockBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ],
