@@ -14,9 +14,15 @@ final class RunningDaemon: @unchecked Sendable {
     /// The `bulkhead` executable built next to the test bundle.
     static var binary: String {
         if let path = ProcessInfo.processInfo.environment["BULKHEAD_BINARY"] { return path }
-        // swift test runs the test bundle from the build directory that also holds the product.
-        let besideTests = Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("bulkhead").path
-        if FileManager.default.isExecutableFile(atPath: besideTests) { return besideTests }
+        // swift test runs the test executable from the build directory that also holds the product.
+        var candidates: [URL] = []
+        if let executable = Bundle.main.executableURL { candidates.append(executable.deletingLastPathComponent()) }
+        candidates.append(Bundle.main.bundleURL)
+        candidates.append(Bundle.main.bundleURL.deletingLastPathComponent())
+        for directory in candidates {
+            let path = directory.appendingPathComponent("bulkhead").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
         return TestTopology.repository.appendingPathComponent(".build/debug/bulkhead").path
     }
 
