@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "Switch", dependencies: ["Virtio", "Config"]),
 
         // vhost-user protocol: message codec, backend server, frontend client.
-        .target(name: "VhostUser", dependencies: ["Virtio", "HostOS"]),
+        .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", .product(name: "Logging", package: "swift-log")]),
 
         // Block backend: tenant-confined volumes, io_uring engine, virtio-blk over vhost-user.
         .target(name: "Block", dependencies: [

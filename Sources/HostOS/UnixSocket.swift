@@ -1,0 +1,318 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Glibc declares `accept4` and `memfd_create` only under `_GNU_SOURCE`, which Swift's Glibc
+/// module does not define; both are resolved from libc once, by name.
+enum GNUExtensions {
+    typealias Accept4 = @convention(c) (Int32, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?, Int32) -> Int32
+    typealias MemfdCreate = @convention(c) (UnsafePointer<CChar>, UInt32) -> Int32
+
+    nonisolated(unsafe) private static let handle = dlopen(nil, RTLD_NOW)
+
+    static let accept4: Accept4? = dlsym(handle, "accept4").map { unsafeBitCast($0, to: Accept4.self) }
+    static let memfdCreate: MemfdCreate? = dlsym(handle, "memfd_create").map { unsafeBitCast($0, to: MemfdCreate.self) }
+}
+
+/// Builds a `sockaddr_un` for `path`; nil when the path does not fit (108 bytes with its NUL).
+private func unixAddress(_ path: String) -> sockaddr_un? {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    let capacity = MemoryLayout.size(ofValue: address.sun_path)
+    guard !bytes.isEmpty, bytes.count < capacity, !bytes.contains(0) else { return nil }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return address
+}
+
+private func withSockaddr<R>(_ address: inout sockaddr_un, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}
+
+private func newStreamSocket(_ what: String) throws(SystemError) -> FileDescriptor {
+    let fd = try syscall("socket(AF_UNIX, \(what))") {
+        socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+    return FileDescriptor(taking: fd)
+}
+
+/// A listening Unix stream socket bound to a path in the file system.
+///
+/// The socket file is created with mode 0600 (only the owner may connect) and removed again
+/// when the listener goes away.
+public struct UnixListener: ~Copyable, Sendable {
+    public let descriptor: FileDescriptor
+    public let path: String
+
+    /// Binds and listens at `path`. A stale socket left there by an earlier process is removed
+    /// first; any other kind of file at `path` is an error (EEXIST), never deleted.
+    /// The corresponding C functions are `socket`, `bind` and `listen`.
+    public init(listeningAt path: String, backlog: Int32 = 4) throws(SystemError) {
+        guard var address = unixAddress(path) else { throw SystemError("bind(\(path)): path too long or empty", errno: ENAMETOOLONG) }
+        var status = stat()
+        if lstat(path, &status) == 0 {
+            guard status.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("bind(\(path)): not a socket", errno: EEXIST) }
+            try syscall("unlink(\(path))") { unlink(path) }
+        }
+        let socket = try newStreamSocket("listen \(path)")
+        // bind creates the file with the process umask; restrict it before anyone can connect.
+        let oldMask = umask(0o177)
+        let bound = withSockaddr(&address) { bind(socket.rawValue, $0, $1) }
+        let bindErrno = Glibc.errno
+        umask(oldMask)
+        if bound < 0 { throw SystemError("bind(\(path))", errno: bindErrno) }
+        try syscall("chmod(\(path))") { chmod(path, 0o600) }
+        try syscall("listen(\(path))") { listen(socket.rawValue, backlog) }
+        descriptor = socket
+        self.path = path
+    }
+
+    deinit { _ = unlink(path) }
+
+    /// Waits for the next connection. The corresponding C function is `accept4`.
+    public func accept() throws(SystemError) -> UnixStream {
+        let fd = descriptor.rawValue
+        let flags = Int32(SOCK_CLOEXEC.rawValue)
+        let accepted: Int32
+        if let accept4 = GNUExtensions.accept4 {
+            accepted = try syscall("accept4(\(path))") { accept4(fd, nil, nil, flags) }
+        } else {
+            accepted = try syscall("accept(\(path))") { Glibc.accept(fd, nil, nil) }
+            _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
+        }
+        return UnixStream(FileDescriptor(taking: accepted))
+    }
+
+    /// Makes a blocked `accept` return (with EINVAL) and refuses further connections; safe to
+    /// call from another thread. The corresponding C function is `shutdown`.
+    public func shutdown() {
+        _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
+    }
+}
+
+/// File descriptors received over a socket, owned until taken: any not taken are closed when
+/// this value goes away, so none leak on error paths.
+public struct ReceivedDescriptors: ~Copyable, Sendable {
+    private var descriptors: [Int32]
+
+    public init() { descriptors = [] }
+
+    init(raw: [Int32]) { descriptors = raw }
+
+    deinit { for fd in descriptors where fd >= 0 { _ = Glibc.close(fd) } }
+
+    /// How many descriptors arrived (taken ones included).
+    public var count: Int { descriptors.count }
+
+    /// Takes ownership of descriptor `index`; nil when out of range or already taken.
+    public mutating func take(_ index: Int) -> FileDescriptor? {
+        guard descriptors.indices.contains(index), descriptors[index] >= 0 else { return nil }
+        let fd = descriptors[index]
+        descriptors[index] = -1
+        return FileDescriptor(taking: fd)
+    }
+
+    /// Moves every descriptor of `other` to the end of this collection.
+    public mutating func append(contentsOf other: consuming ReceivedDescriptors) {
+        descriptors += other.descriptors
+        other.descriptors = []
+    }
+}
+
+/// What one `recvmsg` delivered: `byteCount` bytes (0 at end of stream) and the descriptors
+/// that came with them.
+public struct ReceivedMessage: ~Copyable, Sendable {
+    public let byteCount: Int
+    public var descriptors: ReceivedDescriptors
+
+    /// Ends this value, keeping its descriptors.
+    public consuming func takeDescriptors() -> ReceivedDescriptors { descriptors }
+}
+
+/// A connected Unix stream socket that can carry file descriptors (SCM_RIGHTS).
+public struct UnixStream: ~Copyable, Sendable {
+    public let descriptor: FileDescriptor
+
+    public init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
+
+    /// Connects to the listener at `path`. The corresponding C function is `connect`.
+    public static func connect(to path: String) throws(SystemError) -> UnixStream {
+        guard var address = unixAddress(path) else { throw SystemError("connect(\(path)): path too long or empty", errno: ENAMETOOLONG) }
+        let socket = try newStreamSocket("connect \(path)")
+        let fd = socket.rawValue
+        try syscall("connect(\(path))") { withSockaddr(&address) { Glibc.connect(fd, $0, $1) } }
+        return UnixStream(socket)
+    }
+
+    public var rawValue: Int32 { descriptor.rawValue }
+
+    /// Bounds how long a receive waits; a receive that times out throws EAGAIN.
+    /// The corresponding C function is `setsockopt(SO_RCVTIMEO)`.
+    public func setReceiveTimeout(milliseconds: Int) throws(SystemError) {
+        var value = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        try syscall("setsockopt(fd \(rawValue), SO_RCVTIMEO)") {
+            setsockopt(rawValue, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    /// Makes blocked receives on this socket return end-of-stream; safe from another thread.
+    /// The corresponding C function is `shutdown`.
+    public func shutdown() {
+        UnixStream.shutdown(descriptor: rawValue)
+    }
+
+    /// Tells the peer no more bytes will come (it reads end-of-stream); receiving still works.
+    /// The corresponding C function is `shutdown(SHUT_WR)`.
+    public func shutdownWrites() {
+        _ = Glibc.shutdown(rawValue, Int32(SHUT_WR))
+    }
+
+    /// `shutdown` on a socket this caller does not own, for waking the thread that does; the
+    /// caller must make sure the number is still that socket (not closed and reused).
+    public static func shutdown(descriptor: Int32) {
+        _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
+    }
+
+    /// Sends all of `bytes`, with `fds` (borrowed; the receiver gets duplicates) attached to the
+    /// first byte. The corresponding C function is `sendmsg`.
+    public func send(_ bytes: [UInt8], fds: [Int32] = []) throws(SystemError) {
+        precondition(!bytes.isEmpty || fds.isEmpty, "descriptors need at least one byte to travel with")
+        let fd = rawValue
+        let controlSize = fds.isEmpty ? 0 : ControlMessage.space(forDescriptors: fds.count)
+        let control = UnsafeMutableRawBufferPointer.allocate(byteCount: max(controlSize, 1), alignment: MemoryLayout<Int>.alignment)
+        defer { control.deallocate() }
+        control.initializeMemory(as: UInt8.self, repeating: 0)
+        if !fds.isEmpty { ControlMessage.encodeRights(fds, into: control) }
+        let data = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        defer { data.deallocate() }
+        data.copyBytes(from: bytes)
+        var sent = 0
+        while sent < bytes.count {
+            var iov = iovec(iov_base: data.baseAddress! + sent, iov_len: bytes.count - sent)
+            var header = msghdr()
+            header.msg_iovlen = 1
+            if sent == 0 && !fds.isEmpty {
+                header.msg_control = control.baseAddress
+                header.msg_controllen = controlSize
+            }
+            let n = try syscall("sendmsg(fd \(fd))") {
+                withUnsafeMutablePointer(to: &iov) { iovPointer in
+                    header.msg_iov = iovPointer
+                    return sendmsg(fd, &header, Int32(MSG_NOSIGNAL))
+                }
+            }
+            sent += n
+        }
+    }
+
+    /// Receives up to `buffer.count` bytes and at most `maxFDs` descriptors (close-on-exec) in
+    /// one `recvmsg`. Control data the kernel had to truncate (more descriptors than `maxFDs`,
+    /// MSG_CTRUNC) is an error (EMSGSIZE); the descriptors that did arrive are closed.
+    /// The corresponding C function is `recvmsg`.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, maxFDs: Int) throws(SystemError) -> ReceivedMessage {
+        precondition(maxFDs >= 0 && maxFDs <= 253, "SCM_MAX_FD is 253")
+        let fd = rawValue
+        let controlSize = maxFDs == 0 ? 0 : ControlMessage.space(forDescriptors: maxFDs)
+        let control = UnsafeMutableRawBufferPointer.allocate(byteCount: max(controlSize, 1), alignment: MemoryLayout<Int>.alignment)
+        defer { control.deallocate() }
+        control.initializeMemory(as: UInt8.self, repeating: 0)
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        var header = msghdr()
+        header.msg_iovlen = 1
+        header.msg_control = controlSize == 0 ? nil : control.baseAddress
+        header.msg_controllen = controlSize
+        let n = try syscall("recvmsg(fd \(fd))") {
+            withUnsafeMutablePointer(to: &iov) { iovPointer in
+                header.msg_iov = iovPointer
+                return recvmsg(fd, &header, Int32(MSG_CMSG_CLOEXEC))
+            }
+        }
+        let controlLength = min(header.msg_controllen, controlSize)
+        let descriptors = ReceivedDescriptors(raw: ControlMessage.decodeRights(UnsafeRawBufferPointer(rebasing: control[0..<controlLength])))
+        if header.msg_flags & Int32(MSG_CTRUNC) != 0 {
+            throw SystemError("recvmsg(fd \(fd)): control data truncated (MSG_CTRUNC, more than \(maxFDs) descriptors)", errno: EMSGSIZE)
+        }
+        return ReceivedMessage(byteCount: n, descriptors: descriptors)
+    }
+}
+
+/// The `cmsghdr` layout, computed the way glibc's CMSG_* macros do (they are macros, so Swift
+/// cannot import them): headers and data are aligned to `size_t`.
+enum ControlMessage {
+    static let headerSize = MemoryLayout<cmsghdr>.size
+    static let lengthOffset = MemoryLayout<cmsghdr>.offset(of: \.cmsg_len)!
+    static let levelOffset = MemoryLayout<cmsghdr>.offset(of: \.cmsg_level)!
+    static let typeOffset = MemoryLayout<cmsghdr>.offset(of: \.cmsg_type)!
+
+    /// CMSG_ALIGN
+    static func align(_ length: Int) -> Int {
+        let a = MemoryLayout<Int>.size
+        return (length + a - 1) & ~(a - 1)
+    }
+
+    /// CMSG_SPACE(count * sizeof(int))
+    static func space(forDescriptors count: Int) -> Int {
+        align(headerSize) + align(count * MemoryLayout<Int32>.size)
+    }
+
+    /// One SCM_RIGHTS message carrying `fds`; `control` is `space(forDescriptors:)` bytes.
+    static func encodeRights(_ fds: [Int32], into raw: UnsafeMutableRawBufferPointer) {
+        do {
+            raw.storeBytes(of: align(headerSize) + fds.count * MemoryLayout<Int32>.size, toByteOffset: lengthOffset, as: Int.self)
+            raw.storeBytes(of: SOL_SOCKET, toByteOffset: levelOffset, as: Int32.self)
+            raw.storeBytes(of: Int32(SCM_RIGHTS), toByteOffset: typeOffset, as: Int32.self)
+            for (i, fd) in fds.enumerated() {
+                raw.storeBytes(of: fd, toByteOffset: align(headerSize) + i * MemoryLayout<Int32>.size, as: Int32.self)
+            }
+        }
+    }
+
+    /// Every descriptor in every SCM_RIGHTS message of `control` (CMSG_FIRSTHDR/CMSG_NXTHDR),
+    /// each length checked against the buffer.
+    static func decodeRights(_ raw: UnsafeRawBufferPointer) -> [Int32] {
+        var result: [Int32] = []
+        do {
+            var offset = 0
+            while raw.count - offset >= headerSize {
+                let length = raw.loadUnaligned(fromByteOffset: offset + lengthOffset, as: Int.self)
+                guard length >= headerSize, length <= raw.count - offset else { break }
+                let level = raw.loadUnaligned(fromByteOffset: offset + levelOffset, as: Int32.self)
+                let type = raw.loadUnaligned(fromByteOffset: offset + typeOffset, as: Int32.self)
+                let dataStart = offset + align(headerSize)
+                if level == SOL_SOCKET, type == Int32(SCM_RIGHTS), length >= align(headerSize) {
+                    let count = (length - align(headerSize)) / MemoryLayout<Int32>.size
+                    for i in 0..<count {
+                        result.append(raw.loadUnaligned(fromByteOffset: dataStart + i * MemoryLayout<Int32>.size, as: Int32.self))
+                    }
+                }
+                offset += align(length)
+            }
+        }
+        return result
+    }
+}
+
+extension FileDescriptor {
+    /// An anonymous, zero-filled, close-on-exec memory file of `size` bytes (guest RAM, test
+    /// memory). The corresponding C functions are `memfd_create` and `ftruncate`.
+    public static func memfd(name: String, size: Int) throws(SystemError) -> FileDescriptor {
+        guard let memfdCreate = GNUExtensions.memfdCreate else { throw SystemError("memfd_create(\(name))", errno: ENOSYS) }
+        let mfdCloexec: UInt32 = 0x0001  // MFD_CLOEXEC (linux/memfd.h)
+        let fd = try syscall("memfd_create(\(name))") { memfdCreate(name, mfdCloexec) }
+        let owned = FileDescriptor(taking: fd)
+        try owned.truncate(to: size)
+        return owned
+    }
+
+    /// The file's size in bytes. The corresponding C function is `fstat`.
+    public func fileSize() throws(SystemError) -> UInt64 {
+        var status = stat()
+        try syscall("fstat(fd \(rawValue))") { fstat(rawValue, &status) }
+        return UInt64(max(0, status.st_size))
+    }
+}

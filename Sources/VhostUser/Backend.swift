@@ -1,0 +1,460 @@
+import Foundation
+import HostOS
+import Logging
+import Synchronization
+import Virtio
+
+/// Everything a device needs to serve one split virtqueue.
+public struct VhostQueueSetup: Sendable, Equatable {
+    public let index: Int
+    public let size: UInt16
+    /// Guest-physical addresses, translated from the frontend's user addresses through the
+    /// memory table.
+    public let descriptorTable: UInt64
+    public let availableRing: UInt64
+    public let usedRing: UInt64
+    /// Where to resume in the available ring (SET_VRING_BASE, or where the last stop left off).
+    public let nextAvailable: UInt16
+    /// Borrowed: valid until `stopQueue` or `reset` for this queue returns.
+    public let kickFD: Int32
+    /// Borrowed like `kickFD`; nil when the frontend wants no interrupts.
+    public let callFD: Int32?
+    /// The negotiated virtio feature bits (without VHOST_USER_F_PROTOCOL_FEATURES).
+    public let features: UInt64
+}
+
+/// A virtio device served over vhost-user. The backend calls it from its connection thread only.
+public protocol VhostUserDevice: AnyObject, Sendable {
+    /// The virtio feature bits the device offers (the backend adds VHOST_USER_F_PROTOCOL_FEATURES).
+    var deviceFeatures: UInt64 { get }
+    /// Protocol features the device wants offered; the backend offers those of them it
+    /// implements (MQ, REPLY_ACK, CONFIG).
+    var protocolFeatures: UInt64 { get }
+    var queueCount: Int { get }
+    var maxQueueSize: UInt16 { get }
+    /// `size` bytes of config space from `offset` (the backend checked offset + size <= 256).
+    func readConfig(offset: Int, size: Int) -> [UInt8]
+    /// The queue is fully set up and enabled: begin serving it.
+    func startQueue(_ setup: VhostQueueSetup, memory: GuestMemory) throws
+    /// Stop serving, wait until its worker is idle, return the next available index.
+    func stopQueue(_ index: Int) -> UInt16
+    /// The current `GuestMemory` is about to be unmapped (running queues were stopped first).
+    func memoryWillChange()
+    /// The frontend is gone: stop everything, forget all queue state.
+    func reset()
+}
+
+/// Virtio feature bits with a meaning for vhost-user itself.
+public enum VhostUserFeature {
+    /// VHOST_USER_F_PROTOCOL_FEATURES: the protocol-feature messages exist, rings start disabled.
+    public static let protocolFeatures: UInt64 = 1 << 30
+}
+
+/// VHOST_USER_PROTOCOL_F_* bits.
+public enum VhostUserProtocolFeature {
+    public static let multipleQueues: UInt64 = 1 << 0
+    public static let replyAck: UInt64 = 1 << 3
+    public static let config: UInt64 = 1 << 9
+    /// The ones this backend implements.
+    public static let supported: UInt64 = multipleQueues | replyAck | config
+}
+
+/// A vhost-user backend server: listens on a Unix socket, serves one frontend at a time, and
+/// hands fully set-up queues to a device.
+///
+/// A frontend that breaks the protocol (malformed message, wrong descriptors, out-of-range
+/// index, bad memory table, unknown request) is dropped: the reason is logged, the device
+/// reset, every descriptor and mapping of that connection released, and the next frontend
+/// accepted.
+public final class VhostUserBackend: Sendable {
+    public let path: String
+    private let makeDevice: @Sendable () -> any VhostUserDevice
+    private let logger: Logger?
+    private let control = Mutex(Control())
+
+    private struct Control {
+        var listener: Int32?
+        var connection: Int32?
+        var stopping = false
+        var serving = false
+    }
+
+    /// Serves `device` to every frontend in turn.
+    public convenience init(path: String, device: any VhostUserDevice, logger: Logger? = nil) {
+        self.init(path: path, logger: logger, makeDevice: { device })
+    }
+
+    /// Serves a fresh device from `makeDevice` to each frontend.
+    public init(path: String, logger: Logger? = nil, makeDevice: @escaping @Sendable () -> any VhostUserDevice) {
+        self.path = path
+        self.logger = logger
+        self.makeDevice = makeDevice
+    }
+
+    /// Listens at `path` and serves frontends on the calling thread until `stop()`.
+    public func run() throws(SystemError) {
+        let listener = try UnixListener(listeningAt: path)
+        serve(listener)
+    }
+
+    /// Listens at `path` (so frontends may connect once this returns) and serves on a new thread.
+    public func start() throws(SystemError) {
+        let box = ListenerBox(try UnixListener(listeningAt: path))
+        control.withLock { $0.serving = true }
+        let thread = Thread { [self] in
+            setCurrentThreadName("vhost-user")
+            serve(box.listener)
+        }
+        thread.start()
+    }
+
+    /// Stops accepting, ends the current connection (the device is reset) and waits until the
+    /// serving thread is done. Do not call from a device callback.
+    public func stop() {
+        control.withLock { state in
+            state.stopping = true
+            if let fd = state.listener { UnixStream.shutdown(descriptor: fd) }
+            if let fd = state.connection { UnixStream.shutdown(descriptor: fd) }
+        }
+        while control.withLock({ $0.serving }) { Thread.sleep(forTimeInterval: 0.002) }
+    }
+
+    private final class ListenerBox: Sendable {
+        let listener: UnixListener
+        init(_ listener: consuming UnixListener) { self.listener = listener }
+    }
+
+    private func serve(_ listener: borrowing UnixListener) {
+        let proceed = control.withLock { state -> Bool in
+            state.serving = !state.stopping
+            if state.serving { state.listener = listener.descriptor.rawValue }
+            return state.serving
+        }
+        defer { control.withLock { $0.listener = nil; $0.serving = false } }
+        guard proceed else { return }
+        logger?.info("vhost-user backend listening", metadata: ["vhost.socket": "\(path)"])
+        while !control.withLock({ $0.stopping }) {
+            do {
+                admit(try listener.accept())
+            } catch {
+                if control.withLock({ $0.stopping }) { break }
+                logger?.info("vhost-user accept failed", metadata: ["vhost.socket": "\(path)", "vhost.error": "\(error)"])
+                if error.errno == EBADF || error.errno == EINVAL { break }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+        }
+        logger?.info("vhost-user backend stopped", metadata: ["vhost.socket": "\(path)"])
+    }
+
+    private func admit(_ stream: consuming UnixStream) {
+        let admitted = control.withLock { state -> Bool in
+            if state.stopping { return false }
+            state.connection = stream.rawValue
+            return true
+        }
+        if admitted { serveConnection(stream) }
+        // Forget the raw fd before it closes, so `stop()` never shuts down a reused number.
+        control.withLock { $0.connection = nil }
+        _ = consume stream
+    }
+
+    private func serveConnection(_ stream: borrowing UnixStream) {
+        let session = Session(device: makeDevice(), logger: logger, socketPath: path)
+        logger?.info("vhost-user frontend connected", metadata: ["vhost.socket": "\(path)"])
+        defer { session.close() }
+        while true {
+            do throws(VhostUserConnectionError) {
+                guard var raw = try MessageChannel.read(from: stream) else {
+                    logger?.info("vhost-user frontend disconnected", metadata: ["vhost.socket": "\(path)"])
+                    return
+                }
+                let message: VhostUserMessage
+                do { message = try VhostUserMessage.decode(raw.bytes, descriptorCount: raw.descriptors.count) } catch {
+                    throw .message(error)
+                }
+                try session.handle(message, descriptors: &raw.descriptors, stream: stream)
+            } catch {
+                logger?.info("vhost-user frontend dropped", metadata: ["vhost.socket": "\(path)", "vhost.reason": "\(error)"])
+                return
+            }
+        }
+    }
+}
+
+/// A refusal that does not end the connection: answered with a failing REPLY_ACK when one was
+/// asked for, otherwise only logged.
+struct Refusal: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// A mapped memory-table region; unmapped when the last reference goes.
+final class MappedRegion {
+    let region: VhostMemoryRegion
+    let mapping: MemoryMapping
+    let host: UnsafeMutableRawPointer
+
+    init(region: VhostMemoryRegion, mapping: consuming MemoryMapping, delta: Int) {
+        self.region = region
+        host = mapping.base + delta
+        self.mapping = mapping
+    }
+}
+
+/// One queue's state as the frontend has set it up.
+final class QueueState {
+    let index: Int
+    var size: UInt16?
+    var address: VhostVringAddress?
+    var base: UInt16 = 0
+    var kick: FileDescriptor?
+    var call: FileDescriptor?
+    /// SET_VRING_ENABLE's last value; nil when never sent.
+    var enabled: Bool?
+    var running = false
+
+    init(index: Int) { self.index = index }
+}
+
+/// The protocol state of one frontend connection. Used only by the connection's thread.
+final class Session {
+    let device: any VhostUserDevice
+    let logger: Logger?
+    let socketPath: String
+    var ackedFeatures: UInt64 = 0
+    var protocolFeatures: UInt64 = 0
+    var regions: [MappedRegion] = []
+    var table: VhostMemoryTable?
+    var memory = GuestMemory()
+    var queues: [QueueState]
+
+    init(device: any VhostUserDevice, logger: Logger?, socketPath: String) {
+        self.device = device
+        self.logger = logger
+        self.socketPath = socketPath
+        queues = (0..<max(0, device.queueCount)).map { QueueState(index: $0) }
+    }
+
+    var offeredFeatures: UInt64 { device.deviceFeatures | VhostUserFeature.protocolFeatures }
+    var offeredProtocolFeatures: UInt64 { device.protocolFeatures & VhostUserProtocolFeature.supported }
+    var protocolFeaturesNegotiated: Bool { ackedFeatures & VhostUserFeature.protocolFeatures != 0 }
+
+    /// Stops every running queue, resets the device, then releases descriptors and mappings.
+    func close() {
+        for queue in queues where queue.running {
+            queue.base = device.stopQueue(queue.index)
+            queue.running = false
+        }
+        device.reset()
+        queues = []
+        regions = []
+        memory = GuestMemory()
+    }
+
+    func handle(_ message: VhostUserMessage, descriptors: inout ReceivedDescriptors,
+                stream: borrowing UnixStream) throws(VhostUserConnectionError) {
+        let request = message.request
+        logger?.trace("vhost-user request", metadata: ["vhost.request": "\(request)"])
+        var failed = false
+        do {
+            if let reply = try perform(message, descriptors: &descriptors) {
+                try MessageChannel.write(.reply(to: request, reply), to: stream)
+            }
+        } catch let error as VhostUserError {
+            throw .message(error)
+        } catch let error as VhostUserConnectionError {
+            throw error
+        } catch let refusal as Refusal {
+            failed = true
+            logger?.info("vhost-user request refused", metadata: ["vhost.socket": "\(socketPath)", "vhost.reason": "\(refusal)"])
+        } catch {
+            throw .message(.device("\(request): \(error)"))
+        }
+        if message.needsReply, !request.hasReply, protocolFeatures & VhostUserProtocolFeature.replyAck != 0 {
+            try MessageChannel.write(.reply(to: request, .u64(failed ? 1 : 0)), to: stream)
+        }
+    }
+
+    private func queue(_ request: VhostUserRequest, _ index: UInt32) throws(VhostUserError) -> QueueState {
+        guard Int(index) < queues.count else { throw .queueIndex(request, index: index, queueCount: queues.count) }
+        return queues[Int(index)]
+    }
+
+    /// Applies one request; returns the reply payload for requests that have one.
+    private func perform(_ message: VhostUserMessage, descriptors: inout ReceivedDescriptors) throws -> VhostUserPayload? {
+        let request = message.request
+        switch (request, message.payload) {
+        case (.setOwner, _):
+            return nil
+        case (.resetOwner, _):
+            for queue in queues where queue.running { stop(queue) }
+            queues = queues.map { QueueState(index: $0.index) }
+            ackedFeatures = 0
+            return nil
+        case (.getFeatures, _):
+            return .u64(offeredFeatures)
+        case (.setFeatures, .u64(let features)):
+            guard features & ~offeredFeatures == 0 else {
+                throw VhostUserError.featuresNotOffered(request, requested: features, offered: offeredFeatures)
+            }
+            let changed = features != ackedFeatures
+            ackedFeatures = features
+            if changed {
+                for queue in queues where queue.running {
+                    stop(queue)
+                    try startIfReady(queue)
+                }
+            }
+            return nil
+        case (.getProtocolFeatures, _):
+            return .u64(offeredProtocolFeatures)
+        case (.setProtocolFeatures, .u64(let features)):
+            guard features & ~offeredProtocolFeatures == 0 else {
+                throw VhostUserError.featuresNotOffered(request, requested: features, offered: offeredProtocolFeatures)
+            }
+            protocolFeatures = features
+            return nil
+        case (.getQueueNum, _):
+            return .u64(UInt64(queues.count))
+        case (.setMemTable, .memoryTable(let newTable)):
+            try setMemoryTable(newTable, descriptors: &descriptors)
+            return nil
+        case (.setVringNum, .vringState(let state)):
+            let queue = try queue(request, state.index)
+            guard state.num > 0, state.num <= UInt32(device.maxQueueSize), state.num & (state.num - 1) == 0 else {
+                throw VhostUserError.queueSize(index: state.index, size: state.num, maximum: device.maxQueueSize)
+            }
+            try reconfigure(queue) { queue.size = UInt16(state.num) }
+            return nil
+        case (.setVringAddr, .vringAddress(let address)):
+            let queue = try queue(request, address.index)
+            _ = try translate(address, request: request)
+            try reconfigure(queue) { queue.address = address }
+            return nil
+        case (.setVringBase, .vringState(let state)):
+            let queue = try queue(request, state.index)
+            guard state.num <= UInt32(UInt16.max) else { throw VhostUserError.queueBase(index: state.index, base: state.num) }
+            try reconfigure(queue) { queue.base = UInt16(state.num) }
+            return nil
+        case (.getVringBase, .vringState(let state)):
+            let queue = try queue(request, state.index)
+            if queue.running { stop(queue) }
+            // The ring is stopped until the next SET_VRING_KICK.
+            queue.kick = nil
+            return .vringState(VhostVringState(index: state.index, num: UInt32(queue.base)))
+        case (.setVringKick, .vringFile(let file)):
+            let queue = try queue(request, file.index)
+            guard !file.noDescriptor, let fd = descriptors.take(0) else {
+                throw Refusal(description: "SET_VRING_KICK: queue \(file.index) without a kick descriptor (polling mode is not supported)")
+            }
+            if queue.running { stop(queue) }
+            queue.kick = consume fd  // closes the one it replaces
+            try startIfReady(queue)
+            return nil
+        case (.setVringCall, .vringFile(let file)):
+            let queue = try queue(request, file.index)
+            if queue.running { stop(queue) }
+            queue.call = file.noDescriptor ? nil : descriptors.take(0)
+            try startIfReady(queue)
+            return nil
+        case (.setVringErr, .vringFile(let file)):
+            _ = try queue(request, file.index)
+            // Errors are not reported through it; the descriptor is closed right away.
+            _ = descriptors.take(0)
+            return nil
+        case (.setVringEnable, .vringState(let state)):
+            let queue = try queue(request, state.index)
+            guard state.num <= 1 else { throw VhostUserError.reservedBits(request, value: UInt64(state.num)) }
+            try reconfigure(queue) { queue.enabled = state.num == 1 }
+            return nil
+        case (.getConfig, .config(let window)):
+            guard protocolFeatures & VhostUserProtocolFeature.config != 0 else { throw VhostUserError.unsupportedRequest(request) }
+            var bytes = device.readConfig(offset: Int(window.offset), size: window.bytes.count)
+            if bytes.count != window.bytes.count {
+                bytes = Array(bytes.prefix(window.bytes.count)) + [UInt8](repeating: 0, count: max(0, window.bytes.count - bytes.count))
+            }
+            return .config(VhostConfigSpace(offset: window.offset, flags: window.flags, bytes: bytes))
+        case (.setConfig, _):
+            throw Refusal(description: "SET_CONFIG: the config space is read-only")
+        default:
+            // Requests whose protocol feature this backend never offers (logging, inflight,
+            // memory slots, status, ...): a frontend sending them broke the negotiation.
+            throw VhostUserError.unsupportedRequest(request)
+        }
+    }
+
+    /// Stops `queue` when it runs, applies `change`, and starts it again when it is ready.
+    private func reconfigure(_ queue: QueueState, _ change: () -> Void) throws {
+        if queue.running { stop(queue) }
+        change()
+        try startIfReady(queue)
+    }
+
+    private func stop(_ queue: QueueState) {
+        queue.base = device.stopQueue(queue.index)
+        queue.running = false
+    }
+
+    private func translate(_ address: VhostVringAddress, request: VhostUserRequest) throws(VhostUserError) -> (descriptors: UInt64, available: UInt64, used: UInt64) {
+        guard let table else { throw .unmappedAddress(request, what: "ring (no memory table yet)", address: address.descriptorTable) }
+        guard let d = table.guestAddress(ofUserAddress: address.descriptorTable) else {
+            throw .unmappedAddress(request, what: "descriptor table", address: address.descriptorTable)
+        }
+        guard let a = table.guestAddress(ofUserAddress: address.availableRing) else {
+            throw .unmappedAddress(request, what: "available ring", address: address.availableRing)
+        }
+        guard let u = table.guestAddress(ofUserAddress: address.usedRing) else {
+            throw .unmappedAddress(request, what: "used ring", address: address.usedRing)
+        }
+        return (d, a, u)
+    }
+
+    /// Starts the queue once it has a size, addresses, a kick descriptor and memory, and is
+    /// enabled (with PROTOCOL_FEATURES negotiated rings start disabled; without, enabled).
+    private func startIfReady(_ queue: QueueState) throws {
+        guard !queue.running, let size = queue.size, let address = queue.address, let kick = queue.kick?.rawValue,
+              table != nil, queue.enabled ?? !protocolFeaturesNegotiated
+        else { return }
+        let ring = try translate(address, request: .setVringAddr)
+        let setup = VhostQueueSetup(
+            index: queue.index, size: size, descriptorTable: ring.descriptors, availableRing: ring.available,
+            usedRing: ring.used, nextAvailable: queue.base, kickFD: kick, callFD: queue.call?.rawValue,
+            features: ackedFeatures & ~VhostUserFeature.protocolFeatures)
+        try device.startQueue(setup, memory: memory)
+        queue.running = true
+        logger?.debug("vhost-user queue started", metadata: ["vhost.socket": "\(socketPath)", "vhost.queue": "\(queue.index)"])
+    }
+
+    /// Maps every region of `newTable` (shared, read-write), then swaps it in: running queues
+    /// are stopped, the device told, the old mappings released, and the queues restarted.
+    private func setMemoryTable(_ newTable: VhostMemoryTable, descriptors: inout ReceivedDescriptors) throws {
+        var mapped: [MappedRegion] = []
+        for (index, region) in newTable.regions.enumerated() {
+            guard let fd = descriptors.take(index) else { throw VhostUserError.memoryTable("region \(index) has no descriptor") }
+            // A region past the end of its file would raise SIGBUS when the guest points there.
+            let fileSize = try fd.fileSize()
+            guard region.mmapOffset + region.size <= fileSize else {
+                throw VhostUserError.memoryTable("region \(index): mmap_offset 0x\(String(region.mmapOffset, radix: 16)) + size 0x\(String(region.size, radix: 16)) exceeds the file's 0x\(String(fileSize, radix: 16)) bytes")
+            }
+            let page = UInt64(MemoryMapping.pageSize)
+            let alignedOffset = region.mmapOffset & ~(page - 1)
+            let delta = region.mmapOffset - alignedOffset
+            let mapping = try MemoryMapping(fd: fd.rawValue, offset: alignedOffset, size: region.size + delta, shared: true)
+            mapped.append(MappedRegion(region: region, mapping: mapping, delta: Int(delta)))
+        }
+        let newMemory: GuestMemory
+        do {
+            newMemory = try GuestMemory(regions: mapped.map {
+                GuestMemoryRegion(guestAddress: $0.region.guestAddress, size: $0.region.size, host: $0.host)
+            })
+        } catch {
+            throw VhostUserError.memoryTable("\(error)")
+        }
+        let wasRunning = queues.filter(\.running)
+        for queue in wasRunning { stop(queue) }
+        device.memoryWillChange()
+        memory = newMemory
+        table = newTable
+        regions = mapped  // the old mappings are unmapped here
+        for queue in queues { try startIfReady(queue) }
+    }
+}
