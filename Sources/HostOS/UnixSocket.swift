@@ -49,14 +49,20 @@ public struct UnixListener: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
     public let path: String
 
-    /// Binds and listens at `path`. A stale socket left there by an earlier process is removed
-    /// first; any other kind of file at `path` is an error (EEXIST), never deleted.
+    /// Binds and listens at `path`. A stale socket left there by an earlier process (nobody
+    /// accepts on it) is removed first; a socket someone still listens on is EADDRINUSE, and
+    /// any other kind of file is EEXIST: neither is ever deleted.
     /// The corresponding C functions are `socket`, `bind` and `listen`.
     public init(listeningAt path: String, backlog: Int32 = 4) throws(SystemError) {
         guard var address = unixAddress(path) else { throw SystemError("bind(\(path)): path too long or empty", errno: ENAMETOOLONG) }
         var status = stat()
         if lstat(path, &status) == 0 {
             guard status.st_mode & S_IFMT == S_IFSOCK else { throw SystemError("bind(\(path)): not a socket", errno: EEXIST) }
+            let probe = try newStreamSocket("probe \(path)")
+            let connected = withSockaddr(&address) { Glibc.connect(probe.rawValue, $0, $1) }
+            let probeErrno = Glibc.errno
+            if connected == 0 { throw SystemError("bind(\(path)): another process listens there", errno: EADDRINUSE) }
+            guard probeErrno == ECONNREFUSED else { throw SystemError("connect(\(path)) (stale socket probe)", errno: probeErrno) }
             try syscall("unlink(\(path))") { unlink(path) }
         }
         let socket = try newStreamSocket("listen \(path)")

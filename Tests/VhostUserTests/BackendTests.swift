@@ -219,6 +219,33 @@ final class BackendTests: XCTestCase {
         XCTAssertEqual(try again.getConfig(offset: 4, size: 4), Array(RecordingDevice.config[4..<8]))
     }
 
+    func testStopEndsTheConnectionAndRemovesTheSocket() throws {
+        let memory = try makeMemory()
+        let frontend = try connect()
+        try handshake(frontend, memory: memory)
+        backend?.stop()
+        XCTAssertEqual(device.resets, 1)
+        XCTAssertThrowsError(try frontend.getQueueNum())
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+    }
+
+    func testStaleSocketIsReplacedButALiveOneIsNot() throws {
+        let second = VhostUserBackend(path: path, device: RecordingDevice())
+        XCTAssertThrowsError(try second.start()) { XCTAssertEqual(($0 as? SystemError)?.errno, EADDRINUSE) }
+        XCTAssertEqual(try connect().getQueueNum(), 2, "the live backend keeps its socket")
+
+        // A socket file nobody listens on any more (a crashed backend's) is taken over.
+        let stalePath = directory + "/stale.sock"
+        do {
+            let listener = try UnixListener(listeningAt: directory + "/gone.sock")
+            XCTAssertEqual(link(listener.path, stalePath), 0)
+        }
+        let third = VhostUserBackend(path: stalePath, device: RecordingDevice())
+        try third.start()
+        defer { third.stop() }
+        XCTAssertEqual(try VhostUserFrontend(connectingTo: stalePath).getQueueNum(), 2)
+    }
+
     // MARK: - hostile frontends: each is dropped alone, the next one is served
 
     private func assertDropped(_ what: String, handshakeFirst: Bool = false, file: StaticString = #filePath, line: UInt = #line,
