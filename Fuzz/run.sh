@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="switch vhostuser"
+targets="switch vhostuser virtio"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -56,6 +56,11 @@ case "$target" in
     objects=("$modules/VhostUser.o")
     main=Fuzz/VhostUserFuzz/FuzzMain.swift
     ;;
+  virtio)
+    compile_module Virtio
+    objects=("$modules/Virtio.o")
+    main=Fuzz/VirtioFuzz/FuzzMain.swift
+    ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
 
@@ -86,6 +91,27 @@ if [[ "$target" == vhostuser && -z "$(ls -A "$corpus")" ]]; then
   printf '\x01\x0c\x00\x00\x00\x01\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00' > "$corpus/seed-kick"
   printf '\x00\x18\x00\x00\x00\x01\x00\x00\x00\x14\x00\x00\x00\x00\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00' > "$corpus/seed-get-config"
   printf '\x10\x0b\x00\x00\x00\x05\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x00\x2a\x00\x00\x00' > "$corpus/seed-reply-vring-base"
+fi
+
+if [[ "$target" == virtio && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: 16 bytes of queue choices (size 16, rings at 0x10000/0x11000/0x12000 in guest memory,
+  # EVENT_IDX + indirect, capacity 64 Ki sectors), then the memory image: one 4 KiB read chain.
+  python3 - "$corpus/seed-read" <<'PY'
+import struct, sys
+memory = bytearray(0x3000)
+head = 0x2800
+struct.pack_into("<QIHH", memory, 0x000, 0x10000 + head, 16, 1, 1)            # header
+struct.pack_into("<QIHH", memory, 0x010, 0x10000 + head + 0x100, 4096, 3, 2)  # data, writable
+struct.pack_into("<QIHH", memory, 0x020, 0x10000 + head + 0x80, 1, 2, 0)      # status
+struct.pack_into("<QIHH", memory, 0x030, 0x10000 + head + 0x40, 48, 4, 0)     # indirect table
+struct.pack_into("<QIHH", memory, head + 0x40, 0x10000 + head, 16, 1, 1)
+struct.pack_into("<QIHH", memory, head + 0x50, 0x10000 + head + 0x100, 512, 3, 2)
+struct.pack_into("<QIHH", memory, head + 0x60, 0x10000 + head + 0x80, 1, 2, 0)
+struct.pack_into("<HHHH", memory, 0x1000, 0, 2, 0, 3)                             # avail: heads 0, 3
+struct.pack_into("<IIQ", memory, head, 0, 0, 8)                                   # read sector 8
+choices = bytes([4, 0x00, 0x00, 0x10, 0x00, 0x20, 0x00, 3, 0, 0, 1, 0, 4, 2, 1, 0x40])
+open(sys.argv[1], "wb").write(choices + bytes(memory))
+PY
 fi
 
 echo "fuzz: running $target for ${seconds}s" >&2
