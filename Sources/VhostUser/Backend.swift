@@ -50,13 +50,34 @@ public enum VhostUserFeature {
     public static let protocolFeatures: UInt64 = 1 << 30
 }
 
-/// VHOST_USER_PROTOCOL_F_* bits.
-public enum VhostUserProtocolFeature {
-    public static let multipleQueues: UInt64 = 1 << 0
-    public static let replyAck: UInt64 = 1 << 3
-    public static let config: UInt64 = 1 << 9
-    /// The ones this backend implements.
-    public static let supported: UInt64 = multipleQueues | replyAck | config
+/// VHOST_USER_PROTOCOL_F_*: each case's raw value is its bit number.
+public enum VhostUserProtocolFeature: UInt64, Sendable, CaseIterable {
+    case mq = 0
+    case logShmfd = 1
+    case rarp = 2
+    case replyAck = 3
+    case netMTU = 4
+    case backendRequest = 5
+    case crossEndian = 6
+    case cryptoSession = 7
+    case pagefault = 8
+    case config = 9
+    case backendSendFD = 10
+    case hostNotifier = 11
+    case inflightShmfd = 12
+    case resetDevice = 13
+    case inbandNotifications = 14
+    case configureMemSlots = 15
+    case status = 16
+    case xenMmap = 17
+    case sharedObject = 18
+    case deviceState = 19
+
+    /// The feature's bit in a protocol-feature word.
+    public var mask: UInt64 { 1 << rawValue }
+
+    /// The ones this backend implements; a device's other bits are never offered.
+    public static let supported: UInt64 = mq.mask | replyAck.mask | config.mask
 }
 
 /// A vhost-user backend server: listens on a Unix socket, serves one frontend at a time, and
@@ -263,13 +284,15 @@ final class Session {
             throw .message(error)
         } catch let error as VhostUserConnectionError {
             throw error
+        } catch let error as SystemError {
+            throw .system(error)  // fstat or mmap of a memory-table region
         } catch let refusal as Refusal {
             failed = true
             logger?.info("vhost-user request refused", metadata: ["vhost.socket": "\(socketPath)", "vhost.reason": "\(refusal)"])
         } catch {
             throw .message(.device("\(request): \(error)"))
         }
-        if message.needsReply, !request.hasReply, protocolFeatures & VhostUserProtocolFeature.replyAck != 0 {
+        if message.needsReply, !request.hasReply, protocolFeatures & VhostUserProtocolFeature.replyAck.mask != 0 {
             try MessageChannel.write(.reply(to: request, .u64(failed ? 1 : 0)), to: stream)
         }
     }
@@ -367,7 +390,7 @@ final class Session {
             try reconfigure(queue) { queue.enabled = state.num == 1 }
             return nil
         case (.getConfig, .config(let window)):
-            guard protocolFeatures & VhostUserProtocolFeature.config != 0 else { throw VhostUserError.unsupportedRequest(request) }
+            guard protocolFeatures & VhostUserProtocolFeature.config.mask != 0 else { throw VhostUserError.unsupportedRequest(request) }
             var bytes = device.readConfig(offset: Int(window.offset), size: window.bytes.count)
             if bytes.count != window.bytes.count {
                 bytes = Array(bytes.prefix(window.bytes.count)) + [UInt8](repeating: 0, count: max(0, window.bytes.count - bytes.count))

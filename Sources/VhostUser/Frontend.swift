@@ -24,7 +24,7 @@ public final class VhostUserFrontend {
         }
     }
 
-    private var acknowledges: Bool { protocolFeatures & VhostUserProtocolFeature.replyAck != 0 }
+    private var acknowledges: Bool { protocolFeatures & VhostUserProtocolFeature.replyAck.mask != 0 }
 
     /// Sends a request that has a reply and returns the reply's payload.
     private func call(_ request: VhostUserRequest, _ payload: VhostUserPayload = .empty) throws(VhostUserConnectionError) -> VhostUserPayload {

@@ -16,8 +16,8 @@ final class RecordingDevice: VhostUserDevice, @unchecked Sendable {
     var nextAvailableOnStop: UInt16 = 42
 
     let deviceFeatures: UInt64 = 1 << 32 | 1 << 6  // VERSION_1, BLK_SIZE
-    let protocolFeatures: UInt64 = VhostUserProtocolFeature.multipleQueues | VhostUserProtocolFeature.replyAck
-        | VhostUserProtocolFeature.config | 1 << 12  // INFLIGHT_SHMFD: not implemented, must not be offered
+    let protocolFeatures: UInt64 = VhostUserProtocolFeature.mq.mask | VhostUserProtocolFeature.replyAck.mask
+        | VhostUserProtocolFeature.config.mask | 1 << 12  // INFLIGHT_SHMFD: not implemented, must not be offered
     let queueCount = 2
     let maxQueueSize: UInt16 = 256
     static let config: [UInt8] = (0..<64).map { UInt8($0 * 3 & 0xff) }
@@ -92,7 +92,7 @@ final class BackendTests: XCTestCase {
         XCTAssertEqual(features, device.deviceFeatures | VhostUserFeature.protocolFeatures)
         try frontend.setFeatures(features)
         let protocolFeatures = try frontend.getProtocolFeatures()
-        XCTAssertEqual(protocolFeatures, VhostUserProtocolFeature.multipleQueues | VhostUserProtocolFeature.replyAck | VhostUserProtocolFeature.config)
+        XCTAssertEqual(protocolFeatures, VhostUserProtocolFeature.mq.mask | VhostUserProtocolFeature.replyAck.mask | VhostUserProtocolFeature.config.mask)
         try frontend.setProtocolFeatures(protocolFeatures)
         XCTAssertEqual(try frontend.getQueueNum(), 2)
         try frontend.setMemTable(regions: [
