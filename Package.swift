@@ -31,14 +31,16 @@ let package = Package(
         // Pure Swift, no syscalls: fuzzable.
         .target(name: "Virtio"),
         .target(name: "Config"),
-        .target(name: "Switch", dependencies: ["Virtio", "Config"]),
+        // Token buckets, shared by the switch's rate limits and the block backend's QoS.
+        .target(name: "Metering"),
+        .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering"]),
 
         // vhost-user protocol: message codec, backend server, frontend client.
         .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", .product(name: "Logging", package: "swift-log")]),
 
         // Block backend: tenant-confined volumes, io_uring engine, virtio-blk over vhost-user.
         .target(name: "Block", dependencies: [
-            "Config", "Virtio", "VhostUser", "HostOS", "URing",
+            "Config", "Virtio", "VhostUser", "HostOS", "URing", "Metering",
             .product(name: "Logging", package: "swift-log"),
         ]),
 
@@ -56,7 +58,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
-        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio"]),
+        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),

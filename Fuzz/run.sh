@@ -46,8 +46,9 @@ case "$target" in
   switch)
     compile_module Virtio
     compile_module Config
+    compile_module Metering
     compile_module Switch
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Switch.o")
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o")
     main=Fuzz/SwitchFuzz/FuzzMain.swift
     ;;
   vhostuser)

@@ -8,12 +8,17 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <dirent.h>
+#include <grp.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
+#include <linux/openat2.h>
+#include <linux/falloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,3 +143,38 @@ uint64_t bh_monotonic_ns(void) {
 int bh_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 
 int bh_set_thread_name(const char *name) { return -pthread_setname_np(pthread_self(), name); }
+
+int bh_openat_beneath(int dirfd, const char *path, int flags, unsigned mode) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(flags | O_CLOEXEC | O_NOFOLLOW);
+    if (flags & O_CREAT) how.mode = mode;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+    long fd;
+    do { fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how); } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+const int bh_FALLOC_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+const int bh_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+const int bh_O_DIRECT = O_DIRECT;
+
+int bh_fallocate(int fd, int mode, uint64_t offset, uint64_t length) {
+    int r;
+    do { r = fallocate(fd, mode, (off_t)offset, (off_t)length); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+int bh_jail(unsigned uid, unsigned gid, const char **step) {
+#define STEP(name, call) do { *step = name; if ((call) < 0) return -errno; } while (0)
+    STEP("setgroups(0)", setgroups(0, NULL));
+    // glibc applies set*id to every thread of the process. Leaving uid 0 for a non-zero uid
+    // clears the permitted, effective and ambient capabilities.
+    STEP("setresgid", setresgid(gid, gid, gid));
+    STEP("setresuid", setresuid(uid, uid, uid));
+    STEP("prctl(PR_SET_NO_NEW_PRIVS)", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+    STEP("prctl(PR_SET_DUMPABLE, 0)", prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+    *step = "";
+    return 0;
+#undef STEP
+}

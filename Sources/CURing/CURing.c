@@ -4,6 +4,7 @@
 #include <liburing.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "CURing.h"
@@ -118,6 +119,41 @@ int bh_ring_prep_timeout(bh_ring *r, uint64_t ns, uint64_t ud) {
     io_uring_prep_timeout(sqe, &r->timeout, 0, 0);
     finish(sqe, 0, ud);
     return 0;
+}
+
+int bh_ring_prep_fallocate(bh_ring *r, int fd, int fixed, int mode, uint64_t off, uint64_t len, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fallocate(sqe, fd, mode, (off_t)off, (off_t)len);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+const uint8_t BH_OP_READV = IORING_OP_READV, BH_OP_WRITEV = IORING_OP_WRITEV, BH_OP_FSYNC = IORING_OP_FSYNC,
+    BH_OP_FALLOCATE = IORING_OP_FALLOCATE, BH_OP_POLL_ADD = IORING_OP_POLL_ADD, BH_OP_READ = IORING_OP_READ,
+    BH_OP_WRITE = IORING_OP_WRITE, BH_OP_TIMEOUT = IORING_OP_TIMEOUT, BH_OP_NOP = IORING_OP_NOP;
+
+int bh_ring_restrict(bh_ring *r, const uint8_t *ops, unsigned count, int require_fixed_file) {
+    struct io_uring_restriction res[64];
+    unsigned n = 0;
+    if (count > 60) return -EINVAL;
+    memset(res, 0, sizeof res);
+    for (unsigned i = 0; i < count; i++) {
+        res[n].opcode = IORING_RESTRICTION_SQE_OP;
+        res[n].sqe_op = ops[i];
+        n++;
+    }
+    res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+    res[n].sqe_flags = IOSQE_FIXED_FILE;
+    n++;
+    if (require_fixed_file) {
+        res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED;
+        res[n].sqe_flags = IOSQE_FIXED_FILE;
+        n++;
+    }
+    // Registering restrictions also forbids every register opcode not listed: none are.
+    int ret = (int)syscall(__NR_io_uring_register, r->ring.ring_fd, IORING_REGISTER_RESTRICTIONS, res, n);
+    return ret < 0 ? -errno : 0;
 }
 
 int bh_ring_submit(bh_ring *r) { return io_uring_submit(&r->ring); }

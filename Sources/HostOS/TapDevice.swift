@@ -185,3 +185,45 @@ extension StateDirectoryLock {
         try? descriptor.close()
     }
 }
+
+/// Privilege drop for the per-tenant and per-partition children.
+public enum Jail {
+    /// Makes this process (every thread) `uid`/`gid` with no supplementary groups, no
+    /// capabilities and no way to gain privileges again. Call it once everything the process
+    /// needs is open: afterwards it can open no root-owned file (volume files are root's, 0600).
+    public static func dropPrivileges(uid: UInt32, gid: UInt32) throws(SystemError) {
+        var step: UnsafePointer<CChar>? = nil
+        let r = bh_jail(uid, gid, &step)
+        if r < 0 {
+            let name = step.map { String(cString: $0) } ?? "privilege drop"
+            throw SystemError(name, negated: r)
+        }
+    }
+}
+
+/// A set of signals taken synchronously with sigwait instead of by handlers.
+public struct SignalSet: Sendable {
+    private let signals: [Int32]
+    public init(_ signals: [Int32]) { self.signals = signals }
+
+    private var set: sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        return set
+    }
+
+    /// Blocks the signals in the calling thread; threads created afterwards inherit the mask.
+    public func block() {
+        var set = self.set
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Waits until one of the signals arrives and returns it.
+    public func wait() -> Int32 {
+        var set = self.set
+        var received: Int32 = 0
+        while sigwait(&set, &received) != 0 {}
+        return received
+    }
+}

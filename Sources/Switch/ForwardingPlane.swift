@@ -1,4 +1,5 @@
 import Config
+import Metering
 import Virtio
 
 /// One switch port as the engine sees it.

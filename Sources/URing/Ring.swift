@@ -83,6 +83,60 @@ public struct Ring: ~Copyable {
     /// Completion flag: the operation stays armed and will complete again.
     public static var moreFlag: UInt32 { BH_CQE_F_MORE }
 
+    /// Queues a vectored read into `count` iovecs at `iovecs` (which must stay valid until the
+    /// operation is submitted) from file offset `offset`.
+    @inline(__always)
+    public func prepareReadv(fd: Int32, fixed: Bool, iovecs: UnsafeRawPointer, count: UInt32, offset: Int64,
+                             userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_readv(ring, fd, fixed ? 1 : 0, iovecs, count, offset, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// Queues a vectored write from `count` iovecs at `iovecs` to file offset `offset`.
+    @inline(__always)
+    public func prepareWritev(fd: Int32, fixed: Bool, iovecs: UnsafeRawPointer, count: UInt32, offset: Int64,
+                              userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_writev(ring, fd, fixed ? 1 : 0, iovecs, count, offset, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// Queues fsync (or fdatasync with `dataOnly`).
+    public func prepareFsync(fd: Int32, fixed: Bool, dataOnly: Bool, userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_fsync(ring, fd, fixed ? 1 : 0, dataOnly ? 1 : 0, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// Queues fallocate with `mode` (see `FileSpace`).
+    public func prepareFallocate(fd: Int32, fixed: Bool, mode: Int32, offset: UInt64, length: UInt64,
+                                 userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_fallocate(ring, fd, fixed ? 1 : 0, mode, offset, length, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// io_uring operations, for `restrict(to:requireFixedFiles:)`.
+    public enum Opcode: Sendable {
+        case readv, writev, fsync, fallocate, pollAdd, read, write, timeout, nop
+
+        var rawValue: UInt8 {
+            switch self {
+            case .readv: BH_OP_READV
+            case .writev: BH_OP_WRITEV
+            case .fsync: BH_OP_FSYNC
+            case .fallocate: BH_OP_FALLOCATE
+            case .pollAdd: BH_OP_POLL_ADD
+            case .read: BH_OP_READ
+            case .write: BH_OP_WRITE
+            case .timeout: BH_OP_TIMEOUT
+            case .nop: BH_OP_NOP
+            }
+        }
+    }
+
+    /// Limits a ring created `.disabled` to `opcodes` (IORING_REGISTER_RESTRICTIONS); with
+    /// `requireFixedFiles`, every operation must name a registered file, so the ring can touch no
+    /// file but those registered before. Register files first, then restrict, then `enable()`.
+    public func restrict(to opcodes: [Opcode], requireFixedFiles: Bool) throws(SystemError) {
+        let ops = opcodes.map(\.rawValue)
+        let r = ops.withUnsafeBufferPointer { bh_ring_restrict(ring, $0.baseAddress, UInt32($0.count), requireFixedFiles ? 1 : 0) }
+        if r < 0 { throw SystemError("io_uring_register(RESTRICTIONS)", negated: r) }
+    }
+
     /// Queues a no-op: its completion arrives with `userData` (used for wake-ups in tests).
     public func prepareNop(userData: UInt64) throws(SystemError) {
         while bh_ring_prep_nop(ring, userData) == -EBUSY_ { try submit() }

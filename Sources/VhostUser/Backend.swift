@@ -94,6 +94,7 @@ public final class VhostUserBackend: Sendable {
     private let control = Mutex(Control())
 
     private struct Control {
+        var bound: ListenerBox?
         var listener: Int32?
         var connection: Int32?
         var stopping = false
@@ -118,9 +119,22 @@ public final class VhostUserBackend: Sendable {
         serve(listener)
     }
 
-    /// Listens at `path` (so frontends may connect once this returns) and serves on a new thread.
-    public func start() throws(SystemError) {
+    /// Binds and listens at `path` without serving yet: a process can bind with privileges it
+    /// then drops, and start serving afterwards.
+    public func listen() throws(SystemError) {
         let box = ListenerBox(try UnixListener(listeningAt: path))
+        control.withLock { $0.bound = box }
+    }
+
+    /// Listens at `path` (unless `listen()` already did; frontends may connect once this
+    /// returns) and serves on a new thread.
+    public func start() throws(SystemError) {
+        let bound = control.withLock { state -> ListenerBox? in
+            defer { state.bound = nil }
+            return state.bound
+        }
+        let box: ListenerBox
+        if let bound { box = bound } else { box = ListenerBox(try UnixListener(listeningAt: path)) }
         control.withLock { $0.serving = true }
         let thread = Thread { [self] in
             setCurrentThreadName("vhost-user")

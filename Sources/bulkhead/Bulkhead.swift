@@ -4,15 +4,19 @@ import Foundation
 import HostOS
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Switch
 import SwitchEngine
 
+// The root command is synchronous on purpose: the process starts with one thread, so a child
+// mode (the block server) can drop privileges for the whole process before any other thread
+// exists. Async work runs in `runAsync`.
 @main
-struct Bulkhead: AsyncParsableCommand {
+struct Bulkhead: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulkhead",
         abstract: "Per-host dataplane for multi-tenant virtualization: tenant-segmented switch, block backend, partitions.",
-        subcommands: [Run.self, Validate.self]
+        subcommands: [Run.self, Validate.self, BlockServerCommand.self, VolumeCommand.self]
     )
 }
 
@@ -46,7 +50,7 @@ struct Validate: ParsableCommand {
     }
 }
 
-struct Run: AsyncParsableCommand {
+struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the daemon in the foreground until SIGTERM or SIGINT.")
 
@@ -61,20 +65,41 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+    func run() throws {
+        bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "bulkhead")
         let configuration = try loadConfiguration(options.config)
-        do {
-            try await Daemon(configuration: configuration, logger: logger).run()
-        } catch let error as DaemonError {
-            logger.critical("bulkhead could not start: \(error)")
-            throw ExitCode(1)
+        let configPath = options.config
+        try runAsync {
+            do {
+                try await Daemon(configuration: configuration, configPath: configPath, logger: logger).run()
+            } catch let error as DaemonError {
+                logger.critical("bulkhead could not start: \(error)")
+                throw ExitCode(1)
+            }
         }
     }
+}
+
+/// Logs to standard error at `level` and above.
+func bootstrapLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
+
+/// Runs `body` as a task and blocks the calling (main) thread until it finishes.
+func runAsync(_ body: @escaping @Sendable () async throws -> Void) throws {
+    let outcome = Mutex<Result<Void, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        let result: Result<Void, any Error>
+        do { try await body(); result = .success(()) } catch { result = .failure(error) }
+        outcome.withLock { $0 = result }
+        done.signal()
+    }
+    done.wait()
+    try outcome.withLock { $0 }?.get()
 }

@@ -15,6 +15,7 @@ struct DaemonError: Error, CustomStringConvertible {
 /// dataplane thread; runs until SIGTERM or SIGINT, then removes everything it created.
 struct Daemon {
     let configuration: HostConfiguration
+    let configPath: String
     let logger: Logger
 
     func run() async throws {
@@ -54,8 +55,11 @@ struct Daemon {
             "status": "\(state)/status.json",
         ])
 
+        let blockServers = BlockServerSupervisor(
+            tenants: configuration.tenants.filter { !$0.volumes.isEmpty }.map(\.id),
+            configPath: configPath, logger: logger)
         let group = ServiceGroup(
-            services: [SwitchService(dataplane: dataplane)],
+            services: [SwitchService(dataplane: dataplane), blockServers],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         do {

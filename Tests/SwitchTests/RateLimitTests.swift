@@ -1,4 +1,5 @@
 import Config
+import Metering
 import Switch
 import Virtio
 import XCTest

@@ -45,6 +45,24 @@ int bh_flock_exclusive(int fd);
 /// eventfd(0, EFD_CLOEXEC); returns the fd or -1 with errno set.
 int bh_eventfd(void);
 
+/// Opens `path` relative to the directory `dirfd` with openat2(2) and RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV: no `..` escape, no symlink
+/// (of any component), no mount crossing. Returns the fd or -errno.
+int bh_openat_beneath(int dirfd, const char *path, int flags, unsigned mode);
+
+/// fallocate(2) modes used by the block backend.
+extern const int bh_FALLOC_PUNCH_HOLE;   // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+extern const int bh_FALLOC_ZERO_RANGE;   // FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+/// fallocate(2). Returns 0 or -errno.
+int bh_fallocate(int fd, int mode, uint64_t offset, uint64_t length);
+/// O_DIRECT, which Swift's Glibc module does not export.
+extern const int bh_O_DIRECT;
+
+/// Drops the process's privileges for good (every thread): no supplementary groups, uid/gid
+/// set to `uid`/`gid` (which clears every capability), no new privileges, not dumpable.
+/// Returns 0 or -errno (the step that failed is in *step).
+int bh_jail(unsigned uid, unsigned gid, const char **step);
+
 /// Names the calling thread (at most 15 bytes), as top and ps show it. Returns 0 or -errno.
 int bh_set_thread_name(const char *name);
 

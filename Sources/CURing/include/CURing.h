@@ -53,6 +53,19 @@ extern const uint32_t BH_CQE_F_MORE;
 /// Queues a timer that completes (with -ETIME) after `nanoseconds`.
 int bh_ring_prep_timeout(bh_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 
+/// Queues fallocate(fd, mode, offset, length) (punch hole / zero range).
+int bh_ring_prep_fallocate(bh_ring *ring, int fd, int fixed_file, int mode, uint64_t offset, uint64_t length, uint64_t user_data);
+
+/// io_uring opcodes the block backend uses, for bh_ring_restrict.
+extern const uint8_t BH_OP_READV, BH_OP_WRITEV, BH_OP_FSYNC, BH_OP_FALLOCATE, BH_OP_POLL_ADD,
+    BH_OP_READ, BH_OP_WRITE, BH_OP_TIMEOUT, BH_OP_NOP;
+
+/// Restricts a ring created with BH_SETUP_R_DISABLED (IORING_REGISTER_RESTRICTIONS): only the
+/// `count` opcodes in `ops` may be submitted, every SQE must use a registered (fixed) file when
+/// `require_fixed_file` is nonzero, and no further registration is allowed.
+/// Returns 0 or -errno.
+int bh_ring_restrict(bh_ring *ring, const uint8_t *ops, unsigned count, int require_fixed_file);
+
 /// Submits queued SQEs. Returns the number submitted or -errno.
 int bh_ring_submit(bh_ring *ring);
 /// Submits queued SQEs and waits until at least `wait_nr` completions are available.

@@ -1,0 +1,147 @@
+import ArgumentParser
+import Block
+import Config
+import Foundation
+import HostOS
+import Logging
+import ServiceLifecycle
+import VhostUser
+
+/// `bulkhead block-server`: serves one tenant's volumes over vhost-user-blk, one socket per
+/// volume. `bulkhead run` starts one per tenant; it can also run alone for another VMM.
+struct BlockServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "block-server",
+        abstract: "Serve one tenant's volumes over vhost-user-blk (one Unix socket per volume).")
+
+    @OptionGroup var options: ConfigOption
+
+    @Option(help: "The tenant whose volumes to serve.")
+    var tenant: String
+
+    @Option(help: "Queues per volume (virtio-blk multiqueue).")
+    var queues: Int = 2
+
+    @Flag(help: "Keep root privileges (no privilege drop after the volumes are open). For debugging only.")
+    var noJail = false
+
+    @Option(help: "Log level.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard (1...16).contains(queues) else { throw ValidationError("--queues must be 1...16") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+    }
+
+    func run() throws {
+        bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
+        var logger = Logger(label: "bulkhead.block")
+        logger[metadataKey: "tenant.id"] = "\(tenant)"
+        let configuration = try loadConfiguration(options.config)
+        guard let tenantConfig = configuration.tenants.first(where: { $0.id == tenant }) else {
+            logger.critical("no tenant '\(tenant)' in \(options.config)")
+            throw ExitCode(1)
+        }
+        let tenantRoot = "\(configuration.host.stateDirectory)/tenants/\(tenant)"
+        // SIGTERM and SIGINT are taken with sigwait below; block them before any thread exists
+        // so that every thread inherits the mask.
+        let stopSignals = SignalSet([SIGTERM, SIGINT])
+        stopSignals.block()
+        let backends: [VhostUserBackend]
+        do {
+            let volumes = try BlockServer.openVolumes(tenant: tenantConfig, stateDirectory: configuration.host.stateDirectory, logger: logger)
+            try StateFiles.makeDirectories("\(tenantRoot)/vhost", mode: 0o700)
+            backends = volumes.map { file in
+                let device = BlockDevice(volume: file, queues: queues, logger: logger)
+                return VhostUserBackend(path: "\(tenantRoot)/vhost/\(file.volume.id).sock", device: device, logger: logger)
+            }
+            for backend in backends { try backend.listen() }
+            if !noJail {
+                // Volumes open, sockets bound, still one thread: from here on this process is an
+                // unprivileged user with no capabilities, which can open no volume file (they are
+                // root's, mode 0600), its own tenant's included. Threads started later inherit it.
+                try Jail.dropPrivileges(uid: BlockServer.jailUser, gid: BlockServer.jailUser)
+            }
+            for backend in backends { try backend.start() }
+        } catch {
+            logger.critical("block server could not start: \(error)")
+            throw ExitCode(1)
+        }
+        logger.info("block server ready", metadata: [
+            "volumes": "\(tenantConfig.volumes.map(\.id).joined(separator: ","))", "privileges.dropped": "\(!noJail)",
+        ])
+        let received = stopSignals.wait()
+        logger.info("block server stopping", metadata: ["signal": "\(received)"])
+        for backend in backends { backend.stop() }
+        logger.info("block server stopped")
+    }
+}
+
+enum BlockServer {
+    /// The uid and gid a jailed block server runs as (nobody).
+    static let jailUser: UInt32 = 65534
+
+    /// Opens (creating on first use) every volume of `tenant`.
+    static func openVolumes(tenant: Tenant, stateDirectory: String, logger: Logger) throws -> [VolumeFile] {
+        let store = try VolumeStore(stateDirectory: stateDirectory, tenant: tenant.id)
+        var files: [VolumeFile] = []
+        for volume in tenant.volumes {
+            let file = try store.open(volume)
+            files.append(file)
+            logger.info("volume ready", metadata: [
+                "volume.id": "\(volume.id)", "volume.bytes": "\(volume.sizeBytes)", "volume.readOnly": "\(volume.readOnly)",
+                "volume.direct": "\(file.directFD != nil)",
+                "socket": "\(VolumeStore.socketPath(stateDirectory: stateDirectory, tenant: tenant.id, volume: volume.id))",
+            ])
+        }
+        let configured = Set(tenant.volumes.map(\.id))
+        for orphan in store.volumeFiles() where !configured.contains(orphan) {
+            logger.notice("volume file kept though no longer configured; `bulkhead volume purge` releases it",
+                          metadata: ["volume.id": "\(orphan)"])
+        }
+        return files
+    }
+}
+
+
+/// `bulkhead volume ...`: volume maintenance.
+struct VolumeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "volume", abstract: "Volume maintenance.", subcommands: [Purge.self, List.self])
+
+    struct Purge: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Release every block of a volume that is no longer in the configuration, then delete its file.")
+        @OptionGroup var options: ConfigOption
+        @Option var tenant: String
+        @Option var volume: String
+
+        func run() throws {
+            let configuration = try loadConfiguration(options.config)
+            if let t = configuration.tenants.first(where: { $0.id == tenant }), t.volumes.contains(where: { $0.id == volume }) {
+                throw ValidationError("volume '\(volume)' of tenant '\(tenant)' is still configured; remove it from \(options.config) first")
+            }
+            let store = try VolumeStore(stateDirectory: configuration.host.stateDirectory, tenant: tenant)
+            guard store.volumeFiles().contains(volume) else {
+                throw ValidationError("tenant '\(tenant)' has no volume file '\(volume)'")
+            }
+            try store.purge(volume: volume)
+            print("purged volume \(volume) of tenant \(tenant): blocks released, file removed")
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a tenant's volume files and whether they are configured.")
+        @OptionGroup var options: ConfigOption
+        @Option var tenant: String
+
+        func run() throws {
+            let configuration = try loadConfiguration(options.config)
+            let configured = Set(configuration.tenants.first { $0.id == tenant }?.volumes.map(\.id) ?? [])
+            let store = try VolumeStore(stateDirectory: configuration.host.stateDirectory, tenant: tenant)
+            for id in store.volumeFiles() {
+                print("\(id)\t\(configured.contains(id) ? "configured" : "not configured (purge to release)")")
+            }
+        }
+    }
+}
