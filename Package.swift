@@ -38,6 +38,9 @@ let package = Package(
         // vhost-user protocol: message codec, backend server, frontend client.
         .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", .product(name: "Logging", package: "swift-log")]),
 
+        // A vhost-user-blk frontend with its own test guest: drives the backend in tests and benchmarks.
+        .target(name: "BlockClient", dependencies: ["VhostUser", "Virtio", "HostOS"]),
+
         // Block backend: tenant-confined volumes, io_uring engine, virtio-blk over vhost-user.
         .target(name: "Block", dependencies: [
             "Config", "Virtio", "VhostUser", "HostOS", "URing", "Metering",
@@ -62,7 +65,8 @@ let package = Package(
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
-        .testTarget(name: "BlockTests", dependencies: ["Block", "VhostUser", "Virtio", "HostOS", "Config"]),
+        .testTarget(name: "BlockTests", dependencies: ["Block", "BlockClient", "VhostUser", "Virtio", "HostOS", "Config",
+                                                     .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead"]),
 
         .executableTarget(

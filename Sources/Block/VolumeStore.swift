@@ -43,6 +43,12 @@ public struct VolumeStore: ~Copyable {
         return FileDescriptor(taking: fd)
     }
 
+    /// Opens an arbitrary relative path the way volume files are opened; for the isolation
+    /// tests only. Returns the raw fd (the caller closes it).
+    public func openForTesting(_ path: String) throws(SystemError) -> Int32 {
+        try openBeneath(path, flags: O_RDONLY).release()
+    }
+
     /// Opens `volume`, creating it at its configured size on first use: a sparse file that reads
     /// as zeroes everywhere. An existing smaller file is grown; a larger one is refused (shrinking
     /// would drop the tenant's data).

@@ -81,3 +81,11 @@ public func monotonicNanoseconds() -> UInt64 { bh_monotonic_ns() }
 public func setCurrentThreadName(_ name: String) {
     _ = bh_set_thread_name(String(name.utf8.prefix(15))!)
 }
+
+extension EventFD {
+    /// Gives up ownership of the eventfd without closing it; the caller now owns the fd.
+    public consuming func release() -> Int32 {
+        let descriptor = self.descriptor
+        return descriptor.release()
+    }
+}
