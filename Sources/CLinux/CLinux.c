@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <linux/openat2.h>
 #include <linux/falloc.h>
 #include <time.h>
@@ -178,3 +180,7 @@ int bh_jail(unsigned uid, unsigned gid, const char **step) {
     return 0;
 #undef STEP
 }
+
+int bh_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int bh_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

@@ -1,18 +1,7 @@
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Glibc declares `accept4` and `memfd_create` only under `_GNU_SOURCE`, which Swift's Glibc
-/// module does not define; both are resolved from libc once, by name.
-enum GNUExtensions {
-    typealias Accept4 = @convention(c) (Int32, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?, Int32) -> Int32
-    typealias MemfdCreate = @convention(c) (UnsafePointer<CChar>, UInt32) -> Int32
-
-    nonisolated(unsafe) private static let handle = dlopen(nil, RTLD_NOW)
-
-    static let accept4: Accept4? = dlsym(handle, "accept4").map { unsafeBitCast($0, to: Accept4.self) }
-    static let memfdCreate: MemfdCreate? = dlsym(handle, "memfd_create").map { unsafeBitCast($0, to: MemfdCreate.self) }
-}
 
 /// Builds a `sockaddr_un` for `path`; nil when the path does not fit (108 bytes with its NUL).
 private func unixAddress(_ path: String) -> sockaddr_un? {
@@ -83,14 +72,7 @@ public struct UnixListener: ~Copyable, Sendable {
     /// Waits for the next connection. The corresponding C function is `accept4`.
     public func accept() throws(SystemError) -> UnixStream {
         let fd = descriptor.rawValue
-        let flags = Int32(SOCK_CLOEXEC.rawValue)
-        let accepted: Int32
-        if let accept4 = GNUExtensions.accept4 {
-            accepted = try syscall("accept4(\(path))") { accept4(fd, nil, nil, flags) }
-        } else {
-            accepted = try syscall("accept(\(path))") { Glibc.accept(fd, nil, nil) }
-            _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
-        }
+        let accepted = try syscall("accept4(\(path))") { bh_accept_cloexec(fd) }
         return UnixStream(FileDescriptor(taking: accepted))
     }
 
@@ -307,9 +289,7 @@ extension FileDescriptor {
     /// An anonymous, zero-filled, close-on-exec memory file of `size` bytes (guest RAM, test
     /// memory). The corresponding C functions are `memfd_create` and `ftruncate`.
     public static func memfd(name: String, size: Int) throws(SystemError) -> FileDescriptor {
-        guard let memfdCreate = GNUExtensions.memfdCreate else { throw SystemError("memfd_create(\(name))", errno: ENOSYS) }
-        let mfdCloexec: UInt32 = 0x0001  // MFD_CLOEXEC (linux/memfd.h)
-        let fd = try syscall("memfd_create(\(name))") { memfdCreate(name, mfdCloexec) }
+        let fd = try syscall("memfd_create(\(name))") { bh_memfd_create(name) }
         let owned = FileDescriptor(taking: fd)
         try owned.truncate(to: size)
         return owned

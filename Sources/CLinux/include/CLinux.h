@@ -63,6 +63,11 @@ extern const int bh_O_DIRECT;
 /// Returns 0 or -errno (the step that failed is in *step).
 int bh_jail(unsigned uid, unsigned gid, const char **step);
 
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC): returns the new fd or -1 with errno set.
+int bh_accept_cloexec(int fd);
+/// memfd_create(name, MFD_CLOEXEC): returns the fd or -1 with errno set.
+int bh_memfd_create(const char *name);
+
 /// Names the calling thread (at most 15 bytes), as top and ps show it. Returns 0 or -errno.
 int bh_set_thread_name(const char *name);
 
