@@ -81,6 +81,8 @@ let package = Package(
             path: "Benchmarks/BlockBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // Closed-loop random I/O through a vhost-user-blk socket (Benchmarks/run-system.sh's block part).
+        .executableTarget(name: "BlockLoad", dependencies: ["BlockClient", "Virtio", "HostOS", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "Benchmarks/BlockLoad"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # System benchmark: the same iperf3 traffic between two network namespaces, once through
 # Bulkhead's switch (TAP ports, io_uring) and once through a Linux bridge with veth pairs (the
-# peer), in one run, and the ratios Bulkhead / Linux bridge.
+# peer), in one run, and the ratios Bulkhead / Linux bridge. Then the block part: 4 KiB random
+# reads and writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by
+# the BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through
+# fio (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
 #
 #   Benchmarks/run-system.sh [--short] [--out DIR] [--rounds N] [--duration S]
+#                            [--network-only | --block-only]
 #
 #   --short       3 s per measurement (default 10 s)
 #   --out DIR     where the raw iperf3 JSON, the daemon's logs and results.txt go (default: a new
@@ -11,9 +15,13 @@
 #   --rounds N    measurements per scenario and topology; the table shows the median
 #                 (default 2 with --short, 3 without). Rounds alternate which topology goes first.
 #   --duration S  seconds per measurement, overriding --short's and the default
+#   --network-only, --block-only
+#                 run only that part (default: both, the network part first)
 #
-# Environment: BULKHEAD_BINARY (use this binary, do not build), BULKHEAD_SCRATCH_PATH (passed to
-# `swift build --scratch-path`; the binary is then taken from there).
+# Environment: BULKHEAD_BINARY (use this binary, do not build), BLOCKLOAD_BINARY (likewise for
+# BlockLoad), BULKHEAD_SCRATCH_PATH (passed to `swift build --scratch-path`; the binaries are
+# then taken from there), BLOCK_STATE_PARENT (where the block part's temporary state directory
+# goes; default /var/tmp; it must not be tmpfs: both sides use O_DIRECT).
 #
 # Needs root (namespaces, TAP devices), iperf3, iproute2 and /usr/bin/python3; installs nothing
 # (CI runs deploy/install-deps.sh first). Scenarios: TCP throughput (one stream, what the
@@ -21,10 +29,19 @@
 # the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
 # also needs a core, leaving placement to the scheduler treats both sides alike.
 #
+# The block part needs fio and root as well (block-server drops its privileges after opening the
+# volume). Each Bulkhead block measurement: 1 s warm-up, then DURATION s; fio gets the same as
+# --ramp_time. 1 queue is compared with 1 fio job, 2 queues (server --queues 2) with 2 jobs.
+#
 # Exit status 0 when every measurement was taken (the ratios are reported, not judged),
-# non-zero with the reason otherwise. The last two lines of the output are
+# non-zero with the reason otherwise. The network part's results end with the lines
 #   ratio.tcp_vs_linux_bridge=R
 #   ratio.udp64_pps_vs_linux_bridge=R
+# and the block part's (the last lines of the output when it runs) with
+#   ratio.randread4k_vs_fio=R        (1 queue, QD32, against 1 fio job)
+#   ratio.randwrite4k_vs_fio=R
+#   ratio.randread4k_2q_vs_fio=R     (2 queues against 2 fio jobs)
+#   ratio.randwrite4k_2q_vs_fio=R
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,10 +51,12 @@ source "$REPO/Benchmarks/lib/common.sh"
 source "$REPO/Benchmarks/lib/linux-bridge.sh"
 # shellcheck source=lib/bulkhead.sh
 source "$REPO/Benchmarks/lib/bulkhead.sh"
+# shellcheck source=lib/block.sh
+source "$REPO/Benchmarks/lib/block.sh"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-SHORT=0 OUT_DIR="" ROUNDS="" DURATION=""
+SHORT=0 OUT_DIR="" ROUNDS="" DURATION="" RUN_NETWORK=1 RUN_BLOCK=1
 while (($#)); do
     case $1 in
         --short) SHORT=1 ;;
@@ -45,6 +64,8 @@ while (($#)); do
         --out=*) OUT_DIR=${1#--out=} ;;
         --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
         --duration) DURATION=${2:?--duration needs seconds}; shift ;;
+        --network-only) RUN_BLOCK=0 ;;
+        --block-only) RUN_NETWORK=0 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -55,11 +76,17 @@ done
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a whole number of seconds"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number"
 
-[ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices)"
+((RUN_NETWORK || RUN_BLOCK)) || die "--network-only and --block-only exclude each other"
+[ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices; block-server drops privileges)"
 missing=()
+if ((RUN_NETWORK)); then
 for tool in iperf3 ip ss top timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
+if ((RUN_BLOCK)); then
+for tool in fio dd stat timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
 [ -x "$PYTHON" ] || missing+=("$PYTHON")
-((${#missing[@]} == 0)) || die "missing: ${missing[*]} (run deploy/install-deps.sh: iperf3, iproute2, procps, python3)"
+((${#missing[@]} == 0)) || die "missing: ${missing[*]} (run deploy/install-deps.sh: iperf3, iproute2, procps, python3, fio)"
 
 # Addresses, the same on both topologies.
 MAC_A=02:00:00:00:0b:01 MAC_B=02:00:00:00:0b:02
@@ -84,6 +111,23 @@ else
     "${build[@]}" >&2 || die "the release build of bulkhead failed"
 fi
 [ -x "$BIN" ] || die "no bulkhead binary at $BIN"
+if ((RUN_BLOCK)); then
+    if [ -n "${BLOCKLOAD_BINARY:-}" ]; then
+        LOAD_BIN=$BLOCKLOAD_BINARY
+        step "using BLOCKLOAD_BINARY=$LOAD_BIN (not building)"
+    else
+        command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
+        build=(swift build -c release --product BlockLoad)
+        LOAD_BIN=$REPO/.build/release/BlockLoad
+        if [ -n "${BULKHEAD_SCRATCH_PATH:-}" ]; then
+            build+=(--scratch-path "$BULKHEAD_SCRATCH_PATH")
+            LOAD_BIN=$(cd "$REPO" && mkdir -p "$BULKHEAD_SCRATCH_PATH" && cd "$BULKHEAD_SCRATCH_PATH" && pwd)/release/BlockLoad
+        fi
+        step "building: ${build[*]}"
+        "${build[@]}" >&2 || die "the release build of BlockLoad failed"
+    fi
+    [ -x "$LOAD_BIN" ] || die "no BlockLoad binary at $LOAD_BIN"
+fi
 
 # --- directories, cleanup ----------------------------------------------------------------------
 WORK_DIR=$(mktemp -d /tmp/bulkhead-bench-work.XXXXXX)
@@ -101,6 +145,7 @@ cleanup() {
     kill_pidfile "$WORK_DIR/iperf3-server.pid"
     linux_bridge_teardown
     bulkhead_leftovers_remove
+    block_cleanup
     rm -rf "$WORK_DIR"
     exit "$rc"
 }
@@ -108,6 +153,8 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'say "terminated"; exit 143' TERM
 
+: >"$OUT_DIR/results.txt"
+if ((RUN_NETWORK)); then
 step "removing what an earlier, aborted run may have left"
 linux_bridge_teardown
 bulkhead_leftovers_remove
@@ -169,6 +216,23 @@ linux_bridge_teardown
     done
     "$PYTHON" "$BENCH_LIB/iperf_json.py" summarize "$OUT_DIR/measurements.tsv"
 } >"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the measurements"; }
-echo "raw iperf3 JSON, daemon logs and results.txt: $OUT_DIR"
+fi
+
+# --- block -----------------------------------------------------------------------------------------
+if ((RUN_BLOCK)); then
+    block_run "$BIN" "$LOAD_BIN"
+    block_cleanup
+    {
+        ((RUN_NETWORK)) && echo
+        echo "Bulkhead block benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg),"
+        echo "$DURATION s per measurement, $(fio --version), file system $(stat -f -c %T "${BLOCK_STATE_PARENT:-/var/tmp}")"
+        block_summarize
+    } >>"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the block measurements"; }
+fi
+if ((RUN_NETWORK)); then
+    echo "raw iperf3 JSON, daemon logs and results.txt: $OUT_DIR"
+else
+    echo "raw fio JSON, BlockLoad output, block-server logs and results.txt: $OUT_DIR"
+fi
 echo
 cat "$OUT_DIR/results.txt"
