@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
         .testTarget(name: "BlockTests", dependencies: ["Block", "BlockClient", "VhostUser", "Virtio", "HostOS", "Config",
                                                      .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient"]),
 
         .executableTarget(
             name: "SwitchBenchmarks",

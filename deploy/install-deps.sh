@@ -6,6 +6,7 @@ packages=(
   liburing-dev libnl-3-dev libnl-route-3-dev   # build: the C shims
   iproute2 iputils-ping arping tcpdump ethtool  # namespaces, links and probes used by the tests
   iperf3 fio bridge-utils                       # benchmark peers
+  qemu-system-x86                               # QEMU as an independent vhost-user-blk frontend
   python3-scapy python3-jsonschema              # crafted frames in attack tests; schema check
 )
 missing=()
