@@ -127,7 +127,7 @@ final class BlockIntegrationTests: XCTestCase {
         // A block never written reads back as zeroes (nothing else leaked into it).
         let untouched = try reader.read(sector: UInt64((blocks - 1) * 8), length: 4096)
         if next < blocks { XCTAssertEqual(untouched.data, [UInt8](repeating: 0, count: 4096)) }
-        second.stop()
+        XCTAssertEqual(second.stop(), 0, "SIGTERM stops the server cleanly:\n\(second.output)")
     }
 
     // MARK: - 2. Supervision
@@ -177,6 +177,32 @@ final class BlockIntegrationTests: XCTestCase {
         }
         XCTAssertFalse(daemon.output.contains("block server exited; restarting it", count: 2),
                        "the shutdown did not look like a crash to the supervisor:\n\(daemon.output)")
+    }
+
+    /// A daemon that dies without its shutdown (SIGKILL, OOM kill) takes its block servers along;
+    /// otherwise the orphan keeps the sockets and the next daemon's block server cannot bind.
+    func testKilledDaemonLeavesNoBlockServerBehind() throws {
+        try BlockHost.requireRoot()
+        let stateDirectory = NSTemporaryDirectory() + "bulkhead-blockit-\(UUID().uuidString)"
+        let daemon = try RunningDaemon(configuration: [
+            "host": ["stateDirectory": stateDirectory],
+            "tenants": [["id": "t1", "volumes": [["id": "v", "sizeBytes": 16 << 20]]]],
+        ])
+        let configPath = daemon.configPath
+        try BlockHost.waitFor("the block server ready", timeout: 30) { daemon.output.occurrences(of: "block server ready") >= 1 }
+        XCTAssertEqual(BlockHost.blockServers(config: configPath, tenant: "t1").count, 1)
+        daemon.stop(signal: SIGKILL)
+        let gone = (try? BlockHost.waitFor("the block server to go with its daemon", timeout: 5) {
+            BlockHost.blockServers(config: configPath, tenant: "t1").isEmpty
+        }) != nil
+        if !gone {
+            let orphans = BlockHost.blockServers(config: configPath, tenant: "t1")
+            for pid in orphans { kill(pid, SIGKILL) }
+            // Only this known failure skips; once the block server follows its parent, the test
+            // passes, and if it regresses it says so here.
+            throw XCTSkip("KNOWN BUG: block server(s) \(orphans) outlived the SIGKILLed daemon (no parent-death detection); "
+                + "a new daemon's block server then fails with 'another process listens there' and restarts forever")
+        }
     }
 
     // MARK: - 3. Isolation
@@ -240,8 +266,8 @@ final class BlockIntegrationTests: XCTestCase {
             XCTAssertNotEqual(attempt.status, 0, "uid 65534 cannot read \(path)")
             XCTAssertTrue(attempt.error.contains("Permission denied"), "EACCES for \(path): \(attempt.error)")
         }
-        red.stop()
-        blue.stop()
+        XCTAssertEqual(red.stop(), 0, "SIGTERM stops red's server:\n\(red.output)")
+        XCTAssertEqual(blue.stop(), 0, "SIGTERM stops blue's server:\n\(blue.output)")
     }
 
     // MARK: - 4. Hostile client next to a good one
@@ -300,7 +326,52 @@ final class BlockIntegrationTests: XCTestCase {
         let data = BlockPattern.block(9, nonce: 3)
         XCTAssertEqual(try client.write(sector: 800, data: data), 0)
         XCTAssertEqual(try client.read(sector: 800, length: 4096).data, data, "volume B serves a well-behaved client afterwards")
-        server.stop()
+        XCTAssertEqual(server.stop(), 0, "SIGTERM stops the server with a client connected:\n\(server.output)")
+    }
+
+    /// A frontend that shrinks its guest memory file after SET_MEM_TABLE and then points a
+    /// request there must not bring down the tenant's other volumes (SIGBUS in the server).
+    func testShrunkGuestMemoryDoesNotKillTheServer() throws {
+        try BlockHost.requireRoot()
+        let state = try BlockState(tenants: ["t1": [("a", 32 << 20), ("b", 32 << 20)]])
+        let server = try BlockServerProcess(state: state, tenant: "t1")
+        try server.waitFor("block server ready", timeout: 30)
+        let good = GoodClientLoop(socket: state.socket("t1", "a"))
+        good.start()
+        defer { good.stop() }
+        try BlockHost.waitFor("the good client's first round", timeout: 10) { good.rounds > 0 || good.failure != nil }
+
+        do {
+            let hostile = try BlockClient(socket: state.socket("t1", "b"), queueCount: 1, memoryBytes: 64 << 20)
+            // A request header at 32 MiB, written while that memory still exists...
+            let far = try hostile.data(queue: 0, offset: 32 << 20, length: 4096)
+            far.pointer.storeBytes(of: BlockClient.typeWrite.littleEndian, as: UInt32.self)
+            // ...then the memfd shrinks to 16 MiB under the server's mapping.
+            let memfd = try XCTUnwrap(BlockHost.ownFD(named: "bulkhead-test-guest"), "the client's memfd")
+            XCTAssertEqual(ftruncate(memfd, 16 << 20), 0)
+            let status = hostile.headerAddress(queue: 0, slot: 0) + 16
+            _ = try hostile.add(queue: 0, [
+                .init(address: far.address, length: 16, writable: false),
+                .init(address: far.address + 512, length: 512, writable: false),
+                .init(address: status, length: 1, writable: true),
+            ])
+            hostile.kick(queue: 0)
+            Thread.sleep(forTimeInterval: 1)
+        }
+        if !server.isRunning && server.process.terminationReason == .uncaughtSignal && server.process.terminationStatus == SIGBUS {
+            // Only this known failure skips; once fixed the assertions below run.
+            throw XCTSkip("KNOWN BUG: a frontend of volume b killed the tenant's block server (volume a included) with SIGBUS "
+                + "by shrinking its memfd after SET_MEM_TABLE (regions are not required to be sealed against shrinking)")
+        }
+        XCTAssertTrue(server.isRunning, "the server survived:\n\(server.output)")
+        let rounds = good.rounds
+        Thread.sleep(forTimeInterval: 0.3)
+        XCTAssertNil(good.failure, "the good client on volume a was unaffected")
+        XCTAssertGreaterThan(good.rounds, rounds, "the good client kept going")
+        let client = try BlockClient(socket: state.socket("t1", "b"))
+        let data = BlockPattern.block(3, nonce: 5)
+        XCTAssertEqual(try client.write(sector: 80, data: data), 0)
+        XCTAssertEqual(try client.read(sector: 80, length: 4096).data, data, "volume b serves the next client")
     }
 
     private static func header(_ request: UInt32, size: UInt32) -> [UInt8] {
@@ -371,7 +442,8 @@ final class BlockIntegrationTests: XCTestCase {
         let data = BlockPattern.block(5, nonce: 11)
         XCTAssertEqual(try client.write(sector: 40, data: data), 0)
         XCTAssertEqual(try client.read(sector: 40, length: 4096).data, data, "a client is served after QEMU")
-        server.stop()
+        XCTAssertEqual(server.stop(), 0, "SIGTERM stops the server with a client connected:\n\(server.output)")
+        XCTAssertTrue(server.output.contains("block server stopped"))
     }
 }
 
@@ -474,11 +546,19 @@ class LoggedProcess: @unchecked Sendable {
         return !process.isRunning
     }
 
-    /// SIGTERM, then SIGKILL if it is still there after 10 s.
-    func stop() {
-        guard process.isRunning else { return }
+    /// SIGTERM, then SIGKILL if it is still there after 10 s. Returns the exit status when it
+    /// exited by itself after SIGTERM, nil when it had to be killed (or was gone already).
+    @discardableResult
+    func stop() -> Int32? {
+        guard process.isRunning else { return nil }
         Glibc.kill(pid, SIGTERM)
-        if !waitForExit(timeout: 10) { Glibc.kill(pid, SIGKILL); process.waitUntilExit() }
+        if !waitForExit(timeout: 10) {
+            Glibc.kill(pid, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        Thread.sleep(forTimeInterval: 0.1)  // let the log reader drain
+        return process.terminationReason == .exit ? process.terminationStatus : nil
     }
 
     deinit {
@@ -779,6 +859,12 @@ enum BlockHost {
             }
             XCTAssertEqual(fields["NoNewPrivs"], "1", "\(context): NoNewPrivs", file: file, line: line)
         }
+    }
+
+    /// The highest-numbered fd of this process whose link names `name` (a memfd).
+    static func ownFD(named name: String) -> Int32? {
+        let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }.sorted()
+        return fds.last { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)"))?.contains(name) == true }
     }
 
     /// Where the fds of `pid` point.
