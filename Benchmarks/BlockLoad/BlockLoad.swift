@@ -115,6 +115,8 @@ struct BlockLoad: ParsableCommand {
             Snapshot(time: monotonicNanoseconds(),
                      ios: loads.reduce(0) { $0 + $1.completed.load(ordering: .relaxed) },
                      latency: loads.reduce(0) { $0 + $1.latencyNanoseconds.load(ordering: .relaxed) },
+                     batches: loads.reduce(0) { $0 + $1.batches.load(ordering: .relaxed) },
+                     waits: loads.reduce(0) { $0 + $1.waits.load(ordering: .relaxed) },
                      client: ProcessCPU.selfSeconds(),
                      server: serverPid.flatMap { ProcessCPU.seconds(pid: $0) })
         }
@@ -141,6 +143,8 @@ struct BlockLoad: ParsableCommand {
         var serverCPU: Double?
         if let a = after.server, let b = before.server { serverCPU = a - b }
         let cpuPerIO = (clientCPU + (serverCPU ?? 0)) / Double(ios) * 1e6
+        let perBatch = Double(ios) / Double(max(1, after.batches - before.batches))
+        let waitsPerIO = Double(after.waits - before.waits) / Double(ios)
 
         print("blockload: \(pattern.rawValue) bs=\(blockSize) queues=\(queues) depth=\(depth) over \(fixed(elapsed, 2)) s"
             + " (after \(fixed(warmup, 1)) s warm-up), \(range >> 20) MiB range")
@@ -148,9 +152,11 @@ struct BlockLoad: ParsableCommand {
         print("blockload: CPU client \(fixed(clientCPU, 3)) s, server "
             + (serverCPU.map { "\(fixed($0, 3)) s" } ?? "not measured (no --server-pid)")
             + ", \(fixed(cpuPerIO, 2)) µs per I/O")
+        print("blockload: \(fixed(perBatch, 1)) completions per reaped batch (one publish + kick each), "
+            + "\(fixed(waitsPerIO, 3)) sleeps in poll per I/O")
         print("blockload iops=\(Int(iops.rounded())) cpu_us_per_io=\(fixed(cpuPerIO, 2)) client_cpu_s=\(fixed(clientCPU, 3))"
             + " server_cpu_s=\(serverCPU.map { fixed($0, 3) } ?? "na") mib_s=\(fixed(mibs, 1)) mean_lat_us=\(fixed(latency, 1))"
-            + " ios=\(ios) seconds=\(fixed(elapsed, 3))")
+            + " ios=\(ios) seconds=\(fixed(elapsed, 3)) ios_per_batch=\(fixed(perBatch, 1))")
     }
 
     private func failure(_ message: String) -> ExitCode {
@@ -163,6 +169,8 @@ private struct Snapshot {
     var time: UInt64
     var ios: UInt64
     var latency: UInt64
+    var batches: UInt64
+    var waits: UInt64
     var client: Double
     var server: Double?
 }
@@ -234,6 +242,9 @@ final class QueueLoad {
     let stop: StopFlag
     let completed = Atomic<UInt64>(0)
     let latencyNanoseconds = Atomic<UInt64>(0)
+    /// Batches reaped (each: one publish and at most one kick) and sleeps in poll.
+    let batches = Atomic<UInt64>(0)
+    let waits = Atomic<UInt64>(0)
     private(set) var failure: String?
 
     /// Slot of each chain head in flight (-1: none), submission time of each slot.
@@ -313,6 +324,7 @@ final class QueueLoad {
             if used.isEmpty {
                 var pfd = pollfd(fd: callFD, events: Int16(POLLIN), revents: 0)
                 let r = poll(&pfd, 1, 100)
+                waits.add(1, ordering: .relaxed)
                 if r > 0 {
                     var value: UInt64 = 0
                     _ = read(callFD, &value, 8)
@@ -355,6 +367,7 @@ final class QueueLoad {
             }
             finishedCount = 0
             completed.add(UInt64(used.count), ordering: .relaxed)
+            batches.add(1, ordering: .relaxed)
             latencyNanoseconds.add(latency, ordering: .relaxed)
         }
     }
