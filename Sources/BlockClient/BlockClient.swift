@@ -49,8 +49,10 @@ public final class BlockClient {
     /// Connects to `socket`, negotiates, maps `memoryBytes` of guest memory and starts `queueCount`
     /// queues of `queueSize`. `features` defaults to everything the backend offers that this
     /// driver implements.
+    /// `sealMemory: false` hands the backend a guest-memory memfd that could still shrink, which
+    /// a backend must refuse (tests only).
     public init(socket: String, queueCount: Int = 1, queueSize: UInt16 = 128, memoryBytes: Int = 64 << 20,
-                eventIndex: Bool = true) throws(Failure) {
+                eventIndex: Bool = true, sealMemory: Bool = true) throws(Failure) {
         do throws(VhostUserConnectionError) {
             frontend = try VhostUserFrontend(connectingTo: socket)
             let offered = try frontend.getFeatures()
@@ -70,7 +72,7 @@ public final class BlockClient {
         }
         self.queueSize = queueSize
         do {
-            memfd = try FileDescriptor.memfd(name: "bulkhead-test-guest", size: memoryBytes)
+            memfd = try FileDescriptor.memfd(name: "bulkhead-test-guest", size: memoryBytes, sealed: sealMemory)
             mapping = try MemoryMapping(fd: memfd.rawValue, offset: 0, size: UInt64(memoryBytes), shared: true)
             memory = try GuestMemory(regions: [GuestMemoryRegion(guestAddress: BlockClient.guestBase, size: UInt64(memoryBytes), host: mapping.base)])
         } catch let error as SystemError {

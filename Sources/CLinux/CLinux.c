@@ -183,4 +183,13 @@ int bh_jail(unsigned uid, unsigned gid, const char **step) {
 
 int bh_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 
-int bh_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+int bh_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); }
+
+int bh_memfd_seal_size(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0 ? -errno : 0;
+}
+
+int bh_is_sealed_against_shrinking(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    return seals >= 0 && (seals & F_SEAL_SHRINK) ? 1 : 0;
+}

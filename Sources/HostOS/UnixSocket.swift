@@ -287,11 +287,15 @@ enum ControlMessage {
 
 extension FileDescriptor {
     /// An anonymous, zero-filled, close-on-exec memory file of `size` bytes (guest RAM, test
-    /// memory). The corresponding C functions are `memfd_create` and `ftruncate`.
-    public static func memfd(name: String, size: Int) throws(SystemError) -> FileDescriptor {
+    /// memory), sealed against shrinking and growing. The corresponding C functions are `memfd_create` and `ftruncate`.
+    /// `sealed: false` leaves it resizable (tests of backends that must refuse such memory).
+    public static func memfd(name: String, size: Int, sealed: Bool = true) throws(SystemError) -> FileDescriptor {
         let fd = try syscall("memfd_create(\(name))") { bh_memfd_create(name) }
         let owned = FileDescriptor(taking: fd)
         try owned.truncate(to: size)
+        // Sealed at its size: whoever the fd is shared with can rely on it never shrinking.
+        let r = sealed ? bh_memfd_seal_size(fd) : 0
+        if r < 0 { throw SystemError("fcntl(F_ADD_SEALS, \(name))", negated: r) }
         return owned
     }
 
@@ -301,4 +305,10 @@ extension FileDescriptor {
         try syscall("fstat(fd \(rawValue))") { fstat(rawValue, &status) }
         return UInt64(max(0, status.st_size))
     }
+}
+
+extension FileDescriptor {
+    /// Whether the file is sealed against shrinking (F_SEAL_SHRINK): a mapping of it can never
+    /// fault with SIGBUS because the other side truncated it.
+    public var isSealedAgainstShrinking: Bool { bh_is_sealed_against_shrinking(rawValue) == 1 }
 }

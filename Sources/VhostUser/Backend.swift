@@ -467,6 +467,12 @@ final class Session {
         var mapped: [MappedRegion] = []
         for (index, region) in newTable.regions.enumerated() {
             guard let fd = descriptors.take(index) else { throw VhostUserError.memoryTable("region \(index) has no descriptor") }
+            // A file the frontend can still shrink could turn a guest access into SIGBUS and
+            // take this whole process down: only memfds sealed against shrinking are mapped
+            // (QEMU's memory-backend-memfd seals by default).
+            guard fd.isSealedAgainstShrinking else {
+                throw VhostUserError.memoryTable("region \(index): the memory fd is not a memfd sealed against shrinking (F_SEAL_SHRINK)")
+            }
             // A region past the end of its file would raise SIGBUS when the guest points there.
             let fileSize = try fd.fileSize()
             guard region.mmapOffset + region.size <= fileSize else {

@@ -28,6 +28,9 @@ struct BlockServerCommand: ParsableCommand {
     @Option(help: "Log level.")
     var logLevel: String = "info"
 
+    @Flag(help: "Stop when standard input reaches end of file: `bulkhead run` passes a pipe, so a block server never outlives its daemon, even one killed with SIGKILL.")
+    var stopWhenStdinCloses = false
+
     func validate() throws {
         guard (1...16).contains(queues) else { throw ValidationError("--queues must be 1...16") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
@@ -63,6 +66,7 @@ struct BlockServerCommand: ParsableCommand {
                 try Jail.dropPrivileges(uid: BlockServer.jailUser, gid: BlockServer.jailUser)
             }
             for backend in backends { try backend.start() }
+            if stopWhenStdinCloses { BlockServer.stopOnEndOfInput() }
         } catch {
             logger.critical("block server could not start: \(error)")
             throw ExitCode(1)
@@ -78,6 +82,20 @@ struct BlockServerCommand: ParsableCommand {
 }
 
 enum BlockServer {
+    /// Sends this process SIGTERM when standard input reaches end of file (its parent is gone).
+    static func stopOnEndOfInput() {
+        let thread = Thread {
+            setCurrentThreadName("parent-watch")
+            var byte: UInt8 = 0
+            while true {
+                let n = read(STDIN_FILENO, &byte, 1)
+                if n == 0 || (n < 0 && errno != EINTR) { break }
+            }
+            kill(getpid(), SIGTERM)
+        }
+        thread.start()
+    }
+
     /// The uid and gid a jailed block server runs as (nobody).
     static let jailUser: UInt32 = 65534
 

@@ -58,7 +58,12 @@ struct BlockServerSupervisor: Service {
         while !children.stopping {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = ["block-server", "--config", configPath, "--tenant", tenant]
+            process.arguments = ["block-server", "--config", configPath, "--tenant", tenant, "--stop-when-stdin-closes"]
+            // The child's stdin is a pipe whose write end only this process holds (close-on-exec):
+            // when this process dies, however it dies, the child reads end of file and stops.
+            let lifeline = Pipe()
+            _ = fcntl(lifeline.fileHandleForWriting.fileDescriptor, F_SETFD, FD_CLOEXEC)
+            process.standardInput = lifeline
             let started = Date()
             let status: Int32 = await withCheckedContinuation { continuation in
                 process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
@@ -72,6 +77,7 @@ struct BlockServerSupervisor: Service {
                 }
                 _ = children.register(tenant, process)
             }
+            try? lifeline.fileHandleForWriting.close()
             if children.stopping { break }
             logger.error("block server exited; restarting it", metadata: [
                 "tenant.id": "\(tenant)", "status": "\(status)", "restart.after.seconds": "\(backoff)",

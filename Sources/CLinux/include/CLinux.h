@@ -65,8 +65,12 @@ int bh_jail(unsigned uid, unsigned gid, const char **step);
 
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC): returns the new fd or -1 with errno set.
 int bh_accept_cloexec(int fd);
-/// memfd_create(name, MFD_CLOEXEC): returns the fd or -1 with errno set.
+/// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING): returns the fd or -1 with errno set.
 int bh_memfd_create(const char *name);
+/// Seals a memfd against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW). Returns 0 or -errno.
+int bh_memfd_seal_size(int fd);
+/// Whether `fd` is sealed against shrinking: 1 yes, 0 no (or not a sealable file).
+int bh_is_sealed_against_shrinking(int fd);
 
 /// Names the calling thread (at most 15 bytes), as top and ps show it. Returns 0 or -errno.
 int bh_set_thread_name(const char *name);
