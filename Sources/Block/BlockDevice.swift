@@ -70,6 +70,10 @@ public final class BlockDevice: VhostUserDevice, @unchecked Sendable {
     }
 
     public func readConfig(offset: Int, size: Int) -> [UInt8] {
+        logger.debug("virtio-blk config read", metadata: [
+            "volume.id": "\(volume.volume.id)", "config.offset": "\(offset)", "config.size": "\(size)",
+            "volume.capacitySectors": "\(limits.capacitySectors)",
+        ])
         let space = configSpace
         return (0..<max(0, size)).map { i in
             let at = offset + i
