@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--short" ]]; then export SWITCH_BENCH_SHORT=1 BLOCK_BENCH_SHORT=1; fi
-swift package --scratch-path .build-bench --disable-sandbox benchmark
+# Name the suites: the plugin would also try to run BlockLoad (a load generator, not a suite).
+swift package --scratch-path .build-bench --disable-sandbox benchmark --target SwitchBenchmarks --target BlockBenchmarks
