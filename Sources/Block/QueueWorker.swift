@@ -30,10 +30,10 @@ final class QueueWorker: @unchecked Sendable {
         var expected: Int64 = 0
     }
 
-    private enum Tag: UInt64 { case io = 1, kick = 2, stop = 3, timer = 4, call = 5 }
+    private enum Tag: UInt64 { case io = 1, kick = 2, stop = 3, timer = 4 }
 
     /// Registered file slots.
-    private enum File: Int32 { case data = 0, buffered = 1, kick = 2, stop = 3, call = 4 }
+    private enum File: Int32 { case data = 0, buffered = 1, kick = 2, stop = 3 }
 
     private let device: BlockDevice
     private let index: Int
@@ -52,12 +52,6 @@ final class QueueWorker: @unchecked Sendable {
     private var freeSlots: [Int]
     /// iovec storage: `segMax` entries per slot.
     private let iovecs: UnsafeMutablePointer<iovec>
-    /// The 8-byte counter increment written to the call eventfd (stable memory for the SQE).
-    private let callValue: UnsafeMutablePointer<UInt64> = {
-        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-        value.initialize(to: 1)
-        return value
-    }()
     private var kickBuffer: UInt64 = 0
     private var stopBuffer: UInt64 = 0
     private var inFlight = 0
@@ -87,16 +81,12 @@ final class QueueWorker: @unchecked Sendable {
         let volume = device.volume
         direct = volume.directFD != nil
         ring = try Ring(entries: UInt32(max(64, (size * 2).nextPowerOfTwo)), setup: [.disabled, .singleIssuer])
-        // The ring may touch only these files (-1: no call eventfd), and only with these operations.
-        try ring.registerFiles([volume.directFD ?? volume.bufferedFD, volume.bufferedFD, setup.kickFD, stopSignal.rawValue,
-                                setup.callFD ?? -1])
-        try ring.restrict(to: [.readv, .writev, .fsync, .fallocate, .read, .write, .timeout], requireFixedFiles: true)
+        // The ring may touch only these four files, and only with these operations.
+        try ring.registerFiles([volume.directFD ?? volume.bufferedFD, volume.bufferedFD, setup.kickFD, stopSignal.rawValue])
+        try ring.restrict(to: [.readv, .writev, .fsync, .fallocate, .read, .timeout], requireFixedFiles: true)
     }
 
-    deinit {
-        iovecs.deallocate()
-        callValue.deallocate()
-    }
+    deinit { iovecs.deallocate() }
 
     func start() {
         let thread = Thread { [self] in
@@ -159,31 +149,21 @@ final class QueueWorker: @unchecked Sendable {
                     case .timer:
                         timerArmed = false
                         try drainAvailable()
-                    case .call:
-                        break
                     case nil:
                         break
                     }
                 }
                 count = ring.reap(into: completions)
             }
-            if completedAny {
-                try notifyIfNeeded()
-                // Completions freed slots: take what waited for them (once per batch).
-                try drainAvailable()
-            }
+            if completedAny { notifyIfNeeded() }
         }
-        try notifyIfNeeded()
-        try ring.submit()
+        notifyIfNeeded()
     }
 
-    /// Publishes the used ring and, if the driver wants it, queues the interrupt: an eventfd
-    /// write on the ring, so it goes out with the batch's next io_uring_enter (which is also the
-    /// one that waits) instead of waking the driver in the middle of this loop.
-    private func notifyIfNeeded() throws {
-        guard queue.publishUsed(), callFD != nil else { return }
-        try ring.prepareWrite(fd: File.call.rawValue, fixed: true, buffer: callValue, length: 8,
-                              userData: QueueWorker.userData(.call))
+    private func notifyIfNeeded() {
+        guard queue.publishUsed(), let callFD else { return }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(callFD, $0.baseAddress, 8) }
     }
 
     /// Takes every available request the queue has room for and submits its I/O.
@@ -196,7 +176,7 @@ final class QueueWorker: @unchecked Sendable {
                 if let throttle = device.throttle, !throttle.admits(now: monotonicNanoseconds()) {
                     // Over budget: leave the rest in the available ring and look again shortly.
                     try armTimer(nanoseconds: 1_000_000)
-                    if answered { try notifyIfNeeded() }
+                    if answered { notifyIfNeeded() }
                     return
                 }
                 let head: UInt16?
@@ -218,7 +198,7 @@ final class QueueWorker: @unchecked Sendable {
             if queue.pendingAvailable > 0 { continue }
             break
         }
-        if answered { try notifyIfNeeded() }
+        if answered { notifyIfNeeded() }
     }
 
     private func armTimer(nanoseconds: UInt64) throws {
@@ -348,6 +328,7 @@ final class QueueWorker: @unchecked Sendable {
         queue.pushUsed(head: slot.head, length: slot.status == .ok ? slot.usedLength : 1)
         freeSlots.append(index)
         inFlight -= 1
+        if !stopping && !broken { try? drainAvailable() }
         return true
     }
 }
