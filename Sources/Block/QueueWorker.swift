@@ -80,7 +80,7 @@ final class QueueWorker: @unchecked Sendable {
 
         let volume = device.volume
         direct = volume.directFD != nil
-        ring = try Ring(entries: UInt32(max(64, (size * 2).nextPowerOfTwo)), setup: [.disabled, .singleIssuer])
+        ring = try Ring(entries: Ring.entries(atLeast: size * 2, minimum: 64, maximum: 32_768), setup: [.disabled, .singleIssuer])
         // The ring may touch only these four files, and only with these operations.
         try ring.registerFiles([volume.directFD ?? volume.bufferedFD, volume.bufferedFD, setup.kickFD, stopSignal.rawValue])
         try ring.restrict(to: [.readv, .writev, .fsync, .fallocate, .read, .timeout], requireFixedFiles: true)
@@ -330,13 +330,5 @@ final class QueueWorker: @unchecked Sendable {
         inFlight -= 1
         if !stopping && !broken { try? drainAvailable() }
         return true
-    }
-}
-
-extension Int {
-    var nextPowerOfTwo: Int {
-        var value = 1
-        while value < self { value <<= 1 }
-        return value
     }
 }

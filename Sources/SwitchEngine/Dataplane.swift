@@ -97,7 +97,7 @@ public final class Dataplane: @unchecked Sendable {
         queueCount = files.count
         bufferCount = queueCount * options.buffersPerQueue
 
-        let entries = UInt32(max(256, min(16_384, (queueCount * options.readsInFlight * 4).nextPowerOfTwo)))
+        let entries = Ring.entries(atLeast: queueCount * options.readsInFlight * 4, minimum: 256, maximum: 16_384)
         // Created disabled and enabled by the engine thread, which then is its only submitter.
         ring = try Ring(entries: entries, setup: [.disabled, .singleIssuer, .submitAll])
         if !files.isEmpty { try ring.registerFiles(files) }
@@ -372,13 +372,5 @@ public struct DaemonStatus: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case pid, updatedAt
         case switchStatistics = "switch"
-    }
-}
-
-extension Int {
-    var nextPowerOfTwo: Int {
-        var value = 1
-        while value < self { value <<= 1 }
-        return value
     }
 }

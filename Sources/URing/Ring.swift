@@ -38,6 +38,14 @@ public struct Ring: ~Copyable {
 
     deinit { bh_ring_destroy(ring) }
 
+    /// A submission-queue size for `count` operations in flight: the next power of two, kept
+    /// within `minimum...maximum` (both powers of two).
+    public static func entries(atLeast count: Int, minimum: Int, maximum: Int) -> UInt32 {
+        var value = minimum
+        while value < count && value < maximum { value <<= 1 }
+        return UInt32(value)
+    }
+
     /// Enables a ring created with `.disabled`; with `.singleIssuer`, the calling thread becomes
     /// the only one that may submit. The corresponding C function is `io_uring_enable_rings`.
     public func enable() throws(SystemError) {
