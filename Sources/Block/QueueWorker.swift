@@ -13,10 +13,14 @@ import Glibc
 /// Serves one virtio-blk queue: a thread with its own io_uring, restricted to the operations a
 /// block device needs on the volume's (registered) files.
 ///
-/// Each kick drains the available ring; the requests found are submitted as one batch. Each
-/// completion writes the status byte and the used ring; after a batch of completions the used
-/// index is published once and the driver is notified once (through the call eventfd), if its
-/// EVENT_IDX / NO_INTERRUPT setting asks for it.
+/// Each kick drains the available ring. The I/O of the requests found goes to the kernel in
+/// groups of `submitGroup` as they are parsed, not in one submission at the end: the block layer
+/// plugs a submission of more than two requests and hands the disk nothing until the whole batch
+/// is queued (measured on a virtio disk: one 32-request submission took 80 µs, all of it disk
+/// idle time, 0.79 of fio's IOPS; groups of 4: 0.93 to 1.0). Each completion writes the status
+/// byte and the used ring; after each batch of completions reaped the used index is published
+/// once and the driver is notified once (through the call eventfd), if its EVENT_IDX /
+/// NO_INTERRUPT setting asks for it.
 final class QueueWorker: @unchecked Sendable {
     // @unchecked Sendable: after `start()` all state is touched by the worker thread only, except
     // `stopSignal` (an eventfd write) and `finished` (a semaphore).
@@ -31,6 +35,10 @@ final class QueueWorker: @unchecked Sendable {
     }
 
     private enum Tag: UInt64 { case io = 1, kick = 2, stop = 3, timer = 4 }
+
+    /// Requests whose I/O is prepared before it is submitted: small enough that the disk starts
+    /// on the first ones while the rest are parsed, and no block-layer plug holds a whole batch.
+    static let submitGroup = 4
 
     /// Registered file slots.
     private enum File: Int32 { case data = 0, buffered = 1, kick = 2, stop = 3 }
@@ -58,6 +66,8 @@ final class QueueWorker: @unchecked Sendable {
     private var stopping = false
     private var broken = false
     private var timerArmed = false
+    /// I/O operations prepared since the last submission.
+    private var unsubmitted = 0
 
     init(device: BlockDevice, setup: VhostQueueSetup, memory: GuestMemory) throws {
         self.device = device
@@ -80,7 +90,10 @@ final class QueueWorker: @unchecked Sendable {
 
         let volume = device.volume
         direct = volume.directFD != nil
-        ring = try Ring(entries: Ring.entries(atLeast: size * 2, minimum: 64, maximum: 32_768), setup: [.disabled, .singleIssuer])
+        // Not `.singleIssuer` (DEFER_TASKRUN): deferred completions wait for the next wait in
+        // io_uring_enter, which the group submissions above do not do (measured: 0.88 of fio's
+        // read IOPS with it, 0.93 to 0.97 without).
+        ring = try Ring(entries: Ring.entries(atLeast: size * 2, minimum: 64, maximum: 32_768), setup: [.disabled])
         // The ring may touch only these four files, and only with these operations.
         try ring.registerFiles([volume.directFD ?? volume.bufferedFD, volume.bufferedFD, setup.kickFD, stopSignal.rawValue])
         try ring.restrict(to: [.readv, .writev, .fsync, .fallocate, .read, .timeout], requireFixedFiles: true)
@@ -132,10 +145,10 @@ final class QueueWorker: @unchecked Sendable {
         let completions = UnsafeMutableBufferPointer<Completion>.allocate(capacity: 256)
         defer { completions.deallocate() }
         while !(stopping && inFlight == 0) {
-            try ring.submitAndWait(1)
-            var completedAny = false
+            try submitAndWait()
             var count = ring.reap(into: completions)
             while count > 0 {
+                var completedAny = false
                 for i in 0..<count {
                     let c = completions[i]
                     switch Tag(rawValue: c.user_data >> 56) {
@@ -153,11 +166,31 @@ final class QueueWorker: @unchecked Sendable {
                         break
                     }
                 }
+                // Publish what this batch completed, and start what it made room for, before
+                // looking for more completions.
+                if completedAny { notifyIfNeeded() }
+                try submitPrepared()
                 count = ring.reap(into: completions)
             }
-            if completedAny { notifyIfNeeded() }
         }
         notifyIfNeeded()
+    }
+
+    private func submitAndWait() throws(SystemError) {
+        unsubmitted = 0
+        try ring.submitAndWait(1)
+    }
+
+    private func submitPrepared() throws(SystemError) {
+        guard unsubmitted > 0 else { return }
+        unsubmitted = 0
+        try ring.submit()
+    }
+
+    /// Counts one prepared I/O operation and submits every `submitGroup`.
+    private func prepared() throws(SystemError) {
+        unsubmitted += 1
+        if unsubmitted >= QueueWorker.submitGroup { try submitPrepared() }
     }
 
     private func notifyIfNeeded() {
@@ -294,6 +327,7 @@ final class QueueWorker: @unchecked Sendable {
             break
         }
         inFlight += 1
+        try prepared()
         return false
     }
 
