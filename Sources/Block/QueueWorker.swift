@@ -195,6 +195,8 @@ final class QueueWorker: @unchecked Sendable {
 
     private func notifyIfNeeded() {
         guard queue.publishUsed(), let callFD else { return }
+        // Non-blocking (the backend set it): EAGAIN means the frontend saturated the counter,
+        // so an interrupt is pending already.
         var one: UInt64 = 1
         _ = withUnsafeBytes(of: &one) { write(callFD, $0.baseAddress, 8) }
     }

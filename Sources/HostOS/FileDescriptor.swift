@@ -48,6 +48,21 @@ public struct FileDescriptor: ~Copyable, Sendable {
         }
     }
 
+    /// Whether the descriptor is an anonymous-inode file, as eventfds are: one whose mode has no
+    /// file-type bits (not a regular file, pipe, socket or device). The corresponding C function
+    /// is `fstat`.
+    public var isAnonymousInode: Bool {
+        var status = stat()
+        return fstat(rawValue, &status) == 0 && status.st_mode & S_IFMT == 0
+    }
+
+    /// Sets O_NONBLOCK on the open file description (shared with every holder of the file).
+    /// The corresponding C function is `fcntl`.
+    public func setNonBlocking() throws(SystemError) {
+        let flags = try syscall("fcntl(fd \(rawValue), F_GETFL)") { fcntl(rawValue, F_GETFL) }
+        try syscall("fcntl(fd \(rawValue), F_SETFL)") { fcntl(rawValue, F_SETFL, flags | O_NONBLOCK) }
+    }
+
     /// Truncates the file to `length` bytes. The corresponding C function is `ftruncate`.
     public func truncate(to length: Int) throws(SystemError) {
         try syscall("ftruncate(fd \(rawValue))") { ftruncate(rawValue, off_t(length)) }

@@ -383,14 +383,25 @@ final class Session {
             guard !file.noDescriptor, let fd = descriptors.take(0) else {
                 throw Refusal(description: "SET_VRING_KICK: queue \(file.index) without a kick descriptor (polling mode is not supported)")
             }
+            // The worker reads kicks: a regular file would read as an endless stream of them.
+            guard fd.isAnonymousInode else { throw VhostUserError.notAnEventFD(request, index: file.index) }
             if queue.running { stop(queue) }
             queue.kick = consume fd  // closes the one it replaces
             try startIfReady(queue)
             return nil
         case (.setVringCall, .vringFile(let file)):
             let queue = try queue(request, file.index)
+            var call: FileDescriptor? = nil
+            if !file.noDescriptor, let fd = descriptors.take(0) {
+                // The worker writes interrupts: a full pipe, or an eventfd whose counter the
+                // frontend set near its maximum, must not block it. QEMU's eventfds are
+                // non-blocking already; KVM's irqfd ignores the flag.
+                guard fd.isAnonymousInode else { throw VhostUserError.notAnEventFD(request, index: file.index) }
+                try fd.setNonBlocking()
+                call = consume fd
+            }
             if queue.running { stop(queue) }
-            queue.call = file.noDescriptor ? nil : descriptors.take(0)
+            queue.call = call
             try startIfReady(queue)
             return nil
         case (.setVringErr, .vringFile(let file)):

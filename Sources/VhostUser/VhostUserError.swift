@@ -44,6 +44,8 @@ public enum VhostUserError: Error, Equatable, Sendable, CustomStringConvertible 
     case featuresNotOffered(VhostUserRequest, requested: UInt64, offered: UInt64)
     /// A ring address that no memory-table region maps (or no table yet).
     case unmappedAddress(VhostUserRequest, what: String, address: UInt64)
+    /// A kick or call descriptor that is not an eventfd (a pipe, a socket, a regular file).
+    case notAnEventFD(VhostUserRequest, index: UInt32)
     /// The memory table could not be mapped or is inconsistent.
     case memoryTable(String)
     /// The device refused to start a queue.
@@ -91,6 +93,8 @@ public enum VhostUserError: Error, Equatable, Sendable, CustomStringConvertible 
             "\(r): features \(VhostUserError.hex(requested)) include bits not offered (\(VhostUserError.hex(requested & ~offered))); offered \(VhostUserError.hex(offered))"
         case .unmappedAddress(let r, let what, let address):
             "\(r): \(what) address \(VhostUserError.hex(address)) is not in any memory-table region"
+        case .notAnEventFD(let r, let index):
+            "\(r): queue \(index): the descriptor is not an eventfd"
         case .memoryTable(let reason):
             "SET_MEM_TABLE: \(reason)"
         case .device(let reason):

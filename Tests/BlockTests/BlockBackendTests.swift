@@ -168,6 +168,32 @@ final class BlockBackendTests: XCTestCase {
         XCTAssertEqual(try client.read(sector: 8, length: 4096).data, pattern(1, 4096))
     }
 
+    /// A frontend that drives its call eventfd's counter to the maximum cannot block the queue
+    /// worker's interrupt write: requests keep completing.
+    func testSaturatedCallCounterDoesNotStallTheQueue() throws {
+        let socket = try serve(Volume(id: "data", sizeBytes: 1 << 20), queues: 1)
+        let client = try BlockClient(socket: socket, queueCount: 1)
+        var nearMaximum: UInt64 = 0xffff_ffff_ffff_fffe
+        XCTAssertEqual(write(client.callFD(queue: 0), &nearMaximum, 8), 8)
+        for round in 0..<3 {
+            let header = client.writeHeader(queue: 0, slot: 0, type: BlockClient.typeFlush, sector: 0)
+            _ = try client.add(queue: 0, [
+                .init(address: header, length: 16, writable: false),
+                .init(address: header + 16, length: 1, writable: true),
+            ])
+            client.kick(queue: 0)
+            // Not through the call eventfd (reading it would reset the counter): poll the used ring.
+            var used: [(head: UInt16, length: UInt32)] = []
+            let deadline = Date().addingTimeInterval(5)
+            while used.isEmpty, Date() < deadline {
+                used = client.drainUsed(queue: 0)
+                if used.isEmpty { usleep(1000) }
+            }
+            XCTAssertEqual(used.count, 1, "flush \(round) completed with the call counter saturated")
+            XCTAssertEqual(client.status(queue: 0, slot: 0), BlockStatus.ok.rawValue)
+        }
+    }
+
     func testReconnectAfterTheClientDrops() throws {
         let socket = try serve(Volume(id: "data", sizeBytes: 4 << 20))
         do {

@@ -302,6 +302,15 @@ final class BackendTests: XCTestCase {
         try assertDropped("kick for an out-of-range queue") { f, memory in
             try f.sendRaw(VhostUserMessage.request(.setVringKick, .vringFile(VhostVringFile(index: 200))).encode(), fds: [memory.rawValue])
         }
+        try assertDropped("a kick descriptor that is not an eventfd (a memfd)") { f, memory in
+            try f.sendRaw(VhostUserMessage.request(.setVringKick, .vringFile(VhostVringFile(index: 0))).encode(), fds: [memory.rawValue])
+        }
+        try assertDropped("a call descriptor that is a pipe") { f, _ in
+            var ends: [Int32] = [-1, -1]
+            XCTAssertEqual(pipe(&ends), 0)
+            defer { close(ends[0]); close(ends[1]) }
+            try f.sendRaw(VhostUserMessage.request(.setVringCall, .vringFile(VhostVringFile(index: 1))).encode(), fds: [ends[1]])
+        }
         try assertDropped("nregions 0") { f, _ in
             try f.sendRaw(VhostUserHeaderBytes(request: 5, size: 8) + [0, 0, 0, 0, 0, 0, 0, 0])
         }
