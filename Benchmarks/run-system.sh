@@ -95,39 +95,30 @@ SERVER_IP=${IP_B%/*}
 
 # --- build -----------------------------------------------------------------------------------
 cd "$REPO"
-if [ -n "${BULKHEAD_BINARY:-}" ]; then
-    BIN=$BULKHEAD_BINARY
-    step "using BULKHEAD_BINARY=$BIN (not building)"
-else
-    command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
-    command -v swift >/dev/null || die "swift toolchain not found (expected at /opt/swift)"
-    build=(swift build -c release --product bulkhead)
-    BIN=$REPO/.build/release/bulkhead
-    if [ -n "${BULKHEAD_SCRATCH_PATH:-}" ]; then
-        build+=(--scratch-path "$BULKHEAD_SCRATCH_PATH")
-        BIN=$(cd "$REPO" && mkdir -p "$BULKHEAD_SCRATCH_PATH" && cd "$BULKHEAD_SCRATCH_PATH" && pwd)/release/bulkhead
-    fi
-    step "building: ${build[*]}"
-    "${build[@]}" >&2 || die "the release build of bulkhead failed"
-fi
-[ -x "$BIN" ] || die "no bulkhead binary at $BIN"
-if ((RUN_BLOCK)); then
-    if [ -n "${BLOCKLOAD_BINARY:-}" ]; then
-        LOAD_BIN=$BLOCKLOAD_BINARY
-        step "using BLOCKLOAD_BINARY=$LOAD_BIN (not building)"
+# build_product PRODUCT OVERRIDE: prints the path of PRODUCT's release binary: the value of the
+# environment variable named OVERRIDE when set (not built), else built with swift build.
+build_product() {
+    local product=$1 override=$2 bin build
+    if [ -n "${!override:-}" ]; then
+        step "using $override=${!override} (not building)"
+        bin=${!override}
     else
         command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
-        build=(swift build -c release --product BlockLoad)
-        LOAD_BIN=$REPO/.build/release/BlockLoad
+        command -v swift >/dev/null || die "swift toolchain not found (expected at /opt/swift)"
+        build=(swift build -c release --product "$product")
+        bin=$REPO/.build/release/$product
         if [ -n "${BULKHEAD_SCRATCH_PATH:-}" ]; then
             build+=(--scratch-path "$BULKHEAD_SCRATCH_PATH")
-            LOAD_BIN=$(cd "$REPO" && mkdir -p "$BULKHEAD_SCRATCH_PATH" && cd "$BULKHEAD_SCRATCH_PATH" && pwd)/release/BlockLoad
+            bin=$(cd "$REPO" && mkdir -p "$BULKHEAD_SCRATCH_PATH" && cd "$BULKHEAD_SCRATCH_PATH" && pwd)/release/$product
         fi
         step "building: ${build[*]}"
-        "${build[@]}" >&2 || die "the release build of BlockLoad failed"
+        "${build[@]}" >&2 || die "the release build of $product failed"
     fi
-    [ -x "$LOAD_BIN" ] || die "no BlockLoad binary at $LOAD_BIN"
-fi
+    [ -x "$bin" ] || die "no $product binary at $bin"
+    printf '%s\n' "$bin"
+}
+BIN=$(build_product bulkhead BULKHEAD_BINARY)
+if ((RUN_BLOCK)); then LOAD_BIN=$(build_product BlockLoad BLOCKLOAD_BINARY); fi
 
 # --- directories, cleanup ----------------------------------------------------------------------
 WORK_DIR=$(mktemp -d /tmp/bulkhead-bench-work.XXXXXX)
