@@ -384,8 +384,10 @@ struct DocumentDecoder {
         let stateDirectory = r.required("stateDirectory", context.string)
         let controlSocket = r.optional("controlSocket", context.string)
         let auditLog = r.optional("auditLog", context.string)
+        let jailUidBase = r.optional("jailUidBase", context.uint32)
         guard r.isValid, let stateDirectory else { return nil }
-        return HostSettings(stateDirectory: stateDirectory, controlSocket: controlSocket, auditLog: auditLog)
+        return HostSettings(stateDirectory: stateDirectory, controlSocket: controlSocket, auditLog: auditLog,
+                            jailUidBase: jailUidBase ?? HostSettings.defaultJailUidBase)
     }
 
     func principal(_ value: JSONValue, _ path: String) -> Principal? {

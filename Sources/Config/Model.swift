@@ -22,11 +22,36 @@ public struct HostSettings: Sendable, Equatable {
     public var controlSocket: String?
     /// Path of the audit log; default `<stateDirectory>/audit.log`.
     public var auditLog: String?
+    /// First uid (and gid) of the tenants' jailed processes: the block server of the tenant at
+    /// position `i` of `tenants` runs as `jailUidBase + i`, so no two tenants' servers share a
+    /// uid (and can signal or trace each other).
+    public var jailUidBase: UInt32
 
-    public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil) {
+    /// Far above the uids of accounts and of the usual subordinate-uid ranges of containers.
+    public static let defaultJailUidBase: UInt32 = 900_000_000
+    /// The jail uids must stay above the range of ordinary accounts (and 65534, nobody)...
+    public static let lowestJailUidBase: UInt32 = 65_536
+    /// ...and below 4294967294 ((uid_t)-2, the NFS "nobody"; (uid_t)-1 means "no change").
+    public static let jailUidLimit: UInt64 = 4_294_967_294
+
+    public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil,
+                jailUidBase: UInt32 = HostSettings.defaultJailUidBase) {
         self.stateDirectory = stateDirectory
         self.controlSocket = controlSocket
         self.auditLog = auditLog
+        self.jailUidBase = jailUidBase
+    }
+}
+
+extension HostConfiguration {
+    /// The uid and gid tenant `id`'s jailed processes run as (`host.jailUidBase` plus the
+    /// tenant's position in `tenants`); nil when there is no such tenant or the sum leaves the
+    /// valid range (validation refuses such a configuration).
+    public func jailUser(ofTenant id: String) -> UInt32? {
+        guard let index = tenants.firstIndex(where: { $0.id == id }) else { return nil }
+        let uid = UInt64(host.jailUidBase) + UInt64(index)
+        guard uid < HostSettings.jailUidLimit else { return nil }
+        return UInt32(uid)
     }
 }
 

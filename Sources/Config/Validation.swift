@@ -55,6 +55,22 @@ struct Validator {
         let base = "/" + components.joined(separator: "/")
         checkInside(host.controlSocket, key: "controlSocket", base: base)
         checkInside(host.auditLog, key: "auditLog", base: base)
+        checkJailUids(host)
+    }
+
+    /// Tenant i's jailed processes run as jailUidBase + i: the range must hold every tenant and
+    /// stay clear of ordinary accounts and the special uids at the top.
+    private mutating func checkJailUids(_ host: HostSettings) {
+        let path = "$.host.jailUidBase"
+        let base = host.jailUidBase
+        let tenants = UInt64(document.tenants.count)
+        if base < HostSettings.lowestJailUidBase {
+            report(path, "\(base) is below \(HostSettings.lowestJailUidBase): jailed processes would share uids with "
+                + "accounts (65534 is nobody); use a base far from them, e.g. the default \(HostSettings.defaultJailUidBase)")
+        } else if UInt64(base) + tenants >= HostSettings.jailUidLimit {
+            report(path, "\(base) + \(tenants) tenants reaches \(HostSettings.jailUidLimit) ((uid_t)-2); "
+                + "the jail uids of all tenants must stay below it")
+        }
     }
 
     /// A file path must lie strictly inside the state directory after resolving `.` and `..`.
@@ -107,8 +123,20 @@ struct Validator {
             } else {
                 uids[principal.uid] = principal.name
             }
+            checkNotAJailUid(principal.uid, path: path + ".uid")
             checkPrincipalTenant(principal, path: path + ".tenant", tenantIDs: tenantIDs)
         }
+    }
+
+    /// A principal's uid must not be a tenant's jail uid: that tenant's jailed processes would
+    /// act as the principal towards the management API.
+    private mutating func checkNotAJailUid(_ uid: UInt32, path: String) {
+        guard let host = document.host, uid >= host.jailUidBase else { return }
+        let index = UInt64(uid - host.jailUidBase)
+        guard index < UInt64(document.tenants.count) else { return }
+        let tenant = document.tenants[Int(index)]?.id.map(quote) ?? "#\(index)"
+        report(path, "uid \(uid) is the jail uid of tenant \(tenant) (host.jailUidBase + \(index)); "
+            + "a principal must not share a uid with a tenant's jailed processes")
     }
 
     private mutating func checkPrincipalTenant(_ principal: Principal, path: String, tenantIDs: [String]) {

@@ -37,6 +37,21 @@ import Testing
         #expect(port == Port(id: "a", segment: "lan", mac: try #require(MACAddress("02:00:00:00:01:01"))))
         #expect(configuration.tenants.first?.segments.first == Segment(id: "lan"))
         #expect(configuration.principals.isEmpty)
+        #expect(configuration.host.jailUidBase == HostSettings.defaultJailUidBase)
+        #expect(configuration.jailUser(ofTenant: "blue") == 900_000_000)
+        #expect(configuration.jailUser(ofTenant: "red") == nil)
+    }
+
+    @Test func eachTenantHasItsOwnJailUid() throws {
+        let tenants = "[" + tenant("blue") + ", " + tenant("red") + "]"
+        let configuration = try HostConfiguration.decode(document(
+            tenants: tenants, host: #"{"stateDirectory": "/var/lib/bh", "jailUidBase": 4294967291}"#))
+        #expect(configuration.jailUser(ofTenant: "blue") == 4_294_967_291)
+        #expect(configuration.jailUser(ofTenant: "red") == 4_294_967_292)
+        // Beyond what validation lets through: no uid rather than a wrapped or trapping one.
+        var edited = configuration
+        edited.host.jailUidBase = .max
+        #expect(edited.jailUser(ofTenant: "red") == nil)
     }
 
     @Test func allKeysDecode() throws {

@@ -87,6 +87,10 @@ let ruleCases: [RuleCase] = [
     RuleCase("sibling with the same prefix", host(#""stateDirectory": "/var/lib/bh", "auditLog": "/var/lib/bh2/audit.log""#), "$.host.auditLog", "outside the state directory"),
     RuleCase("the directory itself", host(#""stateDirectory": "/var/lib/bh", "auditLog": ".""#), "$.host.auditLog", "outside the state directory"),
     RuleCase("empty audit log", host(#""stateDirectory": "/var/lib/bh", "auditLog": """#), "$.host.auditLog", "must not be empty"),
+    // Jail uids
+    RuleCase("jail uids among accounts", host(#""stateDirectory": "/var/lib/bh", "jailUidBase": 65534"#), "$.host.jailUidBase", "is below 65536"),
+    RuleCase("jail uids past the top", document(tenants: "[" + tenant("blue") + ", " + tenant("red") + "]", host: #"{"stateDirectory": "/var/lib/bh", "jailUidBase": 4294967292}"#), "$.host.jailUidBase", "4294967292 + 2 tenants reaches 4294967294"),
+    RuleCase("principal with a jail uid", document(tenants: "[" + tenant("blue") + ", " + tenant("red") + "]", principals: #"[{"name": "ops", "uid": 900000001, "role": "auditor"}]"#), "$.principals[0].uid", #"uid 900000001 is the jail uid of tenant "red" (host.jailUidBase + 1)"#),
     // Volumes
     RuleCase("zero size", blue(#""volumes": [{"id": "v", "sizeBytes": 0}]"#), "$.tenants[0].volumes[0].sizeBytes", "must be greater than 0"),
     RuleCase("size not a multiple of 512", blue(#""volumes": [{"id": "v", "sizeBytes": 1000}]"#), "$.tenants[0].volumes[0].sizeBytes", "1000 is not a multiple of 512"),
