@@ -41,7 +41,8 @@ struct BlockServerCommand: ParsableCommand {
         var logger = Logger(label: "bulkhead.block")
         logger[metadataKey: "tenant.id"] = "\(tenant)"
         let configuration = try loadConfiguration(options.config)
-        guard let tenantConfig = configuration.tenants.first(where: { $0.id == tenant }) else {
+        guard let tenantConfig = configuration.tenants.first(where: { $0.id == tenant }),
+              let jailUser = configuration.jailUser(ofTenant: tenant) else {
             logger.critical("no tenant '\(tenant)' in \(options.config)")
             throw ExitCode(1)
         }
@@ -60,10 +61,12 @@ struct BlockServerCommand: ParsableCommand {
             }
             for backend in backends { try backend.listen() }
             if !noJail {
-                // Volumes open, sockets bound, still one thread: from here on this process is an
-                // unprivileged user with no capabilities, which can open no volume file (they are
-                // root's, mode 0600), its own tenant's included. Threads started later inherit it.
-                try Jail.dropPrivileges(uid: BlockServer.jailUser, gid: BlockServer.jailUser)
+                // Volumes open, sockets bound, still one thread: from here on this process is its
+                // tenant's own unprivileged user (no two tenants' servers share a uid, so they
+                // cannot signal or trace each other) with no capabilities, which can open no
+                // volume file (they are root's, mode 0600), its own tenant's included. Threads
+                // started later inherit it.
+                try Jail.dropPrivileges(uid: jailUser, gid: jailUser)
             }
             for backend in backends { try backend.start() }
             if stopWhenStdinCloses { BlockServer.stopOnEndOfInput() }
@@ -73,6 +76,7 @@ struct BlockServerCommand: ParsableCommand {
         }
         logger.info("block server ready", metadata: [
             "volumes": "\(tenantConfig.volumes.map(\.id).joined(separator: ","))", "privileges.dropped": "\(!noJail)",
+            "jail.uid": "\(noJail ? "none" : String(jailUser))",
         ])
         let received = stopSignals.wait()
         logger.info("block server stopping", metadata: ["signal": "\(received)"])
@@ -95,9 +99,6 @@ enum BlockServer {
         }
         thread.start()
     }
-
-    /// The uid and gid a jailed block server runs as (nobody).
-    static let jailUser: UInt32 = 65534
 
     /// Opens (creating on first use) every volume of `tenant`.
     static func openVolumes(tenant: Tenant, stateDirectory: String, logger: Logger) throws -> [VolumeFile] {

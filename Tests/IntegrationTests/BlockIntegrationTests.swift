@@ -145,7 +145,7 @@ final class BlockIntegrationTests: XCTestCase {
         let firstPIDs = BlockHost.blockServers(config: configPath, tenant: "t1")
         XCTAssertEqual(firstPIDs.count, 1, "one block server for t1:\n\(daemon.output)")
         let first = try XCTUnwrap(firstPIDs.first)
-        BlockHost.assertJailed(first)
+        BlockHost.assertJailed(first, uid: BlockHost.jailUid(ofTenantAt: 0))
 
         let socket = stateDirectory + "/tenants/t1/vhost/v.sock"
         do {
@@ -161,7 +161,7 @@ final class BlockIntegrationTests: XCTestCase {
         XCTAssertEqual(secondPIDs.count, 1, "exactly one block server after the restart:\n\(daemon.output)")
         let second = try XCTUnwrap(secondPIDs.first)
         XCTAssertNotEqual(second, first, "a new process")
-        BlockHost.assertJailed(second)
+        BlockHost.assertJailed(second, uid: BlockHost.jailUid(ofTenantAt: 0))
         do {
             let client = try BlockClient(socket: socket)
             XCTAssertEqual(try client.read(sector: 8, length: 4096).data, BlockPattern.block(1, nonce: 7),
@@ -225,7 +225,12 @@ final class BlockIntegrationTests: XCTestCase {
             XCTAssertEqual(info.uid, 0, "\(directory) belongs to root")
             XCTAssertEqual(info.mode & 0o077, 0, "\(directory) is closed to others")
         }
-        BlockHost.assertJailed(red.pid)
+        // Each tenant's server has its own uid (blue is the first tenant, red the second): they
+        // cannot signal or trace each other.
+        let blueUid = BlockHost.jailUid(ofTenantAt: 0), redUid = BlockHost.jailUid(ofTenantAt: 1)
+        XCTAssertNotEqual(blueUid, redUid)
+        BlockHost.assertJailed(red.pid, uid: redUid)
+        BlockHost.assertJailed(blue.pid, uid: blueUid)
 
         // What red holds open: its own volume, nothing of blue's.
         let held = BlockHost.openFiles(red.pid)
@@ -254,14 +259,16 @@ final class BlockIntegrationTests: XCTestCase {
             XCTAssertFalse(FileManager.default.fileExists(atPath: leak), "\(leak) was not created")
         }
 
-        // An unprivileged uid like the server's cannot open the volume files (last: may skip).
+        // The servers' uids cannot open the volume files, not even their own (last: may skip).
         guard let setpriv = Host.which("setpriv") else {
-            throw XCTSkip("the rest passed; the open-as-65534 check needs setpriv (util-linux)")
+            throw XCTSkip("the rest passed; the open-as-the-jail-uid check needs setpriv (util-linux)")
         }
         for path in [blueVolume, redVolume] {
-            let attempt = try Host.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat", path])
-            XCTAssertNotEqual(attempt.status, 0, "uid 65534 cannot read \(path)")
-            XCTAssertTrue(attempt.error.contains("Permission denied"), "EACCES for \(path): \(attempt.error)")
+            for uid in [blueUid, redUid] {
+                let attempt = try Host.run([setpriv, "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "cat", path])
+                XCTAssertNotEqual(attempt.status, 0, "uid \(uid) cannot read \(path)")
+                XCTAssertTrue(attempt.error.contains("Permission denied"), "EACCES for \(path): \(attempt.error)")
+            }
         }
         XCTAssertEqual(red.stop(), 0, "SIGTERM stops red's server:\n\(red.output)")
         XCTAssertEqual(blue.stop(), 0, "SIGTERM stops blue's server:\n\(blue.output)")
@@ -780,7 +787,7 @@ final class QTestPCI {
 enum BlockHost {
     static func requireRoot() throws {
         guard getuid() == 0 else {
-            throw XCTSkip("needs root: the block server drops from root to uid 65534 and its volume files are root's (run as root, as CI does)")
+            throw XCTSkip("needs root: the block server drops from root to its tenant's uid and its volume files are root's (run as root, as CI does)")
         }
         if let disabled = try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled", encoding: .utf8),
            disabled.trimmingCharacters(in: .whitespacesAndNewlines) != "0" {
@@ -824,16 +831,21 @@ enum BlockHost {
         return fields
     }
 
-    /// Every thread of `pid` is uid/gid 65534 with no groups, no capabilities and NoNewPrivs.
-    static func assertJailed(_ pid: Int32, file: StaticString = #filePath, line: UInt = #line) {
+    /// The uid (and gid) the jailed block server of `tenant` runs as with the default
+    /// `host.jailUidBase`: the base plus the tenant's position in the configuration.
+    static func jailUid(ofTenantAt index: Int) -> UInt32 { 900_000_000 + UInt32(index) }
+
+    /// Every thread of `pid` is uid/gid `uid` with no groups, no capabilities and NoNewPrivs.
+    static func assertJailed(_ pid: Int32, uid: UInt32, file: StaticString = #filePath, line: UInt = #line) {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         XCTAssertGreaterThan(tasks.count, 1, "process \(pid) has its serving threads", file: file, line: line)
+        let expected = Array(repeating: "\(uid)", count: 4)
         for task in tasks {
             let fields = status("/proc/\(pid)/task/\(task)/status")
             let ids = { (key: String) in fields[key].map { $0.split(whereSeparator: \.isWhitespace).map(String.init) } ?? [] }
             let context = "thread \(task) of \(pid) (\(fields["Name"] ?? "?"))"
-            XCTAssertEqual(ids("Uid"), ["65534", "65534", "65534", "65534"], "\(context): real, effective, saved and fs uid", file: file, line: line)
-            XCTAssertEqual(ids("Gid"), ["65534", "65534", "65534", "65534"], "\(context): gids", file: file, line: line)
+            XCTAssertEqual(ids("Uid"), expected, "\(context): real, effective, saved and fs uid", file: file, line: line)
+            XCTAssertEqual(ids("Gid"), expected, "\(context): gids", file: file, line: line)
             XCTAssertEqual(fields["Groups"], "", "\(context): no supplementary groups", file: file, line: line)
             for key in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
                 XCTAssertEqual(fields[key].flatMap { UInt64($0, radix: 16) }, 0, "\(context): \(key)", file: file, line: line)
