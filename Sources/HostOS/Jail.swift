@@ -3,17 +3,98 @@ import CLinux
 import Glibc
 #endif
 
-/// Privilege drop for the per-tenant and per-partition children.
+/// The jail of a per-tenant child (the block server): in order, `isolate(mountPoint:)` while
+/// still root and single-threaded, `dropPrivileges(uid:gid:)`, then `restrictSystemCalls(_:)`
+/// before the first thread starts. Each throws, naming the step, rather than leave the process
+/// half-jailed.
 public enum Jail {
+    /// Moves this process into new mount, network, IPC and UTS namespaces whose root is an
+    /// empty, read-only tmpfs: no file of the host can be opened afterwards, no network reached,
+    /// no System V IPC object of the host seen. Sockets bound and files opened before keep
+    /// working: they belong to the namespaces and mounts they were created in.
+    ///
+    /// `mountPoint` is any existing directory: the tmpfs is mounted on it inside the new (private)
+    /// mount namespace only, then becomes the root; the host never sees that mount.
+    ///
+    /// Refuses to run with a second thread (namespaces and the root would change for this
+    /// thread only) or with a directory descriptor open (`fchdir` or `openat` through it would
+    /// lead back out of the new root). Sets TZ (when unset) so that local time keeps the host's
+    /// zone once /etc/localtime is out of reach. Needs CAP_SYS_ADMIN.
+    /// The corresponding C functions are `unshare`, `mount` and `pivot_root`.
+    public static func isolate(mountPoint: String) throws(JailError) {
+        let threads = bh_thread_count()
+        if threads < 0 { throw .failed(SystemError("count threads (/proc/self/task)", negated: threads)) }
+        guard threads == 1 else { throw .notSingleThreaded(threads: Int(threads)) }
+        var directory: Int32 = -1
+        let r = bh_first_directory_fd(&directory)
+        if r < 0 { throw .failed(SystemError("list open descriptors (/proc/self/fd)", negated: r)) }
+        if directory >= 0 { throw .directoryOpen(fd: directory, path: linkTarget("/proc/self/fd/\(directory)")) }
+        // glibc re-reads /etc/localtime for each local time unless TZ names the zone; once read
+        // with TZ set, it keeps it. Without this, log timestamps would turn to UTC in the jail.
+        if getenv("TZ") == nil { setenv("TZ", ":/etc/localtime", 1) }
+        tzset()
+        var step: UnsafePointer<CChar>? = nil
+        let isolated = bh_jail_isolate(mountPoint, &step)
+        if isolated < 0 { throw .failed(SystemError(stepName(step, "isolation"), negated: isolated)) }
+    }
+
     /// Makes this process (every thread) `uid`/`gid` with no supplementary groups, no
     /// capabilities and no way to gain privileges again. Call it once everything the process
     /// needs is open: afterwards it can open no root-owned file (volume files are root's, 0600).
-    public static func dropPrivileges(uid: UInt32, gid: UInt32) throws(SystemError) {
+    public static func dropPrivileges(uid: UInt32, gid: UInt32) throws(JailError) {
         var step: UnsafePointer<CChar>? = nil
         let r = bh_jail(uid, gid, &step)
-        if r < 0 {
-            let name = step.map { String(cString: $0) } ?? "privilege drop"
-            throw SystemError(name, negated: r)
+        if r < 0 { throw .failed(SystemError(stepName(step, "privilege drop"), negated: r)) }
+    }
+
+    /// A seccomp-BPF allowlist: the system calls a kind of process makes once it is jailed.
+    public enum SystemCallProfile: Sendable {
+        /// `bulkhead block-server` serving its volumes (the list is in CLinux.c).
+        case blockServer
+    }
+
+    /// Installs `profile` on every thread: any other system call, or one made with the
+    /// arguments the profile excludes, kills the process (SECCOMP_RET_KILL_PROCESS). Threads
+    /// created afterwards inherit it. Call it after `dropPrivileges` (which sets no_new_privs).
+    /// The corresponding C function is `seccomp(SECCOMP_SET_MODE_FILTER)`.
+    public static func restrictSystemCalls(_ profile: SystemCallProfile) throws(JailError) {
+        var step: UnsafePointer<CChar>? = nil
+        let r: Int32
+        switch profile {
+        case .blockServer: r = bh_seccomp_install(BH_SECCOMP_BLOCK_SERVER, getpid(), &step)
+        }
+        if r < 0 { throw .failed(SystemError(stepName(step, "seccomp"), negated: r)) }
+    }
+
+    private static func stepName(_ step: UnsafePointer<CChar>?, _ fallback: String) -> String {
+        guard let step, step.pointee != 0 else { return fallback }
+        return String(cString: step)
+    }
+
+    private static func linkTarget(_ path: String) -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buffer, buffer.count - 1)
+        guard n > 0 else { return "?" }
+        return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// Why a jail could not be set up. The process must not go on serving.
+public enum JailError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A step failed: the system call and its errno.
+    case failed(SystemError)
+    /// Another thread exists: it would keep the host's namespaces and root.
+    case notSingleThreaded(threads: Int)
+    /// A descriptor of a directory is open: it would lead out of the new root.
+    case directoryOpen(fd: Int32, path: String)
+
+    public var description: String {
+        switch self {
+        case .failed(let error): "jail step \(error)"
+        case .notSingleThreaded(let threads):
+            "jail: the process has \(threads) threads; the namespaces and the root must change while it has one"
+        case .directoryOpen(let fd, let path):
+            "jail: fd \(fd) is an open directory (\(path)); it would lead out of the new root, so close it first"
         }
     }
 }

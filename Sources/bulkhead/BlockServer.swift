@@ -22,7 +22,7 @@ struct BlockServerCommand: ParsableCommand {
     @Option(help: "Queues per volume (virtio-blk multiqueue).")
     var queues: Int = 2
 
-    @Flag(help: "Keep root privileges (no privilege drop after the volumes are open). For debugging only.")
+    @Flag(help: "Skip the jail (namespaces, empty root, privilege drop, system-call allowlist) once the volumes are open: the server keeps root's privileges. For debugging only.")
     var noJail = false
 
     @Option(help: "Log level.")
@@ -60,14 +60,19 @@ struct BlockServerCommand: ParsableCommand {
                 return VhostUserBackend(path: "\(tenantRoot)/vhost/\(file.volume.id).sock", device: device, logger: logger)
             }
             for backend in backends { try backend.listen() }
-            if !noJail {
-                // Volumes open, sockets bound, still one thread: from here on this process is its
-                // tenant's own unprivileged user (no two tenants' servers share a uid, so they
-                // cannot signal or trace each other) with no capabilities, which can open no
-                // volume file (they are root's, mode 0600), its own tenant's included. Threads
-                // started later inherit it.
-                try Jail.dropPrivileges(uid: jailUser, gid: jailUser)
+        } catch {
+            logger.critical("block server could not start: \(error)")
+            throw ExitCode(1)
+        }
+        if !noJail {
+            do {
+                try BlockServer.jail(mountPoint: "\(tenantRoot)/vhost", user: jailUser)
+            } catch {
+                logger.critical("block server jail failed; not serving: \(error)")
+                throw ExitCode(1)
             }
+        }
+        do {
             for backend in backends { try backend.start() }
             if stopWhenStdinCloses { BlockServer.stopOnEndOfInput() }
         } catch {
@@ -98,6 +103,22 @@ enum BlockServer {
             kill(getpid(), SIGTERM)
         }
         thread.start()
+    }
+
+    /// Volumes open, sockets bound, still one thread: from here on this process lives in its own
+    /// mount, network, IPC and UTS namespaces with an empty, read-only root, as `user` (the
+    /// tenant's own uid and gid) with no capabilities, making only the system calls of the
+    /// block-server allowlist. It can open no file and reach no socket; it can signal only
+    /// itself. Threads started later inherit all of it.
+    static func jail(mountPoint: String, user: UInt32) throws(JailError) {
+        // The tmpfs of the new root is mounted on the socket directory inside the new, private
+        // mount namespace only: the host keeps seeing the sockets, and after the pivot the
+        // mount point is gone from this namespace with the rest of the old tree.
+        try Jail.isolate(mountPoint: mountPoint)
+        // Root's capabilities go (CAP_SYS_ADMIN could mount its way back out); the tenant's own
+        // uid keeps tenants' servers from signalling or tracing each other.
+        try Jail.dropPrivileges(uid: user, gid: user)
+        try Jail.restrictSystemCalls(.blockServer)
     }
 
     /// Opens (creating on first use) every volume of `tenant`.

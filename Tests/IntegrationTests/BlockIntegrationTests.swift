@@ -274,6 +274,32 @@ final class BlockIntegrationTests: XCTestCase {
         XCTAssertEqual(blue.stop(), 0, "SIGTERM stops blue's server:\n\(blue.output)")
     }
 
+    /// A jail that cannot be built (here: no CAP_SYS_ADMIN for the namespaces) stops the server
+    /// before it serves, with the step and errno in its log; `--no-jail` skips every layer.
+    func testABlockServerThatCannotJailItselfDoesNotServe() throws {
+        try BlockHost.requireRoot()
+        guard let setpriv = Host.which("setpriv") else { throw XCTSkip("needs setpriv (util-linux)") }
+        let state = try BlockState(tenants: ["t1": [("v", 16 << 20)]])
+        let refused = try Host.run([setpriv, "--bounding-set", "-sys_admin", RunningDaemon.binary, "block-server",
+                                    "--config", state.configPath, "--tenant", "t1"], timeout: 30)
+        XCTAssertEqual(refused.status, 1, "the server exits instead of serving half-jailed: \(refused.error)")
+        XCTAssertTrue(refused.error.contains("block server jail failed; not serving: jail step unshare(CLONE_NEWNS"),
+                      "the log names the step: \(refused.error)")
+        XCTAssertTrue(refused.error.contains("(errno 1)"), "and the errno (EPERM): \(refused.error)")
+        XCTAssertFalse(refused.error.contains("block server ready"), refused.error)
+
+        let unjailed = try BlockServerProcess(state: state, tenant: "t1", extraArguments: ["--no-jail"])
+        try unjailed.waitFor("block server ready", timeout: 30)
+        let fields = BlockHost.status("/proc/\(unjailed.pid)/status")
+        XCTAssertEqual(fields["Uid"]?.split(whereSeparator: \.isWhitespace).first, "0", "--no-jail keeps root")
+        XCTAssertEqual(fields["Seccomp"], "0", "--no-jail installs no filter")
+        XCTAssertEqual(try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(unjailed.pid)/ns/mnt"),
+                       try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt"), "--no-jail keeps the mount namespace")
+        let client = try BlockClient(socket: state.socket("t1", "v"))
+        XCTAssertEqual(try client.write(sector: 0, data: BlockPattern.block(0, nonce: 1)), 0)
+        XCTAssertEqual(unjailed.stop(), 0, "SIGTERM stops it:\n\(unjailed.output)")
+    }
+
     // MARK: - 4. Hostile client next to a good one
 
     /// Malformed vhost-user messages on volume B's socket don't disturb a client of volume A.
@@ -559,10 +585,10 @@ class LoggedProcess: @unchecked Sendable {
 
 /// `bulkhead block-server` for one tenant of a `BlockState`.
 final class BlockServerProcess: LoggedProcess, @unchecked Sendable {
-    init(state: BlockState, tenant: String, queues: Int = 1, logLevel: String = "info") throws {
+    init(state: BlockState, tenant: String, queues: Int = 1, logLevel: String = "info", extraArguments: [String] = []) throws {
         try super.init(executable: RunningDaemon.binary, arguments: [
             "block-server", "--config", state.configPath, "--tenant", tenant, "--queues", "\(queues)", "--log-level", logLevel,
-        ])
+        ] + extraArguments)
     }
 }
 
@@ -787,7 +813,7 @@ final class QTestPCI {
 enum BlockHost {
     static func requireRoot() throws {
         guard getuid() == 0 else {
-            throw XCTSkip("needs root: the block server drops from root to its tenant's uid and its volume files are root's (run as root, as CI does)")
+            throw XCTSkip("needs root: the block server jails itself (namespaces, its tenant's uid) and its volume files are root's (run as root, as CI does)")
         }
         if let disabled = try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled", encoding: .utf8),
            disabled.trimmingCharacters(in: .whitespacesAndNewlines) != "0" {
@@ -835,7 +861,9 @@ enum BlockHost {
     /// `host.jailUidBase`: the base plus the tenant's position in the configuration.
     static func jailUid(ofTenantAt index: Int) -> UInt32 { 900_000_000 + UInt32(index) }
 
-    /// Every thread of `pid` is uid/gid `uid` with no groups, no capabilities and NoNewPrivs.
+    /// Every thread of `pid` is uid/gid `uid` with no groups, no capabilities, NoNewPrivs and the
+    /// seccomp filter; the process has namespaces of its own and an empty, read-only root, and
+    /// holds no directory open.
     static func assertJailed(_ pid: Int32, uid: UInt32, file: StaticString = #filePath, line: UInt = #line) {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         XCTAssertGreaterThan(tasks.count, 1, "process \(pid) has its serving threads", file: file, line: line)
@@ -851,6 +879,32 @@ enum BlockHost {
                 XCTAssertEqual(fields[key].flatMap { UInt64($0, radix: 16) }, 0, "\(context): \(key)", file: file, line: line)
             }
             XCTAssertEqual(fields["NoNewPrivs"], "1", "\(context): NoNewPrivs", file: file, line: line)
+            XCTAssertEqual(fields["Seccomp"], "2", "\(context): a seccomp filter (mode 2)", file: file, line: line)
+        }
+        for namespace in ["net", "mnt", "ipc", "uts"] {
+            let own = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(namespace)")
+            let its = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/\(namespace)")
+            XCTAssertNotNil(its, "the \(namespace) namespace of \(pid) is readable", file: file, line: line)
+            XCTAssertNotEqual(its, own, "process \(pid) has a \(namespace) namespace of its own", file: file, line: line)
+        }
+        let root = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root")
+        XCTAssertEqual(root, [], "the root of \(pid) is readable and empty", file: file, line: line)
+        let mounts = ((try? String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8)) ?? "")
+            .split(separator: "\n").map(String.init)
+        XCTAssertEqual(mounts.count, 1, "one mount in the namespace of \(pid), nothing of the host's: \(mounts)", file: file, line: line)
+        if let only = mounts.first {
+            let fields = only.split(separator: " ").map(String.init)
+            XCTAssertEqual(fields.dropFirst(4).first, "/", "the mount is the root: \(only)", file: file, line: line)
+            XCTAssertTrue(only.contains(" - tmpfs "), "the root is a tmpfs: \(only)", file: file, line: line)
+            let options = Set((fields.dropFirst(5).first ?? "").split(separator: ",").map(String.init))
+            XCTAssertTrue(options.isSuperset(of: ["ro", "nosuid", "nodev", "noexec"]), "root mount options \(options)", file: file, line: line)
+        }
+        for fd in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? [] {
+            var isDirectory: ObjCBool = false
+            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? "?"
+            if FileManager.default.fileExists(atPath: "/proc/\(pid)/fd/\(fd)", isDirectory: &isDirectory) {
+                XCTAssertFalse(isDirectory.boolValue, "fd \(fd) of \(pid) is a directory (\(target)): a way out of the root", file: file, line: line)
+            }
         }
     }
 

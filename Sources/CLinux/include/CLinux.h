@@ -63,6 +63,31 @@ extern const int bh_O_DIRECT;
 /// Returns 0 or -errno (the step that failed is in *step).
 int bh_jail(unsigned uid, unsigned gid, const char **step);
 
+/// The calling process's thread count (from /proc/self/task), or -errno.
+int bh_thread_count(void);
+/// Finds the lowest open fd that refers to a directory (O_PATH fds included): stores it in
+/// *fd, or -1 when there is none. Returns 0, or -errno when /proc/self/fd cannot be read.
+int bh_first_directory_fd(int *fd);
+
+/// Moves the calling process (single-threaded: namespaces and the root are per thread until a
+/// thread is created) into new mount, network, IPC and UTS namespaces whose root is an empty,
+/// read-only tmpfs, mounted on `mount_point` in the new mount namespace only and pivoted to.
+/// The old mount tree is detached: no path leads back to the host's files. Needs
+/// CAP_SYS_ADMIN. Returns 0 or -errno (the step that failed is in *step).
+int bh_jail_isolate(const char *mount_point, const char **step);
+
+/// The system-call profiles `bh_seccomp_install` knows.
+typedef enum {
+    /// `bulkhead block-server` once its volumes are open and its sockets bound.
+    BH_SECCOMP_BLOCK_SERVER = 1,
+} bh_seccomp_profile;
+
+/// Installs the seccomp-BPF allowlist `profile` on every thread of the process (TSYNC):
+/// system calls outside it kill the process. `self_pid` is the process's pid, the only target
+/// `kill` and `tgkill` may name. Needs no_new_privs (bh_jail sets it). Returns 0 or -errno (the
+/// step that failed is in *step).
+int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **step);
+
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC): returns the new fd or -1 with errno set.
 int bh_accept_cloexec(int fd);
 /// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING): returns the fd or -1 with errno set.
