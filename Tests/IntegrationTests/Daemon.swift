@@ -2,14 +2,10 @@ import Foundation
 import XCTest
 
 /// A `bulkhead run` process started by a test, with its log collected.
-final class RunningDaemon: @unchecked Sendable {
-    // @unchecked Sendable: `log` is only touched under `lock`.
-    let process = Process()
+final class RunningDaemon: LoggedProcess, @unchecked Sendable {
     let configPath: String
     let stateDirectory: String
     private let ownsStateDirectory: Bool
-    private let lock = NSLock()
-    private var log = ""
 
     /// The `bulkhead` executable built next to the test bundle.
     static var binary: String {
@@ -36,53 +32,10 @@ final class RunningDaemon: @unchecked Sendable {
         configPath = NSTemporaryDirectory() + "bulkhead-test-\(UUID().uuidString).json"
         let data = try JSONSerialization.data(withJSONObject: configuration, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: configPath))
-
-        process.executableURL = URL(fileURLWithPath: RunningDaemon.binary)
-        process.arguments = ["run", "--config", configPath]
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let chunk = handle.availableData
-            guard let self, !chunk.isEmpty else { return }
-            self.lock.withLock { self.log += String(decoding: chunk, as: UTF8.self) }
-        }
-        try process.run()
+        try super.init(executable: RunningDaemon.binary, arguments: ["run", "--config", configPath])
         if waitForReady {
             try waitFor("bulkhead ready", timeout: 30)
         }
-    }
-
-    var output: String { lock.withLock { log } }
-
-    /// Waits until the log contains `text`; throws if the daemon exits first or time runs out.
-    func waitFor(_ text: String, timeout: TimeInterval) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if output.contains(text) { return }
-            if !process.isRunning {
-                Thread.sleep(forTimeInterval: 0.2)
-                throw DaemonFailure(message: "bulkhead exited with \(process.terminationStatus) before '\(text)':\n\(output)")
-            }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        throw DaemonFailure(message: "timed out waiting for '\(text)':\n\(output)")
-    }
-
-    /// Waits for the process to exit by itself and returns its status.
-    func waitForExit(timeout: TimeInterval = 30) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        if process.isRunning { return nil }
-        Thread.sleep(forTimeInterval: 0.1)  // let the log reader drain
-        return process.terminationStatus
-    }
-
-    /// Sends `signal` and waits for the exit status.
-    @discardableResult
-    func stop(signal: Int32 = SIGTERM) -> Int32? {
-        if process.isRunning { kill(process.processIdentifier, signal) }
-        return waitForExit()
     }
 
     /// The daemon's status file, decoded.
@@ -108,6 +61,7 @@ final class RunningDaemon: @unchecked Sendable {
     }
 
     deinit {
+        // SIGTERM, not the SIGKILL of LoggedProcess: the daemon removes its namespaces and links.
         if process.isRunning {
             kill(process.processIdentifier, SIGTERM)
             process.waitUntilExit()

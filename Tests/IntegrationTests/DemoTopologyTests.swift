@@ -83,7 +83,7 @@ final class DemoTopologyTests: XCTestCase {
         let config = try TestTopology.demo()
         let first = try RunningDaemon(configuration: config)
         let second = try RunningDaemon(configuration: config, waitForReady: false, ownsStateDirectory: false)
-        let status = second.waitForExit()
+        let status = second.exitStatus()
         XCTAssertEqual(status, 1, second.output)
         XCTAssertTrue(second.output.contains("already runs on this state directory"), second.output)
         // The first keeps working.
@@ -103,7 +103,7 @@ final class DemoTopologyTests: XCTestCase {
         tenants[1]["ports"] = redPorts
         config["tenants"] = tenants
         let daemon = try RunningDaemon(configuration: config, waitForReady: false)
-        XCTAssertEqual(daemon.waitForExit(), 1, daemon.output)
+        XCTAssertEqual(daemon.exitStatus(), 1, daemon.output)
         XCTAssertTrue(daemon.output.contains("lo already exists"), daemon.output)
         for (tenant, port) in [("blue", "a"), ("blue", "b"), ("red", "a"), ("red", "b")] {
             XCTAssertFalse(Host.namespaceExists(ns(tenant, port)), "namespace \(ns(tenant, port)) leaked:\n\(daemon.output)")
