@@ -47,6 +47,21 @@ public enum Jail {
         if r < 0 { throw .failed(SystemError(stepName(step, "privilege drop"), negated: r)) }
     }
 
+    /// Caps what the process can take from the host, soft and hard limits alike (only root
+    /// could raise a hard limit again): `threads` tasks of its uid (RLIMIT_NPROC counts every
+    /// thread of every process of the real uid: with a uid per tenant, this server's alone),
+    /// `files` open descriptors, and no core dumps. Call it while still root, before
+    /// `dropPrivileges`. The corresponding C function is `setrlimit`.
+    public static func limitResources(threads: Int, files: Int) throws(JailError) {
+        func limit(_ resource: __rlimit_resource, _ name: String, _ value: Int) throws(JailError) {
+            var bound = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
+            if setrlimit(__rlimit_resource_t(resource.rawValue), &bound) < 0 { throw .failed(SystemError("setrlimit(\(name), \(value))", errno: errno)) }
+        }
+        try limit(__RLIMIT_NPROC, "RLIMIT_NPROC", threads)
+        try limit(RLIMIT_NOFILE, "RLIMIT_NOFILE", files)
+        try limit(RLIMIT_CORE, "RLIMIT_CORE", 0)
+    }
+
     /// A seccomp-BPF allowlist: the system calls a kind of process makes once it is jailed.
     public enum SystemCallProfile: Sendable {
         /// `bulkhead block-server` serving its volumes (the list is in CLinux.c).

@@ -66,7 +66,8 @@ struct BlockServerCommand: ParsableCommand {
         }
         if !noJail {
             do {
-                try BlockServer.jail(mountPoint: "\(tenantRoot)/vhost", user: jailUser)
+                try BlockServer.jail(mountPoint: "\(tenantRoot)/vhost", user: jailUser,
+                                     limits: BlockServer.limits(volumes: tenantConfig.volumes.count, queues: queues))
             } catch {
                 logger.critical("block server jail failed; not serving: \(error)")
                 throw ExitCode(1)
@@ -110,15 +111,26 @@ enum BlockServer {
     /// tenant's own uid and gid) with no capabilities, making only the system calls of the
     /// block-server allowlist. It can open no file and reach no socket; it can signal only
     /// itself. Threads started later inherit all of it.
-    static func jail(mountPoint: String, user: UInt32) throws(JailError) {
+    static func jail(mountPoint: String, user: UInt32, limits: (threads: Int, files: Int)) throws(JailError) {
         // The tmpfs of the new root is mounted on the socket directory inside the new, private
         // mount namespace only: the host keeps seeing the sockets, and after the pivot the
         // mount point is gone from this namespace with the rest of the old tree.
         try Jail.isolate(mountPoint: mountPoint)
+        // A compromised server cannot take the host's pids or descriptors with it.
+        try Jail.limitResources(threads: limits.threads, files: limits.files)
         // Root's capabilities go (CAP_SYS_ADMIN could mount its way back out); the tenant's own
         // uid keeps tenants' servers from signalling or tracing each other.
         try Jail.dropPrivileges(uid: user, gid: user)
         try Jail.restrictSystemCalls(.blockServer)
+    }
+
+    /// Threads and descriptors a server of `volumes` volumes with `queues` queues each may have.
+    /// It needs a main thread, a stdin watcher and per volume a connection thread and a worker
+    /// per queue; descriptors are per volume two for the file, the listener and its connection,
+    /// up to 8 memory regions, and per queue a kick, a call, a ring and a stop eventfd. The
+    /// limits are twice that, plus room for the runtime.
+    static func limits(volumes: Int, queues: Int) -> (threads: Int, files: Int) {
+        (threads: 16 + 2 * volumes * (1 + queues), files: 64 + 2 * volumes * (12 + 4 * queues))
     }
 
     /// Opens (creating on first use) every volume of `tenant`.

@@ -816,6 +816,16 @@ enum BlockHost {
             XCTAssertNotNil(its, "the \(namespace) namespace of \(pid) is readable", file: file, line: line)
             XCTAssertNotEqual(its, own, "process \(pid) has a \(namespace) namespace of its own", file: file, line: line)
         }
+        // Resource limits: finite, soft equal to hard (the server cannot raise them), no cores.
+        let limits = ((try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)) ?? "").split(separator: "\n")
+        for (name, bound) in [("Max processes", 1000), ("Max open files", 4096), ("Max core file size", 0)] {
+            let values = limits.first { $0.hasPrefix(name) }.map { $0.dropFirst(name.count).split(whereSeparator: \.isWhitespace).prefix(2).map(String.init) } ?? []
+            XCTAssertEqual(values.count, 2, "\(name) of \(pid) in /proc/\(pid)/limits", file: file, line: line)
+            if values.count == 2 {
+                XCTAssertEqual(values[0], values[1], "\(name) of \(pid): soft limit = hard limit", file: file, line: line)
+                XCTAssertLessThanOrEqual(Int(values[1]) ?? .max, bound, "\(name) of \(pid) is at most \(bound)", file: file, line: line)
+            }
+        }
         let root = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/root")
         XCTAssertEqual(root, [], "the root of \(pid) is readable and empty", file: file, line: line)
         let mounts = ((try? String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8)) ?? "")
