@@ -59,22 +59,10 @@ block_server_start() {
     : >"$log"
     "$bin" block-server --config "$config" --tenant bench --queues "$queues" >>"$log" 2>&1 &
     BLOCK_SERVER_PID=$!
-    local deadline=$((SECONDS + 30))
-    while ((SECONDS < deadline)); do
-        if grep -q "block server ready" "$log" && [ -S "$(block_socket)" ]; then return 0; fi
-        if ! kill -0 "$BLOCK_SERVER_PID" 2>/dev/null; then
-            local rc=0
-            wait "$BLOCK_SERVER_PID" || rc=$?
-            BLOCK_SERVER_PID=""
-            say "block-server exited with status $rc before it was ready; its log ($log):"
-            sed 's/^/    /' "$log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    say "block-server did not log 'block server ready' within 30 s; its log ($log):"
-    sed 's/^/    /' "$log" >&2
-    return 1
+    local rc=0
+    wait_ready "$BLOCK_SERVER_PID" "$log" "block server ready" block-server "$(block_socket)" || rc=$?
+    ((rc != 1)) || BLOCK_SERVER_PID=""
+    return "$rc"
 }
 
 # block_server_stop: SIGTERM, up to 10 s, then SIGKILL. Non-zero when it had to be killed or

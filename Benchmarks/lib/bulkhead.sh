@@ -46,22 +46,10 @@ bulkhead_start() {
     : >"$log"
     "$bin" run --config "$config" >>"$log" 2>&1 &
     BHB_PID=$!
-    local deadline=$((SECONDS + 30))
-    while ((SECONDS < deadline)); do
-        if grep -q "bulkhead ready" "$log"; then return 0; fi
-        if ! kill -0 "$BHB_PID" 2>/dev/null; then
-            local rc=0
-            wait "$BHB_PID" || rc=$?
-            BHB_PID=""
-            say "bulkhead exited with status $rc before it was ready; its log ($log):"
-            sed 's/^/    /' "$log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    say "bulkhead did not log 'bulkhead ready' within 30 s; its log ($log):"
-    sed 's/^/    /' "$log" >&2
-    return 1
+    local rc=0
+    wait_ready "$BHB_PID" "$log" "bulkhead ready" bulkhead || rc=$?
+    ((rc != 1)) || BHB_PID=""
+    return "$rc"
 }
 
 # bulkhead_stop LOG: SIGTERM, then waits up to 15 s (SIGKILL after that). Returns non-zero when

@@ -197,3 +197,26 @@ PY
         "$((txd_after - txd_before))" "$((rxd_after - rxd_before))" >>"$OUT_DIR/measurements.tsv"
     say "   $(printf '%-13s %-6s round %s: ' "$topo" "$kind" "$round")$("$PYTHON" "$BENCH_LIB/iperf_json.py" describe "$kind" "$metrics") (machine busy ${machine_busy}%$([ "$dpid" = - ] || echo ", daemon ${daemon_cpu}%"))"
 }
+
+# wait_ready PID LOG TEXT NAME [SOCKET]: waits up to 30 s until the log LOG of process PID (NAME
+# in messages) contains TEXT and, when given, SOCKET exists as a socket. Returns 0 when ready;
+# 1 when the process exited first (it has been reaped); 2 when the time ran out (it still runs).
+# Either failure prints the log.
+wait_ready() {
+    local pid=$1 log=$2 text=$3 name=$4 socket=${5:-}
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        if grep -q "$text" "$log" && { [ -z "$socket" ] || [ -S "$socket" ]; }; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            local rc=0
+            wait "$pid" || rc=$?
+            say "$name exited with status $rc before it was ready; its log ($log):"
+            sed 's/^/    /' "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    say "$name did not log '$text' within 30 s; its log ($log):"
+    sed 's/^/    /' "$log" >&2
+    return 2
+}
