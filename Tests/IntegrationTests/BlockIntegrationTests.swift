@@ -304,14 +304,7 @@ final class BlockIntegrationTests: XCTestCase {
 
     /// Malformed vhost-user messages on volume B's socket don't disturb a client of volume A.
     func testHostileClientDoesNotDisturbAnotherVolume() throws {
-        try BlockHost.requireRoot()
-        let state = try BlockState(tenants: ["t1": [("a", 32 << 20), ("b", 32 << 20)]])
-        let server = try BlockServerProcess(state: state, tenant: "t1")
-        try server.waitFor("block server ready", timeout: 30)
-
-        let good = GoodClientLoop(socket: state.socket("t1", "a"))
-        good.start()
-        try BlockHost.waitFor("the good client's first round", timeout: 10) { good.rounds > 0 || good.failure != nil }
+        let (state, server, good) = try serverWithAGoodClient()
 
         let sockB = state.socket("t1", "b")
         let devNull = open("/dev/null", O_RDONLY)
@@ -363,14 +356,8 @@ final class BlockIntegrationTests: XCTestCase {
     /// there (SIGBUS in the server, taking the tenant's other volumes down): memory that is not
     /// sealed against shrinking is refused, and the other volume is unaffected.
     func testShrunkGuestMemoryDoesNotKillTheServer() throws {
-        try BlockHost.requireRoot()
-        let state = try BlockState(tenants: ["t1": [("a", 32 << 20), ("b", 32 << 20)]])
-        let server = try BlockServerProcess(state: state, tenant: "t1")
-        try server.waitFor("block server ready", timeout: 30)
-        let good = GoodClientLoop(socket: state.socket("t1", "a"))
-        good.start()
+        let (state, server, good) = try serverWithAGoodClient()
         defer { good.stop() }
-        try BlockHost.waitFor("the good client's first round", timeout: 10) { good.rounds > 0 || good.failure != nil }
 
         // Guest memory the frontend could still shrink under the server's mapping (and so turn a
         // guest access into SIGBUS) is refused at SET_MEM_TABLE: the frontend is dropped.
@@ -386,6 +373,24 @@ final class BlockIntegrationTests: XCTestCase {
         let data = BlockPattern.block(3, nonce: 5)
         XCTAssertEqual(try client.write(sector: 80, data: data), 0)
         XCTAssertEqual(try client.read(sector: 80, length: 4096).data, data, "volume b serves the next client")
+    }
+
+    /// Tenant t1 with volumes a and b (32 MiB each), its jailed server ready, and a well-behaved
+    /// client looping on volume a that has completed its first round.
+    private func serverWithAGoodClient() throws -> (BlockState, BlockServerProcess, GoodClientLoop) {
+        try BlockHost.requireRoot()
+        let state = try BlockState(tenants: ["t1": [("a", 32 << 20), ("b", 32 << 20)]])
+        let server = try BlockServerProcess(state: state, tenant: "t1")
+        try server.waitFor("block server ready", timeout: 30)
+        let good = GoodClientLoop(socket: state.socket("t1", "a"))
+        good.start()
+        do {
+            try BlockHost.waitFor("the good client's first round", timeout: 10) { good.rounds > 0 || good.failure != nil }
+        } catch {
+            good.stop()
+            throw error
+        }
+        return (state, server, good)
     }
 
     private static func header(_ request: UInt32, size: UInt32) -> [UInt8] {
