@@ -133,6 +133,12 @@ public final class BlockClient {
         config.prefix(8).enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
     }
 
+    /// The largest data segment the device takes (`size_max`; 0 when it did not offer one).
+    public var sizeMax: UInt32 {
+        guard features & BlockFeatures.sizeMax != 0, config.count >= 12 else { return 0 }
+        return config[8..<12].enumerated().reduce(0) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
+    }
+
     /// Host pointer and guest address of `length` bytes at `offset` in queue `queue`'s data area.
     public func data(queue: Int, offset: Int, length: Int) throws(Failure) -> (address: UInt64, pointer: UnsafeMutableRawPointer) {
         guard offset >= 0, length >= 0, offset + length <= dataBytesPerQueue else { throw .tooLarge(offset + length) }
@@ -216,7 +222,14 @@ public final class BlockClient {
         let area = try data(queue: queue, offset: 0, length: max(dataLength, 1))
         if dataLength > 0 {
             fill?(UnsafeMutableRawBufferPointer(start: area.pointer, count: dataLength))
-            buffers.append(.init(address: area.address, length: UInt32(dataLength), writable: deviceWrites))
+            // One descriptor per `size_max` bytes, as a driver that honours it splits.
+            let segment = sizeMax > 0 ? Int(sizeMax) : dataLength
+            var offset = 0
+            while offset < dataLength {
+                let length = min(segment, dataLength - offset)
+                buffers.append(.init(address: area.address + UInt64(offset), length: UInt32(length), writable: deviceWrites))
+                offset += length
+            }
         }
         buffers.append(.init(address: header + 16, length: 1, writable: true))
         let head = try add(queue: queue, buffers)

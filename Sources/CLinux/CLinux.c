@@ -16,6 +16,8 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <linux/magic.h>
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -148,7 +150,15 @@ uint64_t bh_monotonic_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-int bh_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
+int bh_eventfd(int nonblocking) { return eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0)); }
+
+int bh_is_shmem(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) < 0) return -errno;
+    return info.f_type == TMPFS_MAGIC ? 1 : 0;
+}
+
+int bh_ignore_file_size_signal(void) { return signal(SIGXFSZ, SIG_IGN) == SIG_ERR ? -errno : 0; }
 
 int bh_set_thread_name(const char *name) { return -pthread_setname_np(pthread_self(), name); }
 
@@ -346,8 +356,7 @@ static int compile_allowlist(const struct syscall_rule *rules, size_t count, str
 //
 // io_uring operations do not pass through seccomp. Each queue worker's ring is restricted with
 // IORING_REGISTER_RESTRICTIONS to the few I/O operations it submits, on its registered files
-// only; a fresh ring (io_uring_setup stays allowed: rings are made per connection) could open
-// or connect to nothing: the root is empty and the network namespace has only a down loopback.
+// only, and every ring exists before the filter is installed: io_uring_setup is not allowed.
 static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
     const struct syscall_rule list[] = {
         // Queue workers: submit and wait, interrupts (eventfd writes), wake-ups between threads.
@@ -357,6 +366,12 @@ static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, in
         // vhost-user connections: accept, messages with fds (SCM_RIGHTS), the guest memory
         // table (fstat for the size, F_GET_SEALS for the seals), call fds made non-blocking.
         ALLOW(recvmsg),
+        // The deadline of a half-sent message (UnixStream.waitReadable): glibc's poll() is
+        // poll on x86-64 and ppoll where the architecture has no poll.
+#ifdef __NR_poll
+        ALLOW(poll),
+#endif
+        ALLOW(ppoll),
         ALLOW(sendmsg),
         ALLOW(accept4),
         ALLOW(shutdown),
@@ -364,6 +379,7 @@ static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, in
         ALLOW(read),  // standard input (--stop-when-stdin-closes)
         ALLOW_IF(newfstatat, ARG_HAS_ALL_OF, 3, AT_EMPTY_PATH),  // fstat(fd)
         FAIL(newfstatat, ENOENT),                                // a path: the root is empty
+        ALLOW(fstatfs),  // guest memory must be a shmem memfd (not hugetlbfs)
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GET_SEALS),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GETFL),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_SETFL),
@@ -373,12 +389,10 @@ static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, in
         ALLOW(munmap),
         ALLOW(madvise),
         ALLOW(brk),
-        // A queue worker's ring: only the register operations Ring uses.
-        ALLOW(io_uring_setup),
-        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_FILES),
-        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_RESTRICTIONS),
-        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_ENABLE_RINGS),
-        ALLOW(eventfd2),
+        // Every ring was made, restricted and enabled before the jail: no io_uring_setup (a new
+        // ring would carry no restrictions). A queue's ring only swaps the frontend's kick
+        // eventfd in its file table, the one register operation its restrictions leave.
+        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_FILES_UPDATE),
         // Threads of this process only (no fork): clone3 keeps its flags in memory the filter
         // cannot read, so glibc is told it is missing and falls back to clone.
         ALLOW_IF(clone, ARG_HAS_ALL_OF, 0, CLONE_THREAD),

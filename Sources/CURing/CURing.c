@@ -42,9 +42,19 @@ int bh_ring_register_files(bh_ring *r, const int *fds, unsigned count) {
     return io_uring_register_files(&r->ring, fds, count);
 }
 
+int bh_ring_update_file(bh_ring *r, unsigned slot, int fd) {
+    int ret = io_uring_register_files_update(&r->ring, slot, &fd, 1);
+    return ret < 0 ? ret : 0;
+}
+
 unsigned bh_ring_sq_space(bh_ring *r) { return io_uring_sq_space_left(&r->ring); }
 
 static struct io_uring_sqe *sqe_for(bh_ring *r) { return io_uring_get_sqe(&r->ring); }
+
+// Operations that use no file (timeouts, cancellations) still carry IOSQE_FIXED_FILE: a ring
+// restricted with IORING_RESTRICTION_SQE_FLAGS_REQUIRED refuses (-EACCES) any SQE without it,
+// and the kernel ignores the flag for operations that take no file.
+#define FILELESS_FIXED 1
 
 static void finish(struct io_uring_sqe *sqe, int fixed_file, uint64_t user_data) {
     if (fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
@@ -117,7 +127,15 @@ int bh_ring_prep_timeout(bh_ring *r, uint64_t ns, uint64_t ud) {
     r->timeout.tv_sec = (long long)(ns / 1000000000ull);
     r->timeout.tv_nsec = (long long)(ns % 1000000000ull);
     io_uring_prep_timeout(sqe, &r->timeout, 0, 0);
-    finish(sqe, 0, ud);
+    finish(sqe, FILELESS_FIXED, ud);
+    return 0;
+}
+
+int bh_ring_prep_cancel(bh_ring *r, uint64_t target, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_cancel64(sqe, target, 0);
+    finish(sqe, FILELESS_FIXED, ud);
     return 0;
 }
 
@@ -131,12 +149,15 @@ int bh_ring_prep_fallocate(bh_ring *r, int fd, int fixed, int mode, uint64_t off
 
 const uint8_t BH_OP_READV = IORING_OP_READV, BH_OP_WRITEV = IORING_OP_WRITEV, BH_OP_FSYNC = IORING_OP_FSYNC,
     BH_OP_FALLOCATE = IORING_OP_FALLOCATE, BH_OP_POLL_ADD = IORING_OP_POLL_ADD, BH_OP_READ = IORING_OP_READ,
-    BH_OP_WRITE = IORING_OP_WRITE, BH_OP_TIMEOUT = IORING_OP_TIMEOUT, BH_OP_NOP = IORING_OP_NOP;
+    BH_OP_WRITE = IORING_OP_WRITE, BH_OP_TIMEOUT = IORING_OP_TIMEOUT, BH_OP_NOP = IORING_OP_NOP,
+    BH_OP_ASYNC_CANCEL = IORING_OP_ASYNC_CANCEL;
+const uint8_t BH_REGISTER_FILES_UPDATE = IORING_REGISTER_FILES_UPDATE;
 
-int bh_ring_restrict(bh_ring *r, const uint8_t *ops, unsigned count, int require_fixed_file) {
+int bh_ring_restrict(bh_ring *r, const uint8_t *ops, unsigned count, const uint8_t *register_ops,
+                     unsigned register_count, int require_fixed_file) {
     struct io_uring_restriction res[64];
     unsigned n = 0;
-    if (count > 60) return -EINVAL;
+    if (count + register_count > 60) return -EINVAL;
     memset(res, 0, sizeof res);
     for (unsigned i = 0; i < count; i++) {
         res[n].opcode = IORING_RESTRICTION_SQE_OP;
@@ -151,7 +172,12 @@ int bh_ring_restrict(bh_ring *r, const uint8_t *ops, unsigned count, int require
         res[n].sqe_flags = IOSQE_FIXED_FILE;
         n++;
     }
-    // Registering restrictions also forbids every register opcode not listed: none are.
+    for (unsigned i = 0; i < register_count; i++) {
+        res[n].opcode = IORING_RESTRICTION_REGISTER_OP;
+        res[n].register_op = register_ops[i];
+        n++;
+    }
+    // Registering restrictions also forbids every register opcode not listed.
     int ret = (int)syscall(__NR_io_uring_register, r->ring.ring_fd, IORING_REGISTER_RESTRICTIONS, res, n);
     return ret < 0 ? -errno : 0;
 }

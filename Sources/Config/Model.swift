@@ -22,9 +22,10 @@ public struct HostSettings: Sendable, Equatable {
     public var controlSocket: String?
     /// Path of the audit log; default `<stateDirectory>/audit.log`.
     public var auditLog: String?
-    /// First uid (and gid) of the tenants' jailed processes: the block server of the tenant at
-    /// position `i` of `tenants` runs as `jailUidBase + i`, so no two tenants' servers share a
-    /// uid (and can signal or trace each other).
+    /// First uid (and gid) of the tenants' jailed processes. Each tenant is given a uid of
+    /// `jailUids` once and keeps it (recorded in `<stateDirectory>/jail-uids.json`, see
+    /// `JailUidRecord`), so no two tenants' servers share a uid (and can signal or trace each
+    /// other), and adding, removing or reordering tenants changes no tenant's uid.
     public var jailUidBase: UInt32
 
     /// Far above the uids of accounts and of the usual subordinate-uid ranges of containers.
@@ -33,6 +34,15 @@ public struct HostSettings: Sendable, Equatable {
     public static let lowestJailUidBase: UInt32 = 65_536
     /// ...and below 4294967294 ((uid_t)-2, the NFS "nobody"; (uid_t)-1 means "no change").
     public static let jailUidLimit: UInt64 = 4_294_967_294
+    /// How many uids the jail range holds: tenants that ever had a uid, removed ones included.
+    public static let jailUidCount: UInt32 = 65_536
+
+    /// The uids tenants' jailed processes may be given: `jailUidBase ..< jailUidBase + jailUidCount`
+    /// (validation keeps it below `jailUidLimit`; beyond that it is cut short, never wrapped).
+    public var jailUids: Range<UInt32> {
+        let end = min(UInt64(jailUidBase) + UInt64(HostSettings.jailUidCount), HostSettings.jailUidLimit)
+        return jailUidBase ..< UInt32(max(end, UInt64(jailUidBase)))
+    }
 
     public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil,
                 jailUidBase: UInt32 = HostSettings.defaultJailUidBase) {
@@ -40,18 +50,6 @@ public struct HostSettings: Sendable, Equatable {
         self.controlSocket = controlSocket
         self.auditLog = auditLog
         self.jailUidBase = jailUidBase
-    }
-}
-
-extension HostConfiguration {
-    /// The uid and gid tenant `id`'s jailed processes run as (`host.jailUidBase` plus the
-    /// tenant's position in `tenants`); nil when there is no such tenant or the sum leaves the
-    /// valid range (validation refuses such a configuration).
-    public func jailUser(ofTenant id: String) -> UInt32? {
-        guard let index = tenants.firstIndex(where: { $0.id == id }) else { return nil }
-        let uid = UInt64(host.jailUidBase) + UInt64(index)
-        guard uid < HostSettings.jailUidLimit else { return nil }
-        return UInt32(uid)
     }
 }
 

@@ -58,18 +58,18 @@ struct Validator {
         checkJailUids(host)
     }
 
-    /// Tenant i's jailed processes run as jailUidBase + i: the range must hold every tenant and
-    /// stay clear of ordinary accounts and the special uids at the top.
+    /// Tenants' jailed processes get uids of jailUidBase ..< jailUidBase + 65536: the whole range
+    /// must stay clear of ordinary accounts and of the special uids at the top.
     private mutating func checkJailUids(_ host: HostSettings) {
         let path = "$.host.jailUidBase"
         let base = host.jailUidBase
-        let tenants = UInt64(document.tenants.count)
+        let count = HostSettings.jailUidCount
         if base < HostSettings.lowestJailUidBase {
             report(path, "\(base) is below \(HostSettings.lowestJailUidBase): jailed processes would share uids with "
                 + "accounts (65534 is nobody); use a base far from them, e.g. the default \(HostSettings.defaultJailUidBase)")
-        } else if UInt64(base) + tenants >= HostSettings.jailUidLimit {
-            report(path, "\(base) + \(tenants) tenants reaches \(HostSettings.jailUidLimit) ((uid_t)-2); "
-                + "the jail uids of all tenants must stay below it")
+        } else if UInt64(base) + UInt64(count) > HostSettings.jailUidLimit {
+            report(path, "\(base) + \(count) (the jail uid range) passes \(HostSettings.jailUidLimit) ((uid_t)-2); "
+                + "use a base of at most \(HostSettings.jailUidLimit - UInt64(count))")
         }
     }
 
@@ -128,15 +128,13 @@ struct Validator {
         }
     }
 
-    /// A principal's uid must not be a tenant's jail uid: that tenant's jailed processes would
-    /// act as the principal towards the management API.
+    /// A principal's uid must not lie in the jail uid range: a tenant's jailed processes given
+    /// that uid would act as the principal towards the management API.
     private mutating func checkNotAJailUid(_ uid: UInt32, path: String) {
-        guard let host = document.host, uid >= host.jailUidBase else { return }
-        let index = UInt64(uid - host.jailUidBase)
-        guard index < UInt64(document.tenants.count) else { return }
-        let tenant = document.tenants[Int(index)]?.id.map(quote) ?? "#\(index)"
-        report(path, "uid \(uid) is the jail uid of tenant \(tenant) (host.jailUidBase + \(index)); "
-            + "a principal must not share a uid with a tenant's jailed processes")
+        guard let host = document.host, host.jailUids.contains(uid) else { return }
+        report(path, "uid \(uid) lies in the jail uid range \(JailUidRecord.describe(host.jailUids)) "
+            + "(host.jailUidBase + 0...\(HostSettings.jailUidCount - 1)), whose uids go to tenants' jailed processes; "
+            + "a principal must not share a uid with them")
     }
 
     private mutating func checkPrincipalTenant(_ principal: Principal, path: String, tenantIDs: [String]) {

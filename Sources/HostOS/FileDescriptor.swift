@@ -56,6 +56,28 @@ public struct FileDescriptor: ~Copyable, Sendable {
         return fstat(rawValue, &status) == 0 && status.st_mode & S_IFMT == 0
     }
 
+    /// Whether the descriptor is an eventfd: an anonymous-inode file that accepts an 8-byte
+    /// write. Adding 0 changes no counter, wakes no reader and never blocks, and every other
+    /// anonymous-inode file (signalfd, timerfd, epoll, pidfd, io_uring, ...) refuses the write:
+    /// the test works without /proc, inside a jail. The corresponding C function is `write`.
+    public var isEventFD: Bool {
+        guard isAnonymousInode else { return false }
+        var zero: UInt64 = 0
+        while true {
+            let n = Glibc.write(rawValue, &zero, 8)
+            if n == 8 { return true }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            return false
+        }
+    }
+
+    /// Whether the file lives in shmem (tmpfs, and memfds without MFD_HUGETLB), whose pages a
+    /// hole punch turns back into zeroes rather than into SIGBUS for whoever maps them (hugetlbfs
+    /// can run out of pages to fault back in). The corresponding C function is `fstatfs`.
+    public var isShmem: Bool {
+        bh_is_shmem(rawValue) == 1
+    }
+
     /// Sets O_NONBLOCK on the open file description (shared with every holder of the file).
     /// The corresponding C function is `fcntl`.
     public func setNonBlocking() throws(SystemError) {
@@ -73,9 +95,10 @@ public struct FileDescriptor: ~Copyable, Sendable {
 public struct EventFD: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
 
-    /// The corresponding C function is `eventfd`.
-    public init() throws(SystemError) {
-        let fd = try syscall("eventfd") { bh_eventfd() }
+    /// An eventfd (close-on-exec); `nonBlocking` reads of a zero counter fail with EAGAIN
+    /// instead of waiting. The corresponding C function is `eventfd`.
+    public init(nonBlocking: Bool = false) throws(SystemError) {
+        let fd = try syscall("eventfd") { bh_eventfd(nonBlocking ? 1 : 0) }
         descriptor = FileDescriptor(taking: fd)
     }
 

@@ -47,18 +47,38 @@ public enum Jail {
         if r < 0 { throw .failed(SystemError(stepName(step, "privilege drop"), negated: r)) }
     }
 
+    /// What a jailed process may take from the host (see `limitResources`).
+    public struct ResourceLimits: Sendable, Equatable {
+        /// Tasks (threads) of the process's uid: RLIMIT_NPROC.
+        public var threads: Int
+        /// Open descriptors: RLIMIT_NOFILE.
+        public var files: Int
+        /// The size no file may be grown past: RLIMIT_FSIZE.
+        public var fileBytes: UInt64
+
+        public init(threads: Int, files: Int, fileBytes: UInt64) {
+            self.threads = threads
+            self.files = files
+            self.fileBytes = fileBytes
+        }
+    }
+
     /// Caps what the process can take from the host, soft and hard limits alike (only root
     /// could raise a hard limit again): `threads` tasks of its uid (RLIMIT_NPROC counts every
     /// thread of every process of the real uid: with a uid per tenant, this server's alone),
-    /// `files` open descriptors, and no core dumps. Call it while still root, before
-    /// `dropPrivileges`. The corresponding C function is `setrlimit`.
-    public static func limitResources(threads: Int, files: Int) throws(JailError) {
-        func limit(_ resource: __rlimit_resource, _ name: String, _ value: Int) throws(JailError) {
-            var bound = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
+    /// `files` open descriptors, files grown to at most `fileBytes` (SIGXFSZ is ignored, so a
+    /// write past it fails with EFBIG instead of killing the process), and no core dumps. Call
+    /// it while still root, before `dropPrivileges`. The corresponding C function is `setrlimit`.
+    public static func limitResources(_ limits: ResourceLimits) throws(JailError) {
+        func limit(_ resource: __rlimit_resource, _ name: String, _ value: rlim_t) throws(JailError) {
+            var bound = rlimit(rlim_cur: value, rlim_max: value)
             if setrlimit(__rlimit_resource_t(resource.rawValue), &bound) < 0 { throw .failed(SystemError("setrlimit(\(name), \(value))", errno: errno)) }
         }
-        try limit(__RLIMIT_NPROC, "RLIMIT_NPROC", threads)
-        try limit(RLIMIT_NOFILE, "RLIMIT_NOFILE", files)
+        try limit(__RLIMIT_NPROC, "RLIMIT_NPROC", rlim_t(max(0, limits.threads)))
+        try limit(RLIMIT_NOFILE, "RLIMIT_NOFILE", rlim_t(max(0, limits.files)))
+        let ignored = bh_ignore_file_size_signal()
+        if ignored < 0 { throw .failed(SystemError("signal(SIGXFSZ, SIG_IGN)", negated: ignored)) }
+        try limit(RLIMIT_FSIZE, "RLIMIT_FSIZE", rlim_t(limits.fileBytes))
         try limit(RLIMIT_CORE, "RLIMIT_CORE", 0)
     }
 

@@ -60,6 +60,14 @@ public struct Ring: ~Copyable {
         if r < 0 { throw SystemError("io_uring_register(FILES, \(fds.count))", negated: r) }
     }
 
+    /// Replaces registered file `slot` with `fd` (-1 leaves the slot empty). A restricted ring
+    /// allows it only when `restrict` listed `.filesUpdate`.
+    /// The corresponding C function is `io_uring_register_files_update`.
+    public func updateFile(slot: UInt32, fd: Int32) throws(SystemError) {
+        let r = bh_ring_update_file(ring, slot, fd)
+        if r < 0 { throw SystemError("io_uring_register(FILES_UPDATE, slot \(slot))", negated: r) }
+    }
+
     /// Free submission slots.
     public var freeSlots: UInt32 { bh_ring_sq_space(ring) }
 
@@ -119,7 +127,7 @@ public struct Ring: ~Copyable {
 
     /// io_uring operations, for `restrict(to:requireFixedFiles:)`.
     public enum Opcode: Sendable {
-        case readv, writev, fsync, fallocate, pollAdd, read, write, timeout, nop
+        case readv, writev, fsync, fallocate, pollAdd, read, write, timeout, nop, asyncCancel
 
         var rawValue: UInt8 {
             switch self {
@@ -132,22 +140,49 @@ public struct Ring: ~Copyable {
             case .write: BH_OP_WRITE
             case .timeout: BH_OP_TIMEOUT
             case .nop: BH_OP_NOP
+            case .asyncCancel: BH_OP_ASYNC_CANCEL
+            }
+        }
+    }
+
+    /// io_uring_register operations a restricted ring may still use.
+    public enum RegisterOperation: Sendable {
+        /// IORING_REGISTER_FILES_UPDATE: `updateFile(slot:fd:)`.
+        case filesUpdate
+
+        var rawValue: UInt8 {
+            switch self {
+            case .filesUpdate: BH_REGISTER_FILES_UPDATE
             }
         }
     }
 
     /// Limits a ring created `.disabled` to `opcodes` (IORING_REGISTER_RESTRICTIONS); with
     /// `requireFixedFiles`, every operation must name a registered file, so the ring can touch no
-    /// file but those registered before. Register files first, then restrict, then `enable()`.
-    public func restrict(to opcodes: [Opcode], requireFixedFiles: Bool) throws(SystemError) {
+    /// file but those registered before (or put in a slot by an allowed `.filesUpdate`). Every
+    /// register operation not in `registerOperations` is refused afterwards. Register files
+    /// first, then restrict, then `enable()`.
+    public func restrict(to opcodes: [Opcode], registerOperations: [RegisterOperation] = [],
+                         requireFixedFiles: Bool) throws(SystemError) {
         let ops = opcodes.map(\.rawValue)
-        let r = ops.withUnsafeBufferPointer { bh_ring_restrict(ring, $0.baseAddress, UInt32($0.count), requireFixedFiles ? 1 : 0) }
+        let registerOps = registerOperations.map(\.rawValue)
+        let r = ops.withUnsafeBufferPointer { o in
+            registerOps.withUnsafeBufferPointer { g in
+                bh_ring_restrict(ring, o.baseAddress, UInt32(o.count), g.baseAddress, UInt32(g.count), requireFixedFiles ? 1 : 0)
+            }
+        }
         if r < 0 { throw SystemError("io_uring_register(RESTRICTIONS)", negated: r) }
     }
 
     /// Queues a no-op: its completion arrives with `userData` (used for wake-ups in tests).
     public func prepareNop(userData: UInt64) throws(SystemError) {
         while bh_ring_prep_nop(ring, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// Queues a cancellation of the operation submitted with user data `target`; its own
+    /// completion carries `userData` (0, -ENOENT when nothing matched, or -EALREADY).
+    public func prepareCancel(target: UInt64, userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_cancel(ring, target, userData) == -EBUSY_ { try submit() }
     }
 
     /// Queues a timer that completes after `nanoseconds`; one timer in flight per ring.

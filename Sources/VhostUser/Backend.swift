@@ -91,6 +91,8 @@ public final class VhostUserBackend: Sendable {
     public let path: String
     private let makeDevice: @Sendable () -> any VhostUserDevice
     private let logger: Logger?
+    /// How long the rest of a message may take once its first byte has arrived.
+    private let messageTimeoutMilliseconds: Int
     private let control = Mutex(Control())
 
     private struct Control {
@@ -101,15 +103,26 @@ public final class VhostUserBackend: Sendable {
         var serving = false
     }
 
-    /// Serves `device` to every frontend in turn.
-    public convenience init(path: String, device: any VhostUserDevice, logger: Logger? = nil) {
-        self.init(path: path, logger: logger, makeDevice: { device })
+    /// Serves `device` to every frontend in turn. See the designated initializer for
+    /// `messageTimeout`.
+    public convenience init(path: String, device: any VhostUserDevice, logger: Logger? = nil,
+                            messageTimeout: Duration = .seconds(5)) {
+        self.init(path: path, logger: logger, messageTimeout: messageTimeout, makeDevice: { device })
     }
 
     /// Serves a fresh device from `makeDevice` to each frontend.
-    public init(path: String, logger: Logger? = nil, makeDevice: @escaping @Sendable () -> any VhostUserDevice) {
+    ///
+    /// A frontend may stay idle between messages for as long as it likes, but once a message's
+    /// first byte has arrived the rest of it must follow within `messageTimeout`; a message
+    /// that stalls half-sent ends the connection (and releases the descriptors it brought).
+    public init(path: String, logger: Logger? = nil, messageTimeout: Duration = .seconds(5),
+                makeDevice: @escaping @Sendable () -> any VhostUserDevice) {
         self.path = path
         self.logger = logger
+        let (seconds, attoseconds) = messageTimeout.components
+        let (whole, overflow) = max(0, seconds).multipliedReportingOverflow(by: 1000)
+        let (total, late) = whole.addingReportingOverflow(max(0, attoseconds) / 1_000_000_000_000_000)
+        messageTimeoutMilliseconds = overflow || late ? Int.max : Int(total)
         self.makeDevice = makeDevice
     }
 
@@ -199,7 +212,7 @@ public final class VhostUserBackend: Sendable {
         defer { session.close() }
         while true {
             do throws(VhostUserConnectionError) {
-                guard var raw = try MessageChannel.read(from: stream) else {
+                guard var raw = try MessageChannel.read(from: stream, stallTimeoutMilliseconds: messageTimeoutMilliseconds) else {
                     logger?.info("vhost-user frontend disconnected", metadata: ["vhost.socket": "\(path)"])
                     return
                 }
@@ -383,8 +396,9 @@ final class Session {
             guard !file.noDescriptor, let fd = descriptors.take(0) else {
                 throw Refusal(description: "SET_VRING_KICK: queue \(file.index) without a kick descriptor (polling mode is not supported)")
             }
-            // The worker reads kicks: a regular file would read as an endless stream of them.
-            guard fd.isAnonymousInode else { throw VhostUserError.notAnEventFD(request, index: file.index) }
+            // The worker reads kicks: a regular file would read as an endless stream of them, and
+            // a signalfd would read this process's own signals.
+            guard fd.isEventFD else { throw VhostUserError.notAnEventFD(request, index: file.index) }
             if queue.running { stop(queue) }
             queue.kick = consume fd  // closes the one it replaces
             try startIfReady(queue)
@@ -396,7 +410,7 @@ final class Session {
                 // The worker writes interrupts: a full pipe, or an eventfd whose counter the
                 // frontend set near its maximum, must not block it. QEMU's eventfds are
                 // non-blocking already; KVM's irqfd ignores the flag.
-                guard fd.isAnonymousInode else { throw VhostUserError.notAnEventFD(request, index: file.index) }
+                guard fd.isEventFD else { throw VhostUserError.notAnEventFD(request, index: file.index) }
                 try fd.setNonBlocking()
                 call = consume fd
             }
@@ -483,6 +497,12 @@ final class Session {
             // (QEMU's memory-backend-memfd seals by default).
             guard fd.isSealedAgainstShrinking else {
                 throw VhostUserError.memoryTable("region \(index): the memory fd is not a memfd sealed against shrinking (F_SEAL_SHRINK)")
+            }
+            // A hugetlb memfd can lose pages to a hole punch even when sealed against shrinking,
+            // and faulting them back in can fail (SIGBUS) when the huge page pool is empty. A
+            // shmem page that is punched out reads back as zeroes.
+            guard fd.isShmem else {
+                throw VhostUserError.memoryTable("region \(index): the memory fd is not in shmem (a hugetlbfs memfd can lose pages under this process); use a memfd without MFD_HUGETLB")
             }
             // A region past the end of its file would raise SIGBUS when the guest points there.
             let fileSize = try fd.fileSize()

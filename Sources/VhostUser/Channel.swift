@@ -1,4 +1,7 @@
 import HostOS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Why a vhost-user conversation ended or a request failed.
 public enum VhostUserConnectionError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -10,6 +13,9 @@ public enum VhostUserConnectionError: Error, Equatable, Sendable, CustomStringCo
     case disconnected
     /// The backend answered a REPLY_ACK with a failure code.
     case rejected(VhostUserRequest, code: UInt64)
+    /// A message stopped arriving part-way: `received` of `expected` bytes (of the header when
+    /// `request` is nil) within `milliseconds` of its first byte.
+    case stalled(VhostUserRequest?, received: Int, expected: Int, milliseconds: Int)
 
     public var description: String {
         switch self {
@@ -17,6 +23,10 @@ public enum VhostUserConnectionError: Error, Equatable, Sendable, CustomStringCo
         case .message(let error): error.description
         case .disconnected: "the peer closed the connection"
         case .rejected(let request, let code): "\(request) was rejected by the backend (REPLY_ACK \(code))"
+        case .stalled(let request?, let received, let expected, let milliseconds):
+            "\(request): the message stalled after \(received) of \(expected) bytes (limit \(milliseconds) ms from its first byte)"
+        case .stalled(nil, let received, let expected, let milliseconds):
+            "a message header stalled after \(received) of \(expected) bytes (limit \(milliseconds) ms from its first byte)"
         }
     }
 }
@@ -29,47 +39,109 @@ struct RawMessage: ~Copyable {
 
 /// Reads and writes whole vhost-user messages on a stream socket.
 enum MessageChannel {
-    /// The most descriptors any message carries (SET_MEM_TABLE's 8 regions); more arriving at
-    /// once is truncated control data and ends the conversation.
-    static let maximumDescriptors = VhostMemoryTable.maximumRegions
-
-    /// Reads one message: the header (its size field checked before anything else is read), then
-    /// exactly `size` payload bytes. Returns nil when the peer closed the connection cleanly
-    /// between messages.
-    static func read(from stream: borrowing UnixStream) throws(VhostUserConnectionError) -> RawMessage? {
+    /// Reads one message: the header (its request and size checked against the request's limits
+    /// before anything else is read), then exactly `size` payload bytes. Returns nil when the
+    /// peer closed the connection cleanly between messages.
+    ///
+    /// Descriptors are counted over the whole message, however many receives it takes: until
+    /// the header is in, no more than any message carries (8); after it, no more than its
+    /// request carries. Each receive accepts only what is still allowed, so a peer can never
+    /// make this side hold more; excess ends the conversation (`excessDescriptors`).
+    ///
+    /// Waiting for a message's first byte has no time limit; with `stallTimeoutMilliseconds`,
+    /// the rest of the message must arrive within that many milliseconds of its first byte
+    /// (`stalled` otherwise).
+    static func read(from stream: borrowing UnixStream, direction: VhostUserMessage.Direction = .request,
+                     stallTimeoutMilliseconds: Int? = nil) throws(VhostUserConnectionError) -> RawMessage? {
         var descriptors = ReceivedDescriptors()
+        var progress = Progress(allowance: VhostUserMessage.maximumDescriptors, timeoutMilliseconds: stallTimeoutMilliseconds)
         var header = [UInt8](repeating: 0, count: VhostUserHeader.size)
-        let got = try fill(&header, from: 0, stream: stream, descriptors: &descriptors)
+        let got = try fill(&header, from: 0, stream: stream, descriptors: &descriptors, progress: &progress)
         if got == 0 { return nil }
         if got < VhostUserHeader.size { throw .message(.truncatedHeader(got: got)) }
-        let parsed: VhostUserHeader
-        do { parsed = try VhostUserHeader(decoding: header) } catch { throw .message(error) }
-        var bytes = header + [UInt8](repeating: 0, count: Int(parsed.size))
-        let payload = try fill(&bytes, from: VhostUserHeader.size, stream: stream, descriptors: &descriptors)
-        if payload < Int(parsed.size) {
-            let request = VhostUserRequest(rawValue: parsed.request)
-            if let request { throw .message(.lengthMismatch(request, header: Int(parsed.size), got: payload)) }
-            throw .message(.unknownRequest(parsed.request))
+        let limits: VhostUserMessageLimits
+        do { limits = try VhostUserMessage.limits(of: VhostUserHeader(decoding: header), direction: direction) } catch {
+            throw .message(error)
+        }
+        guard descriptors.count <= limits.descriptors else {
+            throw .message(.excessDescriptors(limits.request, allowed: limits.descriptors, received: descriptors.count))
+        }
+        progress.request = limits.request
+        progress.allowance = limits.descriptors
+        var bytes = header + [UInt8](repeating: 0, count: limits.payloadSize)
+        let payload = try fill(&bytes, from: VhostUserHeader.size, stream: stream, descriptors: &descriptors, progress: &progress)
+        if payload < limits.payloadSize {
+            throw .message(.lengthMismatch(limits.request, header: limits.payloadSize, got: payload))
         }
         return RawMessage(bytes: bytes, descriptors: descriptors)
+    }
+
+    /// What is known about the message being read, and its deadline once it has begun.
+    private struct Progress {
+        /// nil until the header is in.
+        var request: VhostUserRequest?
+        /// The most descriptors the whole message may carry.
+        var allowance: Int
+        let timeoutMilliseconds: Int?
+        /// CLOCK_MONOTONIC nanoseconds by which the message must be complete; set by its first byte.
+        var deadline: UInt64?
+
+        init(allowance: Int, timeoutMilliseconds: Int?) {
+            self.allowance = allowance
+            self.timeoutMilliseconds = timeoutMilliseconds
+        }
+
+        mutating func started() {
+            guard deadline == nil, let timeoutMilliseconds else { return }
+            let (budget, overflow) = UInt64(clamping: timeoutMilliseconds).multipliedReportingOverflow(by: 1_000_000)
+            let (end, late) = monotonicNanoseconds().addingReportingOverflow(overflow ? .max : budget)
+            deadline = late ? .max : end
+        }
+
+        /// Milliseconds left before the deadline (rounded up); nil when there is none yet.
+        var millisecondsLeft: Int? {
+            guard let deadline else { return nil }
+            let now = monotonicNanoseconds()
+            guard now < deadline else { return 0 }
+            let left = deadline - now
+            return Int(clamping: left / 1_000_000 + (left % 1_000_000 == 0 ? 0 : 1))
+        }
     }
 
     /// Receives into `bytes[start...]` until it is full or the stream ends; returns how many
     /// bytes arrived.
     private static func fill(_ bytes: inout [UInt8], from start: Int, stream: borrowing UnixStream,
-                             descriptors: inout ReceivedDescriptors) throws(VhostUserConnectionError) -> Int {
+                             descriptors: inout ReceivedDescriptors, progress: inout Progress) throws(VhostUserConnectionError) -> Int {
         var filled = start
         while filled < bytes.count {
+            if let left = progress.millisecondsLeft {
+                let ready: Bool
+                do { ready = try stream.waitReadable(timeoutMilliseconds: left) } catch { throw .system(error) }
+                if !ready {
+                    throw .stalled(progress.request, received: filled, expected: bytes.count,
+                                   milliseconds: progress.timeoutMilliseconds ?? 0)
+                }
+            }
             let remaining = bytes.count - filled
             let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: remaining, alignment: 8)
             defer { chunk.deallocate() }
+            let maxFDs = max(0, min(progress.allowance, VhostUserMessage.maximumDescriptors) - descriptors.count)
             let received: ReceivedMessage
-            do { received = try stream.receive(into: chunk, maxFDs: maximumDescriptors) } catch { throw .system(error) }
+            do { received = try stream.receive(into: chunk, maxFDs: maxFDs) } catch {
+                // MSG_CTRUNC: more descriptors came than were still allowed; the kernel dropped
+                // the excess and `receive` closed the rest.
+                if error.errno == EMSGSIZE {
+                    throw .message(.excessDescriptors(progress.request, allowed: progress.allowance,
+                                                      received: descriptors.count + maxFDs + 1))
+                }
+                throw .system(error)
+            }
             let n = received.byteCount
             descriptors.append(contentsOf: received.takeDescriptors())
             if n == 0 { break }
             for i in 0..<n { bytes[filled + i] = chunk[i] }
             filled += n
+            progress.started()
         }
         return filled - start
     }

@@ -43,7 +43,7 @@ public final class VhostUserFrontend {
     }
 
     private func receiveReply(to request: VhostUserRequest) throws(VhostUserConnectionError) -> VhostUserPayload {
-        guard let raw = try MessageChannel.read(from: stream) else { throw .disconnected }
+        guard let raw = try MessageChannel.read(from: stream, direction: .reply(to: request)) else { throw .disconnected }
         do {
             return try VhostUserMessage.decode(raw.bytes, descriptorCount: raw.descriptors.count, direction: .reply(to: request)).payload
         } catch {

@@ -476,6 +476,48 @@ public struct VhostUserMessage: Equatable, Sendable {
     }
 }
 
+/// What one message may carry at most, known from its header alone: a reader accepts no more
+/// payload bytes and no more file descriptors than this, whatever the peer sends.
+public struct VhostUserMessageLimits: Equatable, Sendable {
+    /// The request the header names.
+    public var request: VhostUserRequest
+    /// The header's payload size, checked against the request's largest payload.
+    public var payloadSize: Int
+    /// The most descriptors the request carries (over the whole message, not per receive).
+    public var descriptors: Int
+}
+
+extension VhostUserMessage {
+    /// The most file descriptors any message carries (SET_MEM_TABLE's 8 regions): the bound
+    /// while a message's header is still incomplete.
+    public static let maximumDescriptors = VhostMemoryTable.maximumRegions
+
+    /// What the message that `header` starts may carry, before any payload byte is read:
+    /// unknown requests, requests this codec does not handle, replies to another request, and
+    /// payload sizes above the request's largest (e.g. 264 bytes for SET_MEM_TABLE) throw.
+    /// `decode` still checks the exact size and count once the message is in.
+    public static func limits(of header: VhostUserHeader, direction: Direction = .request) throws(VhostUserError) -> VhostUserMessageLimits {
+        guard let request = VhostUserRequest(rawValue: header.request) else {
+            if case .reply(let sent) = direction { throw .unexpectedReply(expected: sent, got: header.request) }
+            throw .unknownRequest(header.request)
+        }
+        let layout: Layout
+        switch direction {
+        case .request:
+            guard let l = Layout.ofRequest(request) else { throw .unsupportedRequest(request) }
+            layout = l
+        case .reply(let sent):
+            guard request == sent else { throw .unexpectedReply(expected: sent, got: header.request) }
+            layout = Layout.ofReply(request)
+        }
+        let size = Int(header.size)
+        guard size <= layout.maximumPayloadSize else {
+            throw .payloadSize(request, expected: "at most \(layout.maximumPayloadSize)", got: size)
+        }
+        return VhostUserMessageLimits(request: request, payloadSize: size, descriptors: layout.descriptorAllowance)
+    }
+}
+
 extension VhostMemoryRegion {
     func validate(_ request: VhostUserRequest, index: Int) throws(VhostUserError) {
         guard size > 0 else { throw .emptyRegion(request, index: index) }
@@ -493,6 +535,29 @@ struct Layout {
     var descriptors = 0
     /// REM_MEM_REG: the specification lets frontends send one descriptor the backend closes.
     var atMostOneDescriptor = false
+
+    /// The largest payload of this shape (exact for fixed shapes).
+    var maximumPayloadSize: Int {
+        switch shape {
+        case .empty: 0
+        case .u64, .vringState, .vringFile: 8
+        case .vringAddress: VhostVringAddress.size
+        case .memoryTable: 8 + VhostMemoryRegion.size * VhostMemoryTable.maximumRegions
+        case .memoryRegion: 8 + VhostMemoryRegion.size
+        case .log: VhostLogArea.size
+        case .config: VhostConfigSpace.headerSize + VhostConfigSpace.maximumSize
+        case .inflight: VhostInflightArea.size
+        }
+    }
+
+    /// The most descriptors a message of this layout carries, whatever its payload says.
+    var descriptorAllowance: Int {
+        switch shape {
+        case .memoryTable: VhostMemoryTable.maximumRegions
+        case .vringFile: 1
+        default: atMostOneDescriptor ? 1 : descriptors
+        }
+    }
 
     /// nil: a request this codec does not handle.
     static func ofRequest(_ request: VhostUserRequest) -> Layout? {

@@ -20,6 +20,10 @@ public enum VhostUserError: Error, Equatable, Sendable, CustomStringConvertible 
     case payloadSize(VhostUserRequest, expected: String, got: Int)
     /// The number of file descriptors is not what the request needs.
     case descriptorCount(VhostUserRequest, expected: Int, got: Int)
+    /// More file descriptors arrived with one message (counted over all of its pieces) than its
+    /// request carries, or, while the header is incomplete (request nil), than any message
+    /// carries; `received` is a lower bound when the kernel had to drop the excess (MSG_CTRUNC).
+    case excessDescriptors(VhostUserRequest?, allowed: Int, received: Int)
     /// A memory table with no regions or more than 8.
     case regionCount(VhostUserRequest, Int)
     /// Region `index` has size 0.
@@ -71,6 +75,10 @@ public enum VhostUserError: Error, Equatable, Sendable, CustomStringConvertible 
             "\(r): payload size \(got), expected \(expected)"
         case .descriptorCount(let r, let expected, let got):
             "\(r): \(got) file descriptors, expected \(expected)"
+        case .excessDescriptors(let r?, let allowed, let received):
+            "\(r): at least \(received) file descriptors in one message, the request carries at most \(allowed)"
+        case .excessDescriptors(nil, let allowed, let received):
+            "message header: at least \(received) file descriptors before the request was known, no message carries more than \(allowed)"
         case .regionCount(let r, let n):
             "\(r): \(n) memory regions, expected 1...8"
         case .emptyRegion(let r, let index):

@@ -227,7 +227,10 @@ public enum BlockRequestParser {
                 let length = index == lastIndex ? segment.length &- 1 : segment.length
                 if length == 0 { continue }
                 request.data.append(BlockRequest.Segment(address: segment.address, length: length))
-                request.dataLength &+= UInt64(length)
+                // Descriptors may alias one buffer: the total is the guest's to inflate. Summed
+                // with a check, although 32768 segments of 4 GiB cannot reach 2^64.
+                let (total, overflow) = request.dataLength.addingReportingOverflow(UInt64(length))
+                request.dataLength = overflow ? .max : total
             }
         case .write:
             var index = reader.index
@@ -236,7 +239,8 @@ public enum BlockRequestParser {
                 let segment = readable[index]
                 let length = segment.length &- offset
                 request.data.append(BlockRequest.Segment(address: segment.address &+ UInt64(offset), length: length))
-                request.dataLength &+= UInt64(length)
+                let (total, overflow) = request.dataLength.addingReportingOverflow(UInt64(length))
+                request.dataLength = overflow ? .max : total
                 index &+= 1
                 offset = 0
             }
@@ -272,12 +276,17 @@ public struct BlockLimits: Sendable, Equatable {
     public var maxWriteZeroesSegments: UInt32
     /// VIRTIO_BLK_F_RO: writes, discards and write-zeroes fail with IOERR.
     public var readOnly: Bool
-    /// Most data segments in one read or write request; 0: no limit.
+    /// Most data segments in one read or write request (`seg_max`); 0: no limit.
     public var segMax: UInt32
+    /// Largest data segment of a read, write or getID request (`size_max`); 0: no limit.
+    public var sizeMax: UInt32
+    /// Largest total data of one read or write request: the device's own limit, whatever the
+    /// descriptors add up to; 0: no limit.
+    public var maxTransferBytes: UInt64
 
     public init(capacitySectors: UInt64, maxDiscardSectors: UInt32 = 0, maxDiscardSegments: UInt32 = 1,
                 maxWriteZeroesSectors: UInt32 = 0, maxWriteZeroesSegments: UInt32 = 1,
-                readOnly: Bool = false, segMax: UInt32 = 0) {
+                readOnly: Bool = false, segMax: UInt32 = 0, sizeMax: UInt32 = 0, maxTransferBytes: UInt64 = 0) {
         self.capacitySectors = capacitySectors
         self.maxDiscardSectors = maxDiscardSectors
         self.maxDiscardSegments = maxDiscardSegments
@@ -285,6 +294,8 @@ public struct BlockLimits: Sendable, Equatable {
         self.maxWriteZeroesSegments = maxWriteZeroesSegments
         self.readOnly = readOnly
         self.segMax = segMax
+        self.sizeMax = sizeMax
+        self.maxTransferBytes = maxTransferBytes
     }
 }
 
@@ -294,8 +305,8 @@ public let blockSectorSize: UInt64 = 512
 /// Checks a parsed request against the volume and returns the status to complete it with when it
 /// must not be executed, or `.ok` when it may be.
 ///
-/// Read/write: data a multiple of 512 bytes, at most `segMax` segments, sector + length inside the
-/// volume (overflow-checked). Discard/write-zeroes: offered (max sectors non-zero, else UNSUPP),
+/// Read/write: data a multiple of 512 bytes, at most `segMax` segments of at most `sizeMax` bytes
+/// each and `maxTransferBytes` in all, sector + length inside the volume (overflow-checked). Discard/write-zeroes: offered (max sectors non-zero, else UNSUPP),
 /// at least one and at most the advertised number of ranges (else UNSUPP), no unknown flag and no
 /// unmap flag on discard (UNSUPP, 5.2.6.2), each range within the per-range maximum and the
 /// volume (IOERR). getID: a buffer of at least one byte. Read-only volumes: write, discard and
@@ -317,6 +328,10 @@ public func validate(_ request: BlockRequest, limits: BlockLimits) -> BlockStatu
         if request.type == .write, limits.readOnly { return .ioError }
         guard request.dataLength % blockSectorSize == 0 else { return .ioError }
         if limits.segMax != 0, request.data.count > Int(limits.segMax) { return .ioError }
+        if limits.maxTransferBytes != 0, request.dataLength > limits.maxTransferBytes { return .ioError }
+        if limits.sizeMax != 0 {
+            for segment in request.data where segment.length > limits.sizeMax { return .ioError }
+        }
         return inside(request.sector, request.dataLength / blockSectorSize) ? .ok : .ioError
     case .discard, .writeZeroes:
         let isDiscard = request.type == .discard

@@ -41,9 +41,18 @@ struct BlockServerCommand: ParsableCommand {
         var logger = Logger(label: "bulkhead.block")
         logger[metadataKey: "tenant.id"] = "\(tenant)"
         let configuration = try loadConfiguration(options.config)
-        guard let tenantConfig = configuration.tenants.first(where: { $0.id == tenant }),
-              let jailUser = configuration.jailUser(ofTenant: tenant) else {
+        guard let tenantConfig = configuration.tenants.first(where: { $0.id == tenant }) else {
             logger.critical("no tenant '\(tenant)' in \(options.config)")
+            throw ExitCode(1)
+        }
+        // The tenant's own uid, kept across configuration changes (recorded in the state directory).
+        let jailUser: UInt32
+        do {
+            let record = try JailUids.allocate(configuration).record
+            guard let uid = record.uid(ofTenant: tenant) else { throw JailUidsError(description: "no uid recorded for tenant '\(tenant)'") }
+            jailUser = uid
+        } catch {
+            logger.critical("block server has no jail uid; not serving: \(error)")
             throw ExitCode(1)
         }
         let tenantRoot = "\(configuration.host.stateDirectory)/tenants/\(tenant)"
@@ -55,8 +64,9 @@ struct BlockServerCommand: ParsableCommand {
         do {
             let volumes = try BlockServer.openVolumes(tenant: tenantConfig, stateDirectory: configuration.host.stateDirectory, logger: logger)
             try StateFiles.makeDirectories("\(tenantRoot)/vhost", mode: 0o700)
-            backends = volumes.map { file in
-                let device = BlockDevice(volume: file, queues: queues, logger: logger)
+            // The devices make every io_uring the server will use: the jail forbids new ones.
+            backends = try volumes.map { file in
+                let device = try BlockDevice(volume: file, queues: queues, logger: logger)
                 return VhostUserBackend(path: "\(tenantRoot)/vhost/\(file.volume.id).sock", device: device, logger: logger)
             }
             for backend in backends { try backend.listen() }
@@ -67,7 +77,7 @@ struct BlockServerCommand: ParsableCommand {
         if !noJail {
             do {
                 try BlockServer.jail(mountPoint: "\(tenantRoot)/vhost", user: jailUser,
-                                     limits: BlockServer.limits(volumes: tenantConfig.volumes.count, queues: queues))
+                                     limits: BlockServer.limits(volumes: tenantConfig.volumes, queues: queues))
             } catch {
                 logger.critical("block server jail failed; not serving: \(error)")
                 throw ExitCode(1)
@@ -111,13 +121,13 @@ enum BlockServer {
     /// tenant's own uid and gid) with no capabilities, making only the system calls of the
     /// block-server allowlist. It can open no file and reach no socket; it can signal only
     /// itself. Threads started later inherit all of it.
-    static func jail(mountPoint: String, user: UInt32, limits: (threads: Int, files: Int)) throws(JailError) {
+    static func jail(mountPoint: String, user: UInt32, limits: Jail.ResourceLimits) throws(JailError) {
         // The tmpfs of the new root is mounted on the socket directory inside the new, private
         // mount namespace only: the host keeps seeing the sockets, and after the pivot the
         // mount point is gone from this namespace with the rest of the old tree.
         try Jail.isolate(mountPoint: mountPoint)
         // A compromised server cannot take the host's pids or descriptors with it.
-        try Jail.limitResources(threads: limits.threads, files: limits.files)
+        try Jail.limitResources(limits)
         // Root's capabilities go (CAP_SYS_ADMIN could mount its way back out); the tenant's own
         // uid keeps tenants' servers from signalling or tracing each other.
         try Jail.dropPrivileges(uid: user, gid: user)
@@ -128,9 +138,13 @@ enum BlockServer {
     /// It needs a main thread, a stdin watcher and per volume a connection thread and a worker
     /// per queue; descriptors are per volume two for the file, the listener and its connection,
     /// up to 8 memory regions, and per queue a kick, a call, a ring and a stop eventfd. The
-    /// limits are twice that, plus room for the runtime.
-    static func limits(volumes: Int, queues: Int) -> (threads: Int, files: Int) {
-        (threads: 16 + 2 * volumes * (1 + queues), files: 64 + 2 * volumes * (12 + 4 * queues))
+    /// limits are twice that, plus room for the runtime. No file may grow past the largest
+    /// volume (RLIMIT_FSIZE): requests are checked against their volume's size already, and
+    /// this holds even if that check had a flaw.
+    static func limits(volumes: [Volume], queues: Int) -> Jail.ResourceLimits {
+        Jail.ResourceLimits(threads: 16 + 2 * volumes.count * (1 + queues),
+                            files: 64 + 2 * volumes.count * (12 + 4 * queues),
+                            fileBytes: volumes.map(\.sizeBytes).max() ?? 0)
     }
 
     /// Opens (creating on first use) every volume of `tenant`.

@@ -27,6 +27,17 @@ struct Daemon {
         do { lock = try StateDirectoryLock(path: state + "/bulkhead.lock") } catch {
             throw DaemonError("\(error)")
         }
+        // Every tenant's jail uid is recorded before any block server starts (each also reads it).
+        do {
+            let added = try JailUids.allocate(configuration).added
+            if !added.isEmpty {
+                logger.info("jail uids recorded", metadata: [
+                    "tenants": "\(added.joined(separator: ","))", "record": "\(JailUids.path(stateDirectory: state))",
+                ])
+            }
+        } catch {
+            throw DaemonError("\(error)")
+        }
 
         var network = PortNetwork(stateDirectory: state, logger: logger)
         do {

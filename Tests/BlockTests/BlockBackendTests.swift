@@ -28,7 +28,7 @@ final class BlockBackendTests: XCTestCase {
     private func serve(_ volume: Volume, queues: Int = 2) throws -> String {
         let store = try VolumeStore(stateDirectory: state, tenant: "blue")
         let file = try store.open(volume)
-        let device = BlockDevice(volume: file, queues: queues, logger: Logger(label: "test"))
+        let device = try BlockDevice(volume: file, queues: queues, logger: Logger(label: "test"))
         try StateFiles.makeDirectories(state + "/tenants/blue/vhost")
         let path = VolumeStore.socketPath(stateDirectory: state, tenant: "blue", volume: volume.id)
         let backend = VhostUserBackend(path: path, device: device, logger: Logger(label: "test"))

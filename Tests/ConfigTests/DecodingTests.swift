@@ -38,20 +38,20 @@ import Testing
         #expect(configuration.tenants.first?.segments.first == Segment(id: "lan"))
         #expect(configuration.principals.isEmpty)
         #expect(configuration.host.jailUidBase == HostSettings.defaultJailUidBase)
-        #expect(configuration.jailUser(ofTenant: "blue") == 900_000_000)
-        #expect(configuration.jailUser(ofTenant: "red") == nil)
+        #expect(configuration.host.jailUids == 900_000_000 ..< 900_065_536)
     }
 
-    @Test func eachTenantHasItsOwnJailUid() throws {
-        let tenants = "[" + tenant("blue") + ", " + tenant("red") + "]"
+    @Test func theJailUidRangeIsTheBasePlus65536() throws {
+        // The highest base validation lets through: the range ends just below (uid_t)-2.
         let configuration = try HostConfiguration.decode(document(
-            tenants: tenants, host: #"{"stateDirectory": "/var/lib/bh", "jailUidBase": 4294967291}"#))
-        #expect(configuration.jailUser(ofTenant: "blue") == 4_294_967_291)
-        #expect(configuration.jailUser(ofTenant: "red") == 4_294_967_292)
-        // Beyond what validation lets through: no uid rather than a wrapped or trapping one.
+            tenants: "[" + tenant("blue") + "]", host: #"{"stateDirectory": "/var/lib/bh", "jailUidBase": 4294901758}"#))
+        #expect(configuration.host.jailUids == 4_294_901_758 ..< 4_294_967_294)
+        // Beyond what validation lets through: cut short, never wrapped or trapping.
         var edited = configuration
         edited.host.jailUidBase = .max
-        #expect(edited.jailUser(ofTenant: "red") == nil)
+        #expect(edited.host.jailUids.isEmpty)
+        edited.host.jailUidBase = 4_294_967_000
+        #expect(edited.host.jailUids == 4_294_967_000 ..< 4_294_967_294)
     }
 
     @Test func allKeysDecode() throws {

@@ -89,8 +89,10 @@ let ruleCases: [RuleCase] = [
     RuleCase("empty audit log", host(#""stateDirectory": "/var/lib/bh", "auditLog": """#), "$.host.auditLog", "must not be empty"),
     // Jail uids
     RuleCase("jail uids among accounts", host(#""stateDirectory": "/var/lib/bh", "jailUidBase": 65534"#), "$.host.jailUidBase", "is below 65536"),
-    RuleCase("jail uids past the top", document(tenants: "[" + tenant("blue") + ", " + tenant("red") + "]", host: #"{"stateDirectory": "/var/lib/bh", "jailUidBase": 4294967292}"#), "$.host.jailUidBase", "4294967292 + 2 tenants reaches 4294967294"),
-    RuleCase("principal with a jail uid", document(tenants: "[" + tenant("blue") + ", " + tenant("red") + "]", principals: #"[{"name": "ops", "uid": 900000001, "role": "auditor"}]"#), "$.principals[0].uid", #"uid 900000001 is the jail uid of tenant "red" (host.jailUidBase + 1)"#),
+    RuleCase("jail uids past the top", host(#""stateDirectory": "/var/lib/bh", "jailUidBase": 4294901759"#), "$.host.jailUidBase", "4294901759 + 65536 (the jail uid range) passes 4294967294 ((uid_t)-2); use a base of at most 4294901758"),
+    RuleCase("principal with a jail uid", document(tenants: "[" + tenant("blue") + ", " + tenant("red") + "]", principals: #"[{"name": "ops", "uid": 900000001, "role": "auditor"}]"#), "$.principals[0].uid", "uid 900000001 lies in the jail uid range 900000000...900065535"),
+    // Not only the uids tenants have now: any uid a tenant may be given later.
+    RuleCase("principal with a jail uid no tenant has yet", principal(#""name": "ops", "uid": 900065535, "role": "auditor""#), "$.principals[0].uid", "uid 900065535 lies in the jail uid range"),
     // Volumes
     RuleCase("zero size", blue(#""volumes": [{"id": "v", "sizeBytes": 0}]"#), "$.tenants[0].volumes[0].sizeBytes", "must be greater than 0"),
     RuleCase("size not a multiple of 512", blue(#""volumes": [{"id": "v", "sizeBytes": 1000}]"#), "$.tenants[0].volumes[0].sizeBytes", "1000 is not a multiple of 512"),

@@ -145,7 +145,9 @@ final class BlockIntegrationTests: XCTestCase {
         let firstPIDs = BlockHost.blockServers(config: configPath, tenant: "t1")
         XCTAssertEqual(firstPIDs.count, 1, "one block server for t1:\n\(daemon.output)")
         let first = try XCTUnwrap(firstPIDs.first)
-        BlockHost.assertJailed(first, uid: BlockHost.jailUid(ofTenantAt: 0))
+        let uid = try BlockHost.jailUid(stateDirectory: stateDirectory, tenant: "t1")
+        XCTAssertEqual(uid, 900_000_000, "the only tenant has the first uid of the jail range")
+        BlockHost.assertJailed(first, uid: uid)
 
         let socket = stateDirectory + "/tenants/t1/vhost/v.sock"
         do {
@@ -161,7 +163,8 @@ final class BlockIntegrationTests: XCTestCase {
         XCTAssertEqual(secondPIDs.count, 1, "exactly one block server after the restart:\n\(daemon.output)")
         let second = try XCTUnwrap(secondPIDs.first)
         XCTAssertNotEqual(second, first, "a new process")
-        BlockHost.assertJailed(second, uid: BlockHost.jailUid(ofTenantAt: 0))
+        XCTAssertEqual(try BlockHost.jailUid(stateDirectory: stateDirectory, tenant: "t1"), uid, "the restarted server keeps the uid")
+        BlockHost.assertJailed(second, uid: uid)
         do {
             let client = try BlockClient(socket: socket)
             XCTAssertEqual(try client.read(sector: 8, length: 4096).data, BlockPattern.block(1, nonce: 7),
@@ -225,9 +228,11 @@ final class BlockIntegrationTests: XCTestCase {
             XCTAssertEqual(info.uid, 0, "\(directory) belongs to root")
             XCTAssertEqual(info.mode & 0o077, 0, "\(directory) is closed to others")
         }
-        // Each tenant's server has its own uid (blue is the first tenant, red the second): they
-        // cannot signal or trace each other.
-        let blueUid = BlockHost.jailUid(ofTenantAt: 0), redUid = BlockHost.jailUid(ofTenantAt: 1)
+        // Each tenant's server has its own uid (allocated in configuration order, whichever
+        // server came first): they cannot signal or trace each other.
+        let blueUid = try BlockHost.jailUid(stateDirectory: state.directory, tenant: "blue")
+        let redUid = try BlockHost.jailUid(stateDirectory: state.directory, tenant: "red")
+        XCTAssertEqual([blueUid, redUid], [900_000_000, 900_000_001])
         XCTAssertNotEqual(blueUid, redUid)
         BlockHost.assertJailed(red.pid, uid: redUid)
         BlockHost.assertJailed(blue.pid, uid: blueUid)
@@ -272,6 +277,51 @@ final class BlockIntegrationTests: XCTestCase {
         }
         XCTAssertEqual(red.stop(), 0, "SIGTERM stops red's server:\n\(red.output)")
         XCTAssertEqual(blue.stop(), 0, "SIGTERM stops blue's server:\n\(blue.output)")
+    }
+
+    /// A tenant's jail uid is the one recorded for it, and stays its own when another tenant is
+    /// added before it in the configuration; a damaged record stops the server, naming the file.
+    func testATenantKeepsItsJailUidWhenAnotherIsAddedBeforeIt() throws {
+        try BlockHost.requireRoot()
+        let state = try BlockState(tenants: ["t1": [("v", 16 << 20)]])
+        let uid: UInt32
+        do {
+            let server = try BlockServerProcess(state: state, tenant: "t1")
+            try server.waitFor("block server ready", timeout: 30)
+            uid = try BlockHost.jailUid(stateDirectory: state.directory, tenant: "t1")
+            XCTAssertEqual(uid, 900_000_000, "the first tenant gets the lowest uid of the range")
+            BlockHost.assertJailed(server.pid, uid: uid)
+            XCTAssertEqual(server.stop(), 0, "SIGTERM stops the server:\n\(server.output)")
+        }
+
+        // "a0" comes before t1 now: by position t1 would have become base + 1.
+        let volumes: [[String: Any]] = [["id": "v", "sizeBytes": 16 << 20]]
+        try BlockState.write(["host": ["stateDirectory": state.directory],
+                              "tenants": [["id": "a0", "volumes": volumes], ["id": "t1", "volumes": volumes]]], to: state.configPath)
+        do {
+            let t1 = try BlockServerProcess(state: state, tenant: "t1")
+            let a0 = try BlockServerProcess(state: state, tenant: "a0")
+            try t1.waitFor("block server ready", timeout: 30)
+            try a0.waitFor("block server ready", timeout: 30)
+            XCTAssertEqual(try BlockHost.jailUid(stateDirectory: state.directory, tenant: "t1"), uid, "t1 keeps its uid")
+            let newcomer = try BlockHost.jailUid(stateDirectory: state.directory, tenant: "a0")
+            XCTAssertEqual(newcomer, 900_000_001, "the new tenant gets the lowest uid not recorded")
+            BlockHost.assertJailed(t1.pid, uid: uid)
+            BlockHost.assertJailed(a0.pid, uid: newcomer)
+            XCTAssertEqual(t1.stop(), 0, "SIGTERM stops t1's server:\n\(t1.output)")
+            XCTAssertEqual(a0.stop(), 0, "SIGTERM stops a0's server:\n\(a0.output)")
+        }
+
+        // Edited by hand into two tenants sharing a uid: refused, not silently reallocated.
+        let record = state.directory + "/jail-uids.json"
+        try Data(#"{"tenants": {"a0": 900000000, "t1": 900000000}}"#.utf8).write(to: URL(fileURLWithPath: record))
+        let refused = try Host.run([RunningDaemon.binary, "block-server", "--config", state.configPath, "--tenant", "t1"], timeout: 20)
+        XCTAssertNotEqual(refused.status, 0, "a damaged record stops the server")
+        let said = refused.output + refused.error
+        XCTAssertTrue(said.contains(record) && said.contains(#"uid 900000000 is also recorded for tenant "a0""#),
+                      "the error names the file and the problem: \(said)")
+        XCTAssertEqual(try String(contentsOfFile: record, encoding: .utf8), #"{"tenants": {"a0": 900000000, "t1": 900000000}}"#,
+                       "the record is left as it was")
     }
 
     /// A jail that cannot be built (here: no CAP_SYS_ADMIN for the namespaces) stops the server
@@ -792,8 +842,17 @@ enum BlockHost {
     }
 
     /// The uid (and gid) the jailed block server of `tenant` runs as with the default
-    /// `host.jailUidBase`: the base plus the tenant's position in the configuration.
-    static func jailUid(ofTenantAt index: Int) -> UInt32 { 900_000_000 + UInt32(index) }
+    /// `host.jailUidBase`: the uid recorded for it in the state directory's `jail-uids.json`,
+    /// which must be root's and 0600.
+    static func jailUid(stateDirectory: String, tenant: String) throws -> UInt32 {
+        let path = stateDirectory + "/jail-uids.json"
+        let owner = try owner(path)
+        XCTAssertEqual(owner.uid, 0, "\(path) belongs to root")
+        XCTAssertEqual(owner.mode, 0o600, "\(path) is 0600")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
+        let uid = ((record?["tenants"] as? [String: Any])?[tenant] as? NSNumber).flatMap { UInt32(exactly: $0.uint64Value) }
+        return try XCTUnwrap(uid, "a uid for tenant \(tenant) in \(path): \(record ?? [:])")
+    }
 
     /// Every thread of `pid` is uid/gid `uid` with no groups, no capabilities, NoNewPrivs and the
     /// seccomp filter; the process has namespaces of its own and an empty, read-only root, and

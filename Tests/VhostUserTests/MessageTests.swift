@@ -94,6 +94,42 @@ final class MessageTests: XCTestCase {
         assertDecode(raw(5, size: 0xffff_ffff), throws: .payloadTooLarge(0xffff_ffff, limit: 4096))
     }
 
+    func testLimitsFromTheHeaderAlone() throws {
+        func limits(_ request: VhostUserRequest, size: UInt32, direction: VhostUserMessage.Direction = .request) throws -> VhostUserMessageLimits {
+            try VhostUserMessage.limits(of: VhostUserHeader(request: request.rawValue, flags: 1, size: size), direction: direction)
+        }
+        func allowance(_ request: VhostUserRequest, size: UInt32 = 0) throws -> Int { try limits(request, size: size).descriptors }
+        XCTAssertEqual(try allowance(.setMemTable, size: 264), 8)
+        XCTAssertEqual(try allowance(.setVringKick, size: 8), 1)
+        XCTAssertEqual(try allowance(.setVringCall, size: 8), 1)
+        XCTAssertEqual(try allowance(.setVringErr, size: 8), 1)
+        XCTAssertEqual(try allowance(.addMemReg, size: 40), 1)
+        XCTAssertEqual(try allowance(.remMemReg, size: 40), 1)
+        XCTAssertEqual(try allowance(.setLogBase, size: 16), 1)
+        XCTAssertEqual(try allowance(.setInflightFD, size: 24), 1)
+        XCTAssertEqual(try allowance(.getFeatures), 0)
+        XCTAssertEqual(try allowance(.setConfig, size: 268), 0)
+        XCTAssertEqual(try limits(.getInflightFD, size: 24, direction: .reply(to: .getInflightFD)).descriptors, 1)
+        XCTAssertEqual(try limits(.setMemTable, size: 8, direction: .reply(to: .setMemTable)).descriptors, 0)
+        // Every request's largest payload is what decode accepts at most.
+        XCTAssertEqual(try limits(.setMemTable, size: 264).payloadSize, 264)
+        for (request, largest) in [(VhostUserRequest.setMemTable, 264), (.getConfig, 268), (.setFeatures, 8), (.getFeatures, 0),
+                                   (.setVringAddr, 40), (.addMemReg, 40), (.setInflightFD, 24)] {
+            XCTAssertThrowsError(try limits(request, size: UInt32(largest + 1))) {
+                XCTAssertEqual($0 as? VhostUserError, .payloadSize(request, expected: "at most \(largest)", got: largest + 1))
+            }
+        }
+        XCTAssertThrowsError(try limits(.iotlbMessage, size: 8)) { XCTAssertEqual($0 as? VhostUserError, .unsupportedRequest(.iotlbMessage)) }
+        XCTAssertThrowsError(try VhostUserMessage.limits(of: VhostUserHeader(request: 1000, flags: 1, size: 0))) {
+            XCTAssertEqual($0 as? VhostUserError, .unknownRequest(1000))
+        }
+        XCTAssertThrowsError(try limits(.getQueueNum, size: 8, direction: .reply(to: .getFeatures))) {
+            XCTAssertEqual($0 as? VhostUserError, .unexpectedReply(expected: .getFeatures, got: VhostUserRequest.getQueueNum.rawValue))
+        }
+        XCTAssertEqual(VhostUserError.excessDescriptors(.setVringKick, allowed: 1, received: 2).description,
+                       "SET_VRING_KICK: at least 2 file descriptors in one message, the request carries at most 1")
+    }
+
     func testUnknownAndUnsupportedRequests() {
         assertDecode(raw(0), throws: .unknownRequest(0))
         assertDecode(raw(1000), throws: .unknownRequest(1000))

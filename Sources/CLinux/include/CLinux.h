@@ -43,7 +43,12 @@ int bh_setns_net(int nsfd);
 int bh_flock_exclusive(int fd);
 
 /// eventfd(0, EFD_CLOEXEC); returns the fd or -1 with errno set.
-int bh_eventfd(void);
+int bh_eventfd(int nonblocking);
+/// 1 when `fd`'s file lives in shmem (TMPFS_MAGIC: tmpfs, memfds without MFD_HUGETLB), 0 when
+/// not, -errno when fstatfs fails.
+int bh_is_shmem(int fd);
+/// Ignores SIGXFSZ, so a write past RLIMIT_FSIZE fails with EFBIG. Returns 0 or -errno.
+int bh_ignore_file_size_signal(void);
 
 /// Opens `path` relative to the directory `dirfd` with openat2(2) and RESOLVE_BENEATH |
 /// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV: no `..` escape, no symlink

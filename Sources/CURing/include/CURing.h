@@ -31,6 +31,10 @@ int bh_ring_enable(bh_ring *ring);
 /// Registers `count` fds as fixed files; later SQEs name them by index. Returns 0 or -errno.
 int bh_ring_register_files(bh_ring *ring, const int *fds, unsigned count);
 
+/// Replaces registered file `slot` with `fd` (-1 empties it): IORING_REGISTER_FILES_UPDATE.
+/// Returns 0 or -errno.
+int bh_ring_update_file(bh_ring *ring, unsigned slot, int fd);
+
 /// Number of free submission slots.
 unsigned bh_ring_sq_space(bh_ring *ring);
 
@@ -53,18 +57,24 @@ extern const uint32_t BH_CQE_F_MORE;
 /// Queues a timer that completes (with -ETIME) after `nanoseconds`.
 int bh_ring_prep_timeout(bh_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 
+/// Queues IORING_OP_ASYNC_CANCEL of the operation whose user data is `target`.
+int bh_ring_prep_cancel(bh_ring *ring, uint64_t target, uint64_t user_data);
+
 /// Queues fallocate(fd, mode, offset, length) (punch hole / zero range).
 int bh_ring_prep_fallocate(bh_ring *ring, int fd, int fixed_file, int mode, uint64_t offset, uint64_t length, uint64_t user_data);
 
 /// io_uring opcodes the block backend uses, for bh_ring_restrict.
 extern const uint8_t BH_OP_READV, BH_OP_WRITEV, BH_OP_FSYNC, BH_OP_FALLOCATE, BH_OP_POLL_ADD,
-    BH_OP_READ, BH_OP_WRITE, BH_OP_TIMEOUT, BH_OP_NOP;
+    BH_OP_READ, BH_OP_WRITE, BH_OP_TIMEOUT, BH_OP_NOP, BH_OP_ASYNC_CANCEL;
+/// io_uring_register opcodes a restricted ring may keep using, for bh_ring_restrict.
+extern const uint8_t BH_REGISTER_FILES_UPDATE;
 
 /// Restricts a ring created with BH_SETUP_R_DISABLED (IORING_REGISTER_RESTRICTIONS): only the
 /// `count` opcodes in `ops` may be submitted, every SQE must use a registered (fixed) file when
-/// `require_fixed_file` is nonzero, and no further registration is allowed.
-/// Returns 0 or -errno.
-int bh_ring_restrict(bh_ring *ring, const uint8_t *ops, unsigned count, int require_fixed_file);
+/// `require_fixed_file` is nonzero, and the only register operations allowed afterwards are the
+/// `register_count` in `register_ops`. Returns 0 or -errno.
+int bh_ring_restrict(bh_ring *ring, const uint8_t *ops, unsigned count, const uint8_t *register_ops,
+                     unsigned register_count, int require_fixed_file);
 
 /// Submits queued SQEs. Returns the number submitted or -errno.
 int bh_ring_submit(bh_ring *ring);
