@@ -128,6 +128,18 @@ public final class BlockClient {
         }
     }
 
+    /// Sends the memory table again (the same memfd and layout), as a frontend does when its
+    /// guest's memory map changes: the backend must stop its queues, with their I/O drained,
+    /// before it unmaps the old table.
+    public func resendMemoryTable() throws(Failure) {
+        do throws(VhostUserConnectionError) {
+            try frontend.setMemTable(regions: [(BlockClient.guestBase, memory.regions[0].size,
+                                                UInt64(UInt(bitPattern: mapping.base)), memfd.rawValue, 0)])
+        } catch {
+            throw .connection(error)
+        }
+    }
+
     /// Capacity in 512-byte sectors, from the config space.
     public var capacitySectors: UInt64 {
         config.prefix(8).enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
@@ -202,6 +214,9 @@ public final class BlockClient {
         while let used = queues[queue].popUsed() { result.append(used) }
         return result
     }
+
+    /// The kick eventfd of `queue` (owned by the client), for tests that kick without publishing.
+    public func kickDescriptor(queue: Int) -> Int32? { kicks.indices.contains(queue) ? kicks[queue] : nil }
 
     /// The call eventfd of `queue`, for callers that wait on several queues.
     public func callFD(queue: Int) -> Int32 { calls[queue] }

@@ -150,7 +150,9 @@ uint64_t bh_monotonic_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-int bh_eventfd(int nonblocking) { return eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0)); }
+int bh_eventfd(int nonblocking, int semaphore) {
+    return eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0) | (semaphore ? EFD_SEMAPHORE : 0));
+}
 
 int bh_is_shmem(int fd) {
     struct statfs info;
@@ -454,7 +456,9 @@ int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **st
 
 int bh_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 
-int bh_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); }
+int bh_memfd_create(const char *name, int hugetlb) {
+    return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | (hugetlb ? MFD_HUGETLB : 0));
+}
 
 int bh_memfd_seal_size(int fd) {
     return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0 ? -errno : 0;

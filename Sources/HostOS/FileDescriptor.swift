@@ -96,9 +96,10 @@ public struct EventFD: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
 
     /// An eventfd (close-on-exec); `nonBlocking` reads of a zero counter fail with EAGAIN
-    /// instead of waiting. The corresponding C function is `eventfd`.
-    public init(nonBlocking: Bool = false) throws(SystemError) {
-        let fd = try syscall("eventfd") { bh_eventfd(nonBlocking ? 1 : 0) }
+    /// instead of waiting; in `semaphore` mode each read takes one from the counter instead of
+    /// all of it. The corresponding C function is `eventfd`.
+    public init(nonBlocking: Bool = false, semaphore: Bool = false) throws(SystemError) {
+        let fd = try syscall("eventfd") { bh_eventfd(nonBlocking ? 1 : 0, semaphore ? 1 : 0) }
         descriptor = FileDescriptor(taking: fd)
     }
 

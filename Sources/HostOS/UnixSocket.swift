@@ -307,9 +307,10 @@ enum ControlMessage {
 extension FileDescriptor {
     /// An anonymous, zero-filled, close-on-exec memory file of `size` bytes (guest RAM, test
     /// memory), sealed against shrinking and growing. The corresponding C functions are `memfd_create` and `ftruncate`.
-    /// `sealed: false` leaves it resizable (tests of backends that must refuse such memory).
-    public static func memfd(name: String, size: Int, sealed: Bool = true) throws(SystemError) -> FileDescriptor {
-        let fd = try syscall("memfd_create(\(name))") { bh_memfd_create(name) }
+    /// `sealed: false` leaves it resizable (tests of backends that must refuse such memory);
+    /// `hugetlb: true` takes it from hugetlbfs (MFD_HUGETLB; `size` a multiple of the huge page).
+    public static func memfd(name: String, size: Int, sealed: Bool = true, hugetlb: Bool = false) throws(SystemError) -> FileDescriptor {
+        let fd = try syscall("memfd_create(\(name))") { bh_memfd_create(name, hugetlb ? 1 : 0) }
         let owned = FileDescriptor(taking: fd)
         try owned.truncate(to: size)
         // Sealed at its size: whoever the fd is shared with can rely on it never shrinking.

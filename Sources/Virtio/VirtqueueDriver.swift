@@ -9,8 +9,10 @@ public struct VirtqueueDriver: Sendable {
         public var address: UInt64
         public var length: UInt32
         public var writable: Bool
-        public init(address: UInt64, length: UInt32, writable: Bool) {
-            self.address = address; self.length = length; self.writable = writable
+        /// The buffer is a table of `length / 16` indirect descriptors (VIRTQ_DESC_F_INDIRECT).
+        public var indirect: Bool
+        public init(address: UInt64, length: UInt32, writable: Bool, indirect: Bool = false) {
+            self.address = address; self.length = length; self.writable = writable; self.indirect = indirect
         }
     }
 
@@ -79,7 +81,7 @@ public struct VirtqueueDriver: Sendable {
             let last = i == buffers.count - 1
             memory.store(buffer.address, at: d)
             memory.store(buffer.length, at: d + 8)
-            memory.store(UInt16((last ? 0 : 1) | (buffer.writable ? 2 : 0)), at: d + 12)
+            memory.store(UInt16((last ? 0 : 1) | (buffer.writable ? 2 : 0) | (buffer.indirect ? 4 : 0)), at: d + 12)
             if last {
                 freeHead = next
             } else {

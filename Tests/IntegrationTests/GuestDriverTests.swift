@@ -33,7 +33,7 @@ final class GuestDriverTests: XCTestCase {
         let initramfs = try setup.buildInitramfs(in: state.directory)
 
         let seed = GuestPattern.seed()
-        let guest = try LinuxGuest(setup: setup, initramfs: initramfs, socket: state.socket("t1", "disk"), queues: queues,
+        let guest = try LinuxGuest(setup: setup, initramfs: initramfs, server: server, socket: state.socket("t1", "disk"), queues: queues,
                                    cpus: jobs, command: "bh.mode=verify bh.seed=\(seed) bh.kib=\(regionKiB) bh.jobs=\(jobs)",
                                    directory: state.directory)
         defer { guest.vm.kill() }
@@ -46,6 +46,9 @@ final class GuestDriverTests: XCTestCase {
         XCTAssertEqual(result, "ok", "the guest wrote, read back and compared its regions:\n\(guest.report)")
         XCTAssertTrue(disk.contains("bytes=\(volumeBytes) "), "the guest sees the volume's capacity: \(disk)")
         XCTAssertTrue(disk.contains("queues=\(queues) "), "virtio_blk set up \(queues) queue(s): \(disk)")
+        XCTAssertTrue(disk.contains("cache=write-back"), "the driver saw VIRTIO_BLK_F_FLUSH (so fsync sends FLUSH): \(disk)")
+        let flushes = guest.lines.marker("BH-STAT").flatMap { $0.value(of: "flushes") } ?? 0
+        XCTAssertGreaterThan(flushes, 0, "the guest's fsyncs reached the device as FLUSH requests:\n\(guest.report)")
         for job in 0..<jobs {
             XCTAssertTrue(guest.lines.contains { $0.marker("BH-JOB")?.hasPrefix("\(job) ok") == true },
                           "job \(job) reported ok:\n\(guest.report)")
@@ -104,7 +107,7 @@ final class GuestDriverTests: XCTestCase {
         let initramfs = try setup.buildInitramfs(in: state.directory)
 
         let seed = GuestPattern.seed()
-        let guest = try LinuxGuest(setup: setup, initramfs: initramfs, socket: state.socket("t1", "disk"), queues: 1,
+        let guest = try LinuxGuest(setup: setup, initramfs: initramfs, server: server, socket: state.socket("t1", "disk"), queues: 1,
                                    cpus: 1, command: "bh.mode=chunks bh.seed=\(seed) bh.kib=\(chunkKiB)",
                                    directory: state.directory)
         defer { guest.vm.kill() }
@@ -112,7 +115,7 @@ final class GuestDriverTests: XCTestCase {
         // Kill at a point that varies between runs (a chunk takes about 0.3 s here).
         let killAfter = Int.random(in: 3...12)
         _ = try guest.waitFor("chunk \(killAfter) flushed (BH-FLUSHED)", timeout: 90) { lines in
-            lines.compactMap { $0.marker("BH-FLUSHED").flatMap { Int($0) } }.first { $0 >= killAfter }
+            Self.flushReports(lines).first { $0.chunk >= killAfter }
         }
         guest.vm.kill()
         XCTAssertEqual(guest.vm.process.terminationReason, .uncaughtSignal, "QEMU died of the SIGKILL")
@@ -120,9 +123,13 @@ final class GuestDriverTests: XCTestCase {
         // What the guest had flushed when it died: complete console lines only.
         let lines = guest.lines
         XCTAssertFalse(lines.contains { $0.contains("BH-RESULT") }, "the guest was still writing when it died:\n\(guest.report)")
-        let flushed = lines.compactMap { $0.marker("BH-FLUSHED").flatMap { Int($0) } }
-        let last = try XCTUnwrap(flushed.last, "the guest reported flushed chunks:\n\(guest.report)")
-        XCTAssertEqual(flushed, Array(1...last), "chunks are reported in order, none skipped:\n\(guest.report)")
+        let reports = Self.flushReports(lines)
+        let last = try XCTUnwrap(reports.last?.chunk, "the guest reported flushed chunks:\n\(guest.report)")
+        XCTAssertEqual(reports.map(\.chunk), Array(1...last), "chunks are reported in order, none skipped:\n\(guest.report)")
+        // "Flushed" means a FLUSH request the server completed, one at least per chunk.
+        for report in reports where report.flushes < report.chunk {
+            XCTFail("after chunk \(report.chunk) the device had completed only \(report.flushes) FLUSH requests:\n\(guest.report)")
+        }
         print("guest-driver: killed QEMU after \(String(format: "%.1f", guest.elapsed)) s, chunk \(last) the last flushed (threshold \(killAfter))")
 
         // Nothing waits on the dead guest: the server drops it and stays up. Then the server is
@@ -148,6 +155,15 @@ final class GuestDriverTests: XCTestCase {
         }
         if let stray = GuestPattern.firstNonZero(in: volume, from: 0, to: chunkBytes) {
             XCTFail("the volume file has data at offset \(stray), before chunk 1")
+        }
+    }
+
+    /// The guest's "BH-FLUSHED n flushes=F" lines.
+    private static func flushReports(_ lines: [String]) -> [(chunk: Int, flushes: Int)] {
+        lines.compactMap { line in
+            guard let report = line.marker("BH-FLUSHED"), let chunk = report.split(separator: " ").first.flatMap({ Int($0) }),
+                  let flushes = report.value(of: "flushes") else { return nil }
+            return (chunk, flushes)
         }
     }
 }
@@ -208,9 +224,14 @@ struct GuestSetup {
 final class LinuxGuest {
     let vm: QEMUProcess
     let consolePath: String
+    private let server: BlockServerProcess
     private let started = Date()
 
-    init(setup: GuestSetup, initramfs: String, socket: String, queues: Int, cpus: Int, command: String, directory: String) throws {
+    /// Boots the guest on `server`'s volume socket `socket`; `command` goes on the kernel command
+    /// line for guest-init.sh.
+    init(setup: GuestSetup, initramfs: String, server: BlockServerProcess, socket: String, queues: Int, cpus: Int,
+         command: String, directory: String) throws {
+        self.server = server
         consolePath = directory + "/console.txt"
         vm = try QEMUProcess(setup.qemu, arguments: [
             "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "\(cpus)", "-m", "256M",
@@ -251,10 +272,12 @@ final class LinuxGuest {
         return counts
     }
 
-    /// The console's last lines and QEMU's stderr, for failure messages.
+    /// The console's last lines, QEMU's stderr and the server's last log lines, for failure
+    /// messages.
     var report: String {
         "--- guest console (last 40 lines) ---\n" + lines.suffix(40).joined(separator: "\n")
             + "\n--- QEMU stderr ---\n" + vm.errors
+            + "--- block server log (last 20 lines) ---\n" + server.output.split(separator: "\n").suffix(20).joined(separator: "\n")
     }
 
     /// Waits until `find` returns a value for the console lines; throws when QEMU exits first or
@@ -344,6 +367,13 @@ extension String {
     func marker(_ name: String) -> String? {
         guard let range = range(of: name + " ") else { return nil }
         return String(self[range.upperBound...]).trimmingCharacters(in: .whitespaces)
+    }
+
+    /// The number after `name=` in a marker's text, or nil.
+    func value(of name: String) -> Int? {
+        split(separator: " ").lazy.compactMap { field -> Int? in
+            field.hasPrefix(name + "=") ? Int(field.dropFirst(name.count + 1)) : nil
+        }.first
     }
 }
 

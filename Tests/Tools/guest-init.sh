@@ -8,9 +8,10 @@
 #                   queue j when there are J queues), writes bh.kib KiB of pattern at offset
 #                   j * bh.kib KiB with O_DIRECT and fsync, reads it back with O_DIRECT, compares.
 #   bh.mode=chunks  chunk n = 1, 2, ... of bh.kib KiB at offset n * bh.kib KiB, each written with
-#                   O_DIRECT and fsync (a FLUSH), then "BH-FLUSHED n"; until the VM is killed.
+#                   O_DIRECT and fsync (a FLUSH), then "BH-FLUSHED n flushes=F" (F: FLUSH requests
+#                   completed so far); until the VM is killed.
 #   bh.seed         goes into every pattern line, so that nothing from another run can match.
-# Markers, one line each: BH-DISK, BH-JOB, BH-IRQ, BH-FLUSHED, BH-RESULT ok | BH-RESULT fail WHY.
+# Markers, one line each: BH-DISK, BH-JOB, BH-IRQ, BH-STAT, BH-FLUSHED, BH-RESULT ok | BH-RESULT fail WHY.
 #
 # Pattern of region TAG: 4 KiB block b is 64 lines of 64 bytes; line l is
 #   "bulkhead SEED TAG block b line l" padded with spaces to 63 bytes, then "\n".
@@ -61,7 +62,12 @@ kib=$(arg kib)
 jobs=$(arg jobs)
 [ -n "$seed" ] && [ -n "$kib" ] || fail "bh.seed and bh.kib must be on the kernel command line: $(cat /proc/cmdline)"
 capacity=$(($(cat /sys/block/vda/size) * 512))
-echo "BH-DISK bytes=$capacity queues=$(ls /sys/block/vda/mq | wc -l) cpus=$(grep -c ^processor /proc/cpuinfo)"
+# cache=write-back: the driver saw VIRTIO_BLK_F_FLUSH, so fsync sends the device a FLUSH.
+echo "BH-DISK bytes=$capacity queues=$(ls /sys/block/vda/mq | wc -l) cpus=$(grep -c ^processor /proc/cpuinfo)" \
+  "cache=$(tr ' ' - </sys/block/vda/queue/write_cache)"
+
+# FLUSH requests the device completed (field 16 of the disk's stat).
+flushes() { awk '{ print $16 }' /sys/block/vda/stat; }
 
 verify_job() {  # JOB
   job=$1
@@ -91,6 +97,7 @@ case $mode in
     # Completions per queue: one MSI-X vector per virtqueue, named virtioN-req.Q.
     grep -- '-req\.' /proc/interrupts | while read -r line; do echo "BH-IRQ $line"; done
     [ $failed -eq 0 ] || fail "$failed of $jobs jobs failed"
+    echo "BH-STAT flushes=$(flushes)"
     echo "BH-RESULT ok"
     ;;
   chunks)
@@ -99,7 +106,7 @@ case $mode in
       pattern "$seed" "chunk$n" $((kib / 4)) >/tmp/chunk
       dd if=/tmp/chunk of=/dev/vda bs=${kib}K seek=$((n * kib * 1024)) \
         oflag=direct,seek_bytes conv=fsync,notrunc status=none || fail "write of chunk $n"
-      echo "BH-FLUSHED $n"
+      echo "BH-FLUSHED $n flushes=$(flushes)"
       n=$((n + 1))
     done
     fail "the disk filled up before the VM was killed"

@@ -43,7 +43,7 @@ int bh_setns_net(int nsfd);
 int bh_flock_exclusive(int fd);
 
 /// eventfd(0, EFD_CLOEXEC); returns the fd or -1 with errno set.
-int bh_eventfd(int nonblocking);
+int bh_eventfd(int nonblocking, int semaphore);
 /// 1 when `fd`'s file lives in shmem (TMPFS_MAGIC: tmpfs, memfds without MFD_HUGETLB), 0 when
 /// not, -errno when fstatfs fails.
 int bh_is_shmem(int fd);
@@ -96,7 +96,7 @@ int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **st
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC): returns the new fd or -1 with errno set.
 int bh_accept_cloexec(int fd);
 /// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING): returns the fd or -1 with errno set.
-int bh_memfd_create(const char *name);
+int bh_memfd_create(const char *name, int hugetlb);
 /// Seals a memfd against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW). Returns 0 or -errno.
 int bh_memfd_seal_size(int fd);
 /// Whether `fd` is sealed against shrinking: 1 yes, 0 no (or not a sealable file).
