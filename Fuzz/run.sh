@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="switch vhostuser virtio"
+targets="switch vhostuser virtio blockdevice"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -19,16 +19,25 @@ seconds="${2:-30}"
 
 SWIFTC="${SWIFTC:-swiftc}"
 command -v "$SWIFTC" >/dev/null || SWIFTC=/opt/swift/usr/bin/swiftc
+SWIFTC="$(command -v "$SWIFTC")"
+# The clang that ships with the Swift toolchain: its libFuzzer and ASan runtimes match swiftc's.
+CLANG="${CLANG:-$(dirname "$SWIFTC")/clang}"
 out=.build-fuzz
 modules="$out/modules"
 mkdir -p "$modules"
 sanitize=(-sanitize=fuzzer,address -gline-tables-only -Onone -swift-version 6 -parse-as-library)
 
+# Search paths for the C modules compiled so far (their generated module maps); every later
+# swiftc call gets them, since importing HostOS means importing CLinux too.
+cmodule_paths=()
+# Extra link inputs and libraries (the C objects, -luring).
+link_extra=()
+
 # compile_module NAME DEPENDENCIES...: Sources/NAME/*.swift -> $modules/NAME.o + NAME.swiftmodule
 compile_module() {
   local name="$1"
   echo "fuzz: compiling module $name" >&2
-  "$SWIFTC" "${sanitize[@]}" -wmo -module-name "$name" -I "$modules" \
+  "$SWIFTC" "${sanitize[@]}" -wmo -module-name "$name" -I "$modules" "${cmodule_paths[@]}" \
     -emit-module -emit-module-path "$modules/$name.swiftmodule" \
     -c -o "$modules/$name.o" Sources/"$name"/*.swift
 }
@@ -37,9 +46,34 @@ compile_module() {
 compile_files() {
   local name="$1"; shift
   echo "fuzz: compiling module $name from $*" >&2
-  "$SWIFTC" "${sanitize[@]}" -wmo -module-name "$name" -I "$modules" \
+  "$SWIFTC" "${sanitize[@]}" -wmo -module-name "$name" -I "$modules" "${cmodule_paths[@]}" \
     -emit-module -emit-module-path "$modules/$name.swiftmodule" \
     -c -o "$modules/$name.o" "$@"
+}
+
+# compile_c NAME: Sources/NAME/*.c -> $modules/NAME.c.o (ASan, coverage), plus the module map
+# SwiftPM would synthesize for Sources/NAME/include/NAME.h, so Swift can `import NAME`.
+compile_c() {
+  local name="$1" map="$modules/cmodules/$1"
+  echo "fuzz: compiling C module $name" >&2
+  mkdir -p "$map"
+  printf 'module %s {\n  header "%s"\n  export *\n}\n' "$name" "$PWD/Sources/$name/include/$name.h" > "$map/module.modulemap"
+  "$CLANG" -fsanitize=fuzzer-no-link,address -g -O1 -I "Sources/$name/include" \
+    -c -o "$modules/$name.c.o" Sources/"$name"/*.c
+  cmodule_paths+=(-I "$map")
+  link_extra+=("$modules/$name.c.o")
+}
+
+# compile_logging: swift-log's Logging module from SwiftPM's checkout (resolved when missing).
+compile_logging() {
+  local checkout=.build/checkouts/swift-log/Sources/Logging
+  if [[ ! -d "$checkout" ]]; then
+    echo "fuzz: resolving packages for swift-log" >&2
+    "${SWIFTC%swiftc}swift" package resolve
+  fi
+  local files
+  mapfile -t files < <(find "$checkout" -name '*.swift' | sort)
+  compile_files Logging "${files[@]}"
 }
 
 case "$target" in
@@ -62,13 +96,31 @@ case "$target" in
     objects=("$modules/Virtio.o")
     main=Fuzz/VirtioFuzz/FuzzMain.swift
     ;;
+  blockdevice)
+    # The whole block backend: C shims, the syscall modules, swift-log and the device itself.
+    compile_c CLinux
+    compile_c CURing
+    compile_module Virtio
+    compile_module Config
+    compile_module Metering
+    compile_module HostOS
+    compile_module URing
+    compile_logging
+    compile_module VhostUser
+    compile_module Block
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/HostOS.o" "$modules/URing.o"
+             "$modules/Logging.o" "$modules/VhostUser.o" "$modules/Block.o")
+    link_extra+=(-luring)
+    main=Fuzz/BlockDeviceFuzz/FuzzMain.swift
+    ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
 
 binary="$out/$target-fuzzer"
 echo "fuzz: linking $binary" >&2
 # gold warns once per ASan helper symbol; the warnings are harmless, keep the log readable.
-"$SWIFTC" "${sanitize[@]}" -module-name "${target^}Fuzz" -I "$modules" "$main" "${objects[@]}" -o "$binary" 2>&1 \
+"$SWIFTC" "${sanitize[@]}" -module-name "${target^}Fuzz" -I "$modules" "${cmodule_paths[@]}" "$main" "${objects[@]}" \
+  "${link_extra[@]}" -o "$binary" 2>&1 \
   | { grep -v "Cannot export local symbol" || true; }
 
 corpus="$out/corpus-$target"

@@ -30,6 +30,14 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         return 0
     }
 
+    // The channel reads no more than the header's limits allow: they must admit whatever decodes.
+    guard let header = try? VhostUserHeader(decoding: bytes),
+          let limits = try? VhostUserMessage.limits(of: header, direction: direction) else {
+        preconditionFailure("the header's limits refuse a message that decodes")
+    }
+    precondition(bytes.count - VhostUserHeader.size <= limits.payloadSize, "the limits cut off a message that decodes")
+    precondition(descriptors <= limits.descriptors, "the limits refuse descriptors a message that decodes carries")
+
     let encoded = message.encode()
     precondition(encoded.count == bytes.count, "re-encoding changed the length")
     guard let again = try? VhostUserMessage.decode(encoded, descriptorCount: descriptors, direction: direction) else {

@@ -21,6 +21,21 @@ public struct VhostQueueSetup: Sendable, Equatable {
     public let callFD: Int32?
     /// The negotiated virtio feature bits (without VHOST_USER_F_PROTOCOL_FEATURES).
     public let features: UInt64
+
+    /// The memberwise initializer, public so a device can be driven without a vhost-user
+    /// connection (the block device fuzz target does).
+    public init(index: Int, size: UInt16, descriptorTable: UInt64, availableRing: UInt64, usedRing: UInt64,
+                nextAvailable: UInt16, kickFD: Int32, callFD: Int32?, features: UInt64) {
+        self.index = index
+        self.size = size
+        self.descriptorTable = descriptorTable
+        self.availableRing = availableRing
+        self.usedRing = usedRing
+        self.nextAvailable = nextAvailable
+        self.kickFD = kickFD
+        self.callFD = callFD
+        self.features = features
+    }
 }
 
 /// A virtio device served over vhost-user. The backend calls it from its connection thread only.

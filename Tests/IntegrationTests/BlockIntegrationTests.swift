@@ -1,5 +1,6 @@
 import BlockClient
 import Foundation
+import HostOS
 import Synchronization
 import VhostUser
 import XCTest
@@ -148,6 +149,12 @@ final class BlockIntegrationTests: XCTestCase {
         let uid = try BlockHost.jailUid(stateDirectory: stateDirectory, tenant: "t1")
         XCTAssertEqual(uid, 900_000_000, "the only tenant has the first uid of the jail range")
         BlockHost.assertJailed(first, uid: uid)
+        // Made before the jail, before any frontend connects: one restricted ring per queue
+        // (the daemon starts servers with 2 queues); the jail allows no io_uring_setup later.
+        XCTAssertEqual(BlockHost.descriptors(of: first, linkingTo: "anon_inode:[io_uring]"), 2,
+                       "the rings exist before the first frontend connects")
+        // No file can grow past the volume's 16 MiB.
+        XCTAssertEqual(BlockHost.limit("Max file size", of: first), ["\(16 << 20)", "\(16 << 20)"], "RLIMIT_FSIZE")
 
         let socket = stateDirectory + "/tenants/t1/vhost/v.sock"
         do {
@@ -427,6 +434,68 @@ final class BlockIntegrationTests: XCTestCase {
 
     /// Tenant t1 with volumes a and b (32 MiB each), its jailed server ready, and a well-behaved
     /// client looping on volume a that has completed its first round.
+    /// The jailed server against a frontend that speaks vhost-user correctly and attacks through
+    /// its virtqueue and kick descriptor: an always-readable kick costs the server process no CPU,
+    /// a 6 GiB aliased read fails alone, a flood of malformed requests leaves a bounded log, and
+    /// the other volume, the server's descriptors and its liveness come through unchanged.
+    func testHostileVirtqueuesAgainstTheJailedServer() throws {
+        try BlockHost.requireRoot()
+        let state = try BlockState(tenants: ["t1": [("a", 32 << 20), ("b", 8 << 30)]])
+        let server = try BlockServerProcess(state: state, tenant: "t1")
+        try server.waitFor("block server ready", timeout: 30)
+        let baseline = BlockHost.openDescriptors(of: server.pid)
+
+        do {
+            let hostile = try BlockClient(socket: state.socket("t1", "b"), queueSize: 256)
+            // An eventfd in semaphore mode with a counter of 2^64 - 2 as the kick: always readable.
+            let storm = try EventFD(nonBlocking: true, semaphore: true)
+            var huge: UInt64 = .max - 1
+            XCTAssertEqual(write(storm.rawValue, &huge, 8), 8)
+            try hostile.frontend.setVringKick(0, fd: storm.rawValue)
+            let before = BlockHost.cpuSeconds(of: server.pid)
+            Thread.sleep(forTimeInterval: 3)
+            let spent = BlockHost.cpuSeconds(of: server.pid) - before
+            XCTAssertLessThan(spent, 0.3, "an always-readable kick cost the server \(spent) s of CPU in 3 s")
+
+            // 126 descriptors aliasing one 48 MiB buffer: a 6 GiB read.
+            let area = try hostile.data(queue: 0, offset: 0, length: 48 << 20)
+            let header = hostile.writeHeader(queue: 0, slot: 0, type: BlockClient.typeRead, sector: 0)
+            _ = try hostile.add(queue: 0, [.init(address: header, length: 16, writable: false)]
+                + Array(repeating: .init(address: area.address, length: 48 << 20, writable: true), count: 126)
+                + [.init(address: header + 16, length: 1, writable: true)])
+            hostile.kick(queue: 0)
+            _ = try hostile.waitUsed(queue: 0)
+            XCTAssertEqual(hostile.status(queue: 0, slot: 0), 1, "IOERR for a 6 GiB read")
+
+            // 1024 requests too short to have a header.
+            for _ in 0..<8 {
+                for slot in 0..<128 {
+                    let h = hostile.writeHeader(queue: 0, slot: slot, type: BlockClient.typeRead, sector: 0)
+                    _ = try hostile.add(queue: 0, [.init(address: h, length: 8, writable: false), .init(address: h + 16, length: 1, writable: true)])
+                }
+                hostile.kick(queue: 0)
+                for _ in 0..<128 { _ = try hostile.waitUsed(queue: 0) }
+            }
+            XCTAssertLessThan(server.output.occurrences(of: "virtio-blk: malformed request"), 100,
+                              "1024 malformed requests leave a bounded log")
+            let data = BlockPattern.block(3, nonce: 5)
+            XCTAssertEqual(try hostile.write(sector: 64, data: data), 0)
+            XCTAssertEqual(try hostile.read(sector: 64, length: 4096).data, data, "the attacked queue still serves")
+        }
+        try server.waitFor("vhost-user frontend disconnected", timeout: 10)
+        try BlockHost.waitFor("the suppressed warnings counted in the log", timeout: 10) { server.output.contains("log.suppressed") }
+        try BlockHost.waitFor("the server's descriptors back to \(baseline)", timeout: 10) {
+            BlockHost.openDescriptors(of: server.pid) == baseline
+        }
+
+        let good = try BlockClient(socket: state.socket("t1", "a"))
+        let data = BlockPattern.block(4, nonce: 5)
+        XCTAssertEqual(try good.write(sector: 8, data: data), 0)
+        XCTAssertEqual(try good.read(sector: 8, length: 4096).data, data, "the other volume serves")
+        XCTAssertTrue(server.isRunning, "the server is alive:\n\(server.output)")
+        XCTAssertEqual(server.stop(), 0, "SIGTERM stops the server:\n\(server.output)")
+    }
+
     private func serverWithAGoodClient() throws -> (BlockState, BlockServerProcess, GoodClientLoop) {
         try BlockHost.requireRoot()
         let state = try BlockState(tenants: ["t1": [("a", 32 << 20), ("b", 32 << 20)]])
@@ -852,6 +921,33 @@ enum BlockHost {
         let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
         let uid = ((record?["tenants"] as? [String: Any])?[tenant] as? NSNumber).flatMap { UInt32(exactly: $0.uint64Value) }
         return try XCTUnwrap(uid, "a uid for tenant \(tenant) in \(path): \(record ?? [:])")
+    }
+
+    /// How many descriptors `pid` has open.
+    static func openDescriptors(of pid: Int32) -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
+    }
+
+    /// User plus system CPU time of `pid`, in seconds (/proc/PID/stat fields 14 and 15).
+    static func cpuSeconds(of pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return 0 }
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// How many descriptors of `pid` are `target` (as /proc/PID/fd shows them).
+    static func descriptors(of pid: Int32, linkingTo target: String) -> Int {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) == target }.count
+    }
+
+    /// The soft and hard values of a line of /proc/PID/limits ("Max file size", ...).
+    static func limit(_ name: String, of pid: Int32) -> [String] {
+        let limits = ((try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)) ?? "").split(separator: "\n")
+        return limits.first { $0.hasPrefix(name) }.map { $0.dropFirst(name.count).split(whereSeparator: \.isWhitespace).prefix(2).map(String.init) } ?? []
     }
 
     /// Every thread of `pid` is uid/gid `uid` with no groups, no capabilities, NoNewPrivs and the

@@ -7,6 +7,11 @@ final class MessageTests: XCTestCase {
     private func roundTrip(_ message: VhostUserMessage, fds: Int = 0, direction: VhostUserMessage.Direction = .request,
                            file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(try VhostUserMessage.decode(message.encode(), descriptorCount: fds, direction: direction), message, file: file, line: line)
+        // What the channel admits from the header alone covers every message that decodes.
+        let bytes = message.encode()
+        let limits = try? VhostUserMessage.limits(of: VhostUserHeader(decoding: bytes), direction: direction)
+        XCTAssertEqual(limits?.payloadSize, bytes.count - VhostUserHeader.size, file: file, line: line)
+        XCTAssertLessThanOrEqual(fds, limits?.descriptors ?? -1, file: file, line: line)
     }
 
     private func assertDecode(_ bytes: [UInt8], fds: Int = 0, direction: VhostUserMessage.Direction = .request, throws expected: VhostUserError,
