@@ -7,6 +7,7 @@ packages=(
   iproute2 iputils-ping arping tcpdump ethtool  # namespaces, links and probes used by the tests
   iperf3 fio bridge-utils                       # benchmark peers
   qemu-system-x86                               # QEMU as an independent vhost-user-blk frontend
+  linux-image-cloud-amd64 busybox-static        # a Linux guest (kernel, initramfs) under that QEMU
   python3-scapy python3-jsonschema              # crafted frames in attack tests; schema check
 )
 missing=()

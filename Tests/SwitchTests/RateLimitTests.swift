@@ -45,6 +45,49 @@ final class TokenBucketTests: XCTestCase {
         var zero = TokenBucket(rate: 0, burst: 2, now: 0)
         XCTAssertTrue(zero.consume(2, now: .max))
         XCTAssertFalse(zero.consume(1, now: .max))
+        XCTAssertEqual(zero.nanosecondsUntil(1), .max, "a zero rate never refills")
+    }
+
+    /// A take larger than the burst runs into debt; refills repay it before anything else can
+    /// be taken, so the long-run rate holds whatever the size of one take.
+    func testDebtIsRepaidBeforeTheNextTake() {
+        // 4 MiB/s with a 1 MiB burst; a 4 MiB take leaves 3 MiB owed.
+        let mib: UInt64 = 1 << 20
+        var bucket = TokenBucket(rate: 4 * mib, burst: mib, now: 0)
+        XCTAssertTrue(bucket.canTake(1))
+        bucket.takeAllowingDebt(4 * mib)
+        XCTAssertEqual(bucket.available, 0)
+        XCTAssertEqual(bucket.owed, 3 * mib)
+        XCTAssertFalse(bucket.canTake(0), "nothing, not even a free take, while in debt")
+        XCTAssertEqual(bucket.nanosecondsUntil(1), 750_000_239, "3 MiB plus one byte at 4 MiB/s (238.4 ns a byte), rounded up")
+        bucket.refill(now: 700_000_000)
+        XCTAssertFalse(bucket.canTake(1), "still owed after 0.7 s")
+        bucket.refill(now: 750_000_000)
+        XCTAssertEqual(bucket.owed, 0)
+        XCTAssertFalse(bucket.canTake(1), "repaid, but no credit yet")
+        bucket.refill(now: 1_000_000_000)
+        XCTAssertEqual(bucket.available, mib, "0.25 s of refill after the debt: 1 MiB")
+        // Four 4 MiB takes, each started as soon as the bucket allows: 16 MiB at 4 MiB/s with a
+        // 1 MiB burst takes 2.75 s until the last starts.
+        var fresh = TokenBucket(rate: 4 * mib, burst: mib, now: 0)
+        var now: UInt64 = 0
+        for _ in 0..<4 {
+            now += fresh.nanosecondsUntil(1)
+            fresh.refill(now: now)
+            XCTAssertTrue(fresh.canTake(1))
+            fresh.takeAllowingDebt(4 * mib)
+        }
+        XCTAssertEqual(Double(now) / 1e9, 2.75, accuracy: 0.001)
+    }
+
+    func testDebtSaturatesInsteadOfOverflowing() {
+        var bucket = TokenBucket(rate: 1, burst: 1, now: 0)
+        bucket.takeAllowingDebt(.max)
+        bucket.takeAllowingDebt(.max)
+        XCTAssertFalse(bucket.canTake(1))
+        XCTAssertEqual(bucket.nanosecondsUntil(1), UInt64.max)
+        bucket.refill(now: .max)
+        XCTAssertFalse(bucket.canTake(1), "about 1.8 x 10^10 tokens owed at 1 per second")
     }
 }
 

@@ -170,6 +170,19 @@ final class BlockRequestTests: XCTestCase {
         XCTAssertEqual(validate(request(.read, length: 0, segments: 0), limits: limits), .ok)
     }
 
+    /// size_max bounds each data segment, our own limit the total, whatever the segment count.
+    func testSegmentSizeAndTotalLimits() {
+        let bounded = BlockLimits(capacitySectors: 1 << 40, segMax: 0, sizeMax: 256 << 10, maxTransferBytes: 32 << 20)
+        XCTAssertEqual(validate(request(.read, length: 256 << 10), limits: bounded), .ok)
+        XCTAssertEqual(validate(request(.read, length: (256 << 10) + 512), limits: bounded), .ioError, "a segment over size_max")
+        XCTAssertEqual(validate(request(.write, length: 256 << 10, segments: 128), limits: bounded), .ok, "exactly 32 MiB")
+        XCTAssertEqual(validate(request(.write, length: 256 << 10, segments: 129), limits: bounded), .ioError, "over 32 MiB")
+        // 126 aliased segments of 48 MiB: 6 GiB, more than a 32-bit length holds.
+        var huge = request(.read, length: 48 << 20, segments: 126)
+        huge.dataLength = 126 * (48 << 20)
+        XCTAssertEqual(validate(huge, limits: BlockLimits(capacitySectors: 1 << 40, maxTransferBytes: 32 << 20)), .ioError)
+    }
+
     func testReadOnlyVolume() {
         var ro = limits
         ro.readOnly = true
