@@ -20,6 +20,8 @@ public final class BlockDevice: VhostUserDevice, @unchecked Sendable {
     let throttle: VolumeThrottle?
     let logger: Logger
     let warnings: GuestWarnings
+    /// Tests only: the next worker that submits I/O fails right after (with the I/O in flight).
+    let failAfterSubmitting = Atomic<Bool>(false)
     /// One ring per queue, made here (before any jail) and kept for the device's life.
     private let rings: [QueueRing]
     private let lock = Mutex<[Int: QueueWorker]>([:])

@@ -10,6 +10,11 @@ import Virtio
 import Glibc
 #endif
 
+/// A failure a test asks for (`BlockDevice.failAfterSubmitting`).
+struct InjectedFailure: Error, CustomStringConvertible {
+    var description: String { "failure injected by a test, with I/O in flight" }
+}
+
 /// The io_uring one queue of a volume is served with, and the memory the kernel writes into for
 /// it. Made with the device, before the block server jails itself: the jail forbids
 /// `io_uring_setup` (a ring made later would carry no restrictions), so every ring the process
@@ -293,8 +298,9 @@ final class QueueWorker: @unchecked Sendable {
                 case nil: break
                 }
             }
+            // Answer as completions come: after a failure the stop may be a long way off.
+            notifyIfNeeded()
         }
-        notifyIfNeeded()
     }
 
     /// A kick arrived. A kick descriptor that is always readable (an eventfd in semaphore mode
@@ -398,6 +404,10 @@ final class QueueWorker: @unchecked Sendable {
                     }
                 }
                 if try handle(head: head) { answered = true }
+            }
+            if inFlight > 0, device.failAfterSubmitting.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged {
+                try submitPrepared()
+                throw InjectedFailure()
             }
             if freeSlots.isEmpty { break }  // completions will call us again
             // EVENT_IDX: ask for a kick, then look once more to close the race with the driver.

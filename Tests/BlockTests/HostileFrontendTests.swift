@@ -1,4 +1,4 @@
-import Block
+@testable import Block
 import BlockClient
 import Config
 import Foundation
@@ -219,6 +219,40 @@ final class HostileFrontendTests: XCTestCase {
             XCTAssertEqual(Array(UnsafeRawBufferPointer(start: area.pointer, count: 4096)), pattern(slot, 4096), "block \(slot)")
             done += 1
         }
+    }
+
+    /// A queue worker that fails with requests in flight finishes them before it stops: each
+    /// gets its data, status and used entry (the guest's memory stays mapped until then), and the
+    /// next frontend is served.
+    func testAWorkerThatFailsAnswersWhatItHadInFlight() throws {
+        let socket = try serve(Volume(id: "data", sizeBytes: 16 << 20))
+        do {
+            let client = try BlockClient(socket: socket, queueSize: 256)
+            for block in 0..<32 { XCTAssertEqual(try client.write(sector: UInt64(block * 8), data: pattern(block, 4096)), 0) }
+            try XCTUnwrap(devices.first).failAfterSubmitting.store(true, ordering: .relaxed)
+            var slotOf: [UInt16: Int] = [:]
+            for slot in 0..<32 {
+                let header = client.writeHeader(queue: 0, slot: slot, type: BlockClient.typeRead, sector: UInt64(slot * 8))
+                let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
+                let head = try client.add(queue: 0, [
+                    .init(address: header, length: 16, writable: false),
+                    .init(address: area.address, length: 4096, writable: true),
+                    .init(address: header + 16, length: 1, writable: true),
+                ])
+                slotOf[head] = slot
+            }
+            client.kick(queue: 0)
+            for _ in 0..<32 {
+                let used = try client.waitUsed(queue: 0, timeoutMilliseconds: 5000)
+                let slot = try XCTUnwrap(slotOf[used.head])
+                XCTAssertEqual(client.status(queue: 0, slot: slot), 0)
+                let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
+                XCTAssertEqual(Array(UnsafeRawBufferPointer(start: area.pointer, count: 4096)), pattern(slot, 4096), "block \(slot)")
+            }
+            XCTAssertTrue(log.contains("virtio-blk queue worker failed"), log.text)
+        }
+        let next = try BlockClient(socket: socket)
+        XCTAssertEqual(try next.read(sector: 8, length: 4096).data, pattern(1, 4096), "the next frontend is served")
     }
 
     /// A hugetlb memfd can lose pages to a hole punch even when sealed against shrinking, so the
