@@ -20,9 +20,10 @@ final class GuestDriverTests: XCTestCase {
         try writeAndVerify(queues: 2)
     }
 
-    /// The guest writes `jobs` regions of `regionKiB` in parallel (job j on CPU j, at offset
-    /// j * regionKiB) with O_DIRECT and fsync, reads them back with O_DIRECT and compares; the
-    /// test then finds exactly those bytes in the volume file, and zeroes everywhere else.
+    /// The guest writes `jobs` regions of `regionKiB` in parallel (job j on CPU j; the first
+    /// region at offset 0, the last ending at the disk's last byte) with O_DIRECT and fsync, reads
+    /// them back with O_DIRECT and compares; the test then finds exactly those bytes in the volume
+    /// file, and zeroes everywhere else.
     private func writeAndVerify(queues: Int) throws {
         let setup = try GuestSetup.require()
         let jobs = 2, regionKiB = 4096
@@ -49,9 +50,13 @@ final class GuestDriverTests: XCTestCase {
         XCTAssertTrue(disk.contains("cache=write-back"), "the driver saw VIRTIO_BLK_F_FLUSH (so fsync sends FLUSH): \(disk)")
         let flushes = guest.lines.marker("BH-STAT").flatMap { $0.value(of: "flushes") } ?? 0
         XCTAssertGreaterThan(flushes, 0, "the guest's fsyncs reached the device as FLUSH requests:\n\(guest.report)")
+        // guest-init.sh's layout: region j at j * stride, the last one flush with the end.
+        let regionBytes = regionKiB * 1024
+        let stride = (volumeBytes - regionBytes) / (jobs - 1) / 4096 * 4096
+        let offsets = (0..<jobs).map { $0 * stride }
         for job in 0..<jobs {
-            XCTAssertTrue(guest.lines.contains { $0.marker("BH-JOB")?.hasPrefix("\(job) ok") == true },
-                          "job \(job) reported ok:\n\(guest.report)")
+            XCTAssertTrue(guest.lines.contains { $0.marker("BH-JOB")?.hasPrefix("\(job) ok offset=\(offsets[job]) ") == true },
+                          "job \(job) reported ok at offset \(offsets[job]):\n\(guest.report)")
         }
 
         // Completions arrived on every queue the guest has, and only there (one MSI-X vector per
@@ -74,16 +79,17 @@ final class GuestDriverTests: XCTestCase {
         // else was written.
         let volume = try Data(contentsOf: URL(fileURLWithPath: state.volumeFile("t1", "disk")))
         XCTAssertEqual(volume.count, volumeBytes, "the volume file keeps its size")
-        for job in 0..<jobs {
-            let offset = job * regionKiB * 1024
+        for (job, offset) in offsets.enumerated() {
             let expected = GuestPattern.bytes(seed: seed, tag: "region\(job)", blocks: regionKiB / 4)
             if let problem = GuestPattern.mismatch(in: volume, at: offset, expected: expected) {
                 XCTFail("region \(job) (written through queue \(job % queues)) is not in the volume file: \(problem)\n\(guest.report)")
             }
         }
-        let written = jobs * regionKiB * 1024
-        if let stray = GuestPattern.firstNonZero(in: volume, from: written, to: volumeBytes) {
-            XCTFail("the volume file has data at offset \(stray), where the guest wrote nothing")
+        let gaps = zip(offsets.map { $0 + regionBytes }, offsets.dropFirst() + [volumeBytes])
+        for (from, to) in gaps {
+            if let stray = GuestPattern.firstNonZero(in: volume, from: from, to: to) {
+                XCTFail("the volume file has data at offset \(stray), where the guest wrote nothing")
+            }
         }
 
         try server.waitFor("vhost-user frontend disconnected", timeout: 10)

@@ -5,8 +5,10 @@
 #
 # What to do comes from the kernel command line (/proc/cmdline):
 #   bh.mode=verify  bh.jobs=J jobs in parallel; job j runs its dd on CPU j (so blk-mq submits on
-#                   queue j when there are J queues), writes bh.kib KiB of pattern at offset
-#                   j * bh.kib KiB with O_DIRECT and fsync, reads it back with O_DIRECT, compares.
+#                   queue j when there are J queues), writes bh.kib KiB of pattern (region j) with
+#                   O_DIRECT and fsync, reads it back with O_DIRECT, compares. The regions are
+#                   spread over the disk, the first at offset 0, the last ending at its last byte:
+#                   region j at j * S, S = (capacity - bh.kib KiB) / (J - 1) rounded down to 4 KiB.
 #   bh.mode=chunks  chunk n = 1, 2, ... of bh.kib KiB at offset n * bh.kib KiB, each written with
 #                   O_DIRECT and fsync (a FLUSH), then "BH-FLUSHED n flushes=F" (F: FLUSH requests
 #                   completed so far); until the VM is killed.
@@ -71,7 +73,7 @@ flushes() { awk '{ print $16 }' /sys/block/vda/stat; }
 
 verify_job() {  # JOB
   job=$1
-  offset=$((job * kib * 1024))
+  offset=$((job * stride))
   pattern "$seed" "region$job" $((kib / 4)) >/tmp/written.$job
   taskset -c "$job" dd if=/tmp/written.$job of=/dev/vda bs=256K seek=$offset \
     oflag=direct,seek_bytes conv=fsync,notrunc status=none || { echo "BH-JOB $job fail write"; return 1; }
@@ -85,6 +87,8 @@ case $mode in
   verify)
     [ -n "$jobs" ] || fail "bh.jobs missing"
     [ $((jobs * kib * 1024)) -le "$capacity" ] || fail "$jobs jobs of $kib KiB do not fit in $capacity bytes"
+    stride=0
+    [ "$jobs" -gt 1 ] && stride=$(((capacity - kib * 1024) / (jobs - 1) / 4096 * 4096))
     pids=""
     job=0
     while [ $job -lt "$jobs" ]; do
