@@ -36,6 +36,9 @@ public final class BlockDevice: VhostUserDevice, @unchecked Sendable {
     /// descriptors add up to (segMax x sizeMax = 31.5 MiB stays under it, so a driver that
     /// honours the two never meets it). Keeps one request's disk time and used length bounded.
     static let maxTransferBytes: UInt64 = 32 << 20
+    /// The most descriptors one chain may have, however it is split (Linux uses seg_max + 2):
+    /// without it, one request could make the worker walk an indirect table of 32768 entries.
+    static let maxChainDescriptors = 2 * Int(segMax) + 4
     /// Discard and write-zeroes: at most 32 ranges of at most 2^22 sectors (2 GiB) each per request.
     static let maxRangeSectors: UInt32 = 1 << 22
     static let maxRanges: UInt32 = 32

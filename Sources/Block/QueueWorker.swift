@@ -435,7 +435,7 @@ final class QueueWorker: @unchecked Sendable {
     /// Starts one request. Returns true when it was answered at once (no I/O).
     private func handle(head: UInt16) throws -> Bool {
         do {
-            try queue.walk(head: head, into: &chain)
+            try queue.walk(head: head, into: &chain, maxDescriptors: BlockDevice.maxChainDescriptors)
         } catch {
             device.throttle?.charge(bytes: 0)
             warn("virtio-blk: malformed descriptor chain", error)

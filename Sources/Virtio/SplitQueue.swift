@@ -266,21 +266,27 @@ public struct SplitQueue: Sendable {
     /// non-empty buffer (wholly inside one region) and that readable buffers precede writable
     /// ones. Zero-length descriptors are skipped. A descriptor with INDIRECT ends the chain: the
     /// driver must not set NEXT with it (2.7.5.3.1), so its `next` is ignored.
+    /// `maxDescriptors` caps the descriptors walked in all (the INDIRECT one and zero-length
+    /// ones included), so the work one chain can cost is the device's to bound: an indirect
+    /// table may otherwise hold 32768 entries.
     /// On a throw, `chain` holds the segments accepted so far and must not be used.
     @inlinable
-    public func walk(head: UInt16, into chain: inout DescriptorChain) throws(ChainError) {
+    public func walk(head: UInt16, into chain: inout DescriptorChain, maxDescriptors: Int = .max) throws(ChainError) {
         chain.removeAll()
         chain.head = head
         var table = descriptorTable
         var tableLength = Int(size)
         var index = head
         var walked = 0
+        var total = 0
         var inIndirect = false
         var seenWritable = false
         while true {
             guard Int(index) < tableLength else { throw .indexOutOfRange(index) }
             walked &+= 1
             guard walked <= tableLength else { throw .tooLong(limit: tableLength) }
+            total &+= 1
+            guard total <= maxDescriptors else { throw .tooLong(limit: maxDescriptors) }
             // The table lies inside memory (checked at setup / when entering it): translate once,
             // then copy each field exactly once.
             guard let d = memory.pointer(at: table &+ 16 &* UInt64(index), length: 16) else {

@@ -151,6 +151,12 @@ final class SplitQueueTests: XCTestCase {
         // Exactly `size` descriptors is fine.
         for i in 0..<16 { d.setDescriptor(UInt16(i), address: a, length: 1, flags: i == 15 ? 0 : DescriptorFlags.next, next: UInt16(i + 1)) }
         XCTAssertEqual(try walk(q, 0).segments.count, 16)
+        // A device's own cap counts every descriptor walked.
+        var chain = DescriptorChain()
+        XCTAssertNoThrow(try q.walk(head: 0, into: &chain, maxDescriptors: 16))
+        XCTAssertThrowsError(try q.walk(head: 0, into: &chain, maxDescriptors: 15)) { error in
+            XCTAssertEqual(error as? ChainError, .tooLong(limit: 15))
+        }
     }
 
     func testBufferOutsideMemory() throws {
