@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering"]),
 
         // vhost-user protocol: message codec, backend server, frontend client.
-        .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", "Metering", .product(name: "Logging", package: "swift-log")]),
 
         // A vhost-user-blk frontend with its own test guest: drives the backend in tests and benchmarks.
         .target(name: "BlockClient", dependencies: ["VhostUser", "Virtio", "HostOS"]),

@@ -1,6 +1,7 @@
 import Foundation
 import HostOS
 import Logging
+import Metering
 import Synchronization
 import Virtio
 
@@ -130,6 +131,28 @@ public final class VhostUserBackend: Sendable {
     /// A frontend may stay idle between messages for as long as it likes, but once a message's
     /// first byte has arrived the rest of it must follow within `messageTimeout`; a message
     /// that stalls half-sent ends the connection (and releases the descriptors it brought).
+    /// Queue starts a frontend may cause per second on this socket, over all its connections,
+    /// after a burst of `queueStartBurst`. Each start costs the server a worker thread and its
+    /// set-up, a message costs the frontend a few microseconds: a frontend that restarts queues
+    /// in a loop (SET_VRING_KICK after SET_VRING_KICK, or reconnecting) is slowed to this rate
+    /// instead of turning its messages into the server's CPU time. QEMU's start-up, SeaBIOS's
+    /// probe included, makes a handful.
+    public static let queueStartsPerSecond: UInt64 = 200
+    public static let queueStartBurst: UInt64 = 100
+    private let queueStarts: Mutex<TokenBucket>
+
+    /// Waits, on the connection's thread, until one more queue start is within the rate.
+    private func paceQueueStart() {
+        let wait = queueStarts.withLock { bucket -> UInt64 in
+            bucket.refill(now: monotonicNanoseconds())
+            let wait = bucket.nanosecondsUntil(1)
+            bucket.takeAllowingDebt(1)
+            return wait
+        }
+        guard wait > 0 else { return }
+        Thread.sleep(forTimeInterval: Double(min(wait, 10_000_000_000)) / 1e9)
+    }
+
     public init(path: String, logger: Logger? = nil, messageTimeout: Duration = .seconds(5),
                 makeDevice: @escaping @Sendable () -> any VhostUserDevice) {
         self.path = path
@@ -139,6 +162,8 @@ public final class VhostUserBackend: Sendable {
         let (total, late) = whole.addingReportingOverflow(max(0, attoseconds) / 1_000_000_000_000_000)
         messageTimeoutMilliseconds = overflow || late ? Int.max : Int(total)
         self.makeDevice = makeDevice
+        queueStarts = Mutex(TokenBucket(rate: VhostUserBackend.queueStartsPerSecond, burst: VhostUserBackend.queueStartBurst,
+                                        now: monotonicNanoseconds()))
     }
 
     /// Listens at `path` and serves frontends on the calling thread until `stop()`.
@@ -222,7 +247,7 @@ public final class VhostUserBackend: Sendable {
     }
 
     private func serveConnection(_ stream: borrowing UnixStream) {
-        let session = Session(device: makeDevice(), logger: logger, socketPath: path)
+        let session = Session(device: makeDevice(), logger: logger, socketPath: path, pace: { [self] in paceQueueStart() })
         logger?.info("vhost-user frontend connected", metadata: ["vhost.socket": "\(path)"])
         defer { session.close() }
         while true {
@@ -290,10 +315,14 @@ final class Session {
     var memory = GuestMemory()
     var queues: [QueueState]
 
-    init(device: any VhostUserDevice, logger: Logger?, socketPath: String) {
+    /// Called before each queue start; waits while the frontend is over its rate.
+    let pace: () -> Void
+
+    init(device: any VhostUserDevice, logger: Logger?, socketPath: String, pace: @escaping () -> Void = {}) {
         self.device = device
         self.logger = logger
         self.socketPath = socketPath
+        self.pace = pace
         queues = (0..<max(0, device.queueCount)).map { QueueState(index: $0) }
     }
 
@@ -496,6 +525,7 @@ final class Session {
             index: queue.index, size: size, descriptorTable: ring.descriptors, availableRing: ring.available,
             usedRing: ring.used, nextAvailable: queue.base, kickFD: kick, callFD: queue.call?.rawValue,
             features: ackedFeatures & ~VhostUserFeature.protocolFeatures)
+        pace()
         try device.startQueue(setup, memory: memory)
         queue.running = true
         logger?.debug("vhost-user queue started", metadata: ["vhost.socket": "\(socketPath)", "vhost.queue": "\(queue.index)"])

@@ -174,6 +174,23 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertEqual(try client.read(sector: 0, length: 4096).data, data)
     }
 
+    /// A frontend that restarts its queue in a loop (300 SET_VRING_KICKs, each stopping a worker
+    /// thread and starting another) is slowed to the backend's rate of queue starts (200 a second
+    /// after a burst of 100) instead of turning each 12-byte message into a thread's set-up.
+    func testQueueRestartsInALoopArePaced() throws {
+        let socket = try serve(Volume(id: "data", sizeBytes: 16 << 20))
+        let client = try BlockClient(socket: socket)
+        let kick = try XCTUnwrap(client.kickDescriptor(queue: 0))
+        let start = Date()
+        for _ in 0..<300 { try client.frontend.setVringKick(0, fd: kick) }
+        let elapsed = Date().timeIntervalSince(start)
+        let floor = Double(300 - Int(VhostUserBackend.queueStartBurst) - 2) / Double(VhostUserBackend.queueStartsPerSecond)
+        XCTAssertGreaterThan(elapsed, floor * 0.9, "300 queue restarts took \(elapsed) s")
+        let data = pattern(7, 4096)
+        XCTAssertEqual(try client.write(sector: 0, data: data), 0)
+        XCTAssertEqual(try client.read(sector: 0, length: 4096).data, data, "the queue serves after the restarts")
+    }
+
     /// A driver that moves avail.idx by more than the queue size breaks its queue (it needs a
     /// reset); kicks that follow cost nothing, and the device's other queue keeps serving.
     func testAvailableIndexJumpStopsOnlyThatQueue() throws {
