@@ -216,29 +216,9 @@ final class HostileFrontendTests: XCTestCase {
     func testMemoryTableChangeWithIOInFlight() throws {
         let socket = try serve(Volume(id: "data", sizeBytes: 16 << 20))
         let client = try BlockClient(socket: socket, queueSize: 256)
-        for block in 0..<64 { XCTAssertEqual(try client.write(sector: UInt64(block * 8), data: pattern(block, 4096)), 0) }
-        var slotOf: [UInt16: Int] = [:]
-        for slot in 0..<64 {
-            let header = client.writeHeader(queue: 0, slot: slot, type: BlockClient.typeRead, sector: UInt64(slot * 8))
-            let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
-            let head = try client.add(queue: 0, [
-                .init(address: header, length: 16, writable: false),
-                .init(address: area.address, length: 4096, writable: true),
-                .init(address: header + 16, length: 1, writable: true),
-            ])
-            slotOf[head] = slot
-        }
-        client.kick(queue: 0)
+        let reads = try ReadsInFlight(client, count: 64, pattern: pattern)
         try client.resendMemoryTable()
-        var done = 0
-        while done < 64 {
-            let used = try client.waitUsed(queue: 0)
-            let slot = try XCTUnwrap(slotOf[used.head])
-            XCTAssertEqual(client.status(queue: 0, slot: slot), 0)
-            let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
-            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: area.pointer, count: 4096)), pattern(slot, 4096), "block \(slot)")
-            done += 1
-        }
+        try reads.expectAll()
     }
 
     /// A queue worker that fails with requests in flight finishes them before it stops: each
@@ -248,27 +228,10 @@ final class HostileFrontendTests: XCTestCase {
         let socket = try serve(Volume(id: "data", sizeBytes: 16 << 20))
         do {
             let client = try BlockClient(socket: socket, queueSize: 256)
-            for block in 0..<32 { XCTAssertEqual(try client.write(sector: UInt64(block * 8), data: pattern(block, 4096)), 0) }
-            try XCTUnwrap(devices.first).failAfterSubmitting.store(true, ordering: .relaxed)
-            var slotOf: [UInt16: Int] = [:]
-            for slot in 0..<32 {
-                let header = client.writeHeader(queue: 0, slot: slot, type: BlockClient.typeRead, sector: UInt64(slot * 8))
-                let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
-                let head = try client.add(queue: 0, [
-                    .init(address: header, length: 16, writable: false),
-                    .init(address: area.address, length: 4096, writable: true),
-                    .init(address: header + 16, length: 1, writable: true),
-                ])
-                slotOf[head] = slot
-            }
-            client.kick(queue: 0)
-            for _ in 0..<32 {
-                let used = try client.waitUsed(queue: 0, timeoutMilliseconds: 5000)
-                let slot = try XCTUnwrap(slotOf[used.head])
-                XCTAssertEqual(client.status(queue: 0, slot: slot), 0)
-                let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
-                XCTAssertEqual(Array(UnsafeRawBufferPointer(start: area.pointer, count: 4096)), pattern(slot, 4096), "block \(slot)")
-            }
+            let device = try XCTUnwrap(devices.first)
+            try ReadsInFlight(client, count: 32, pattern: pattern) {
+                device.failAfterSubmitting.store(true, ordering: .relaxed)
+            }.expectAll()
             XCTAssertTrue(log.contains("virtio-blk queue worker failed"), log.text)
         }
         let next = try BlockClient(socket: socket)
@@ -411,6 +374,43 @@ final class HostileFrontendTests: XCTestCase {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    }
+}
+
+/// `count` 4 KiB blocks written with `pattern`, then read back all at once: the reads are
+/// added and kicked together, and `expectAll` checks each one's status and data.
+struct ReadsInFlight {
+    let client: BlockClient
+    let pattern: (Int, Int) -> [UInt8]
+    private var slotOf: [UInt16: Int] = [:]
+
+    /// `beforeReads` runs once the blocks are written, before the reads go out.
+    init(_ client: BlockClient, count: Int, pattern: @escaping (Int, Int) -> [UInt8], beforeReads: () throws -> Void = {}) throws {
+        self.client = client
+        self.pattern = pattern
+        for block in 0..<count { XCTAssertEqual(try client.write(sector: UInt64(block * 8), data: pattern(block, 4096)), 0) }
+        try beforeReads()
+        for slot in 0..<count {
+            let header = client.writeHeader(queue: 0, slot: slot, type: BlockClient.typeRead, sector: UInt64(slot * 8))
+            let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
+            let head = try client.add(queue: 0, [
+                .init(address: header, length: 16, writable: false),
+                .init(address: area.address, length: 4096, writable: true),
+                .init(address: header + 16, length: 1, writable: true),
+            ])
+            slotOf[head] = slot
+        }
+        client.kick(queue: 0)
+    }
+
+    func expectAll() throws {
+        for _ in 0..<slotOf.count {
+            let used = try client.waitUsed(queue: 0, timeoutMilliseconds: 5000)
+            let slot = try XCTUnwrap(slotOf[used.head])
+            XCTAssertEqual(client.status(queue: 0, slot: slot), 0)
+            let area = try client.data(queue: 0, offset: slot * 4096, length: 4096)
+            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: area.pointer, count: 4096)), pattern(slot, 4096), "block \(slot)")
+        }
     }
 }
 
