@@ -391,6 +391,8 @@ final class QueueWorker: @unchecked Sendable {
                     var fields = metadata
                     fields["error"] = "\(error)"
                     device.warnings.warn("virtio-blk queue stopped: the driver broke it", metadata: fields)
+                    // What this drain answered before the queue broke still reaches the driver.
+                    if answered { notifyIfNeeded() }
                     return
                 }
                 guard let head else { break }
