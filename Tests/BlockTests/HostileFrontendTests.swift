@@ -208,6 +208,26 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertTrue(log.contains("available index jumped"), "the broken queue is reported:\n\(log.text)")
     }
 
+    /// A request answered at once (GET_ID) followed by a head out of range in the same kick:
+    /// the queue breaks, and the answer already given still reaches the driver.
+    func testAnswersBeforeABrokenHeadArePublished() throws {
+        let socket = try serve(Volume(id: "data", sizeBytes: 16 << 20, serial: "vol-serial"))
+        let client = try BlockClient(socket: socket)
+        let header = client.writeHeader(queue: 0, slot: 0, type: BlockClient.typeGetID, sector: 0)
+        let area = try client.data(queue: 0, offset: 0, length: 20)
+        _ = try client.add(queue: 0, [.init(address: header, length: 16, writable: false),
+                                      .init(address: area.address, length: 20, writable: true),
+                                      .init(address: header + 16, length: 1, writable: true)])
+        let layout = VirtqueueDriver.layout(size: client.queueSize, at: BlockClient.guestBase)
+        client.memory.store(UInt16.max, at: layout.available + 4 + 2)  // avail[1]: no such head
+        client.memory.store(UInt16(2), at: layout.available + 2)
+        var one: UInt64 = 1
+        _ = write(try kickFD(of: client, queue: 0), &one, 8)
+        let used = try client.waitUsed(queue: 0, timeoutMilliseconds: 3000)
+        XCTAssertEqual(used.length, 21, "the serial's 20 bytes and the status")
+        XCTAssertEqual(client.status(queue: 0, slot: 0), 0)
+    }
+
     // MARK: - 5. Memory the server can trust
 
     /// A memory-table change while 64 reads are in flight: the server stops the queue, waits for
