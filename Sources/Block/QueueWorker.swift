@@ -407,7 +407,8 @@ final class QueueWorker: @unchecked Sendable {
                 }
                 if try handle(head: head) { answered = true }
             }
-            if inFlight > 0, device.failAfterSubmitting.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged {
+            if inFlight > 0, device.failAfterSubmitting.load(ordering: .relaxed),
+               device.failAfterSubmitting.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged {
                 try submitPrepared()
                 throw InjectedFailure()
             }
