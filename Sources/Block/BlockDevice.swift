@@ -112,7 +112,8 @@ public final class BlockDevice: VhostUserDevice, @unchecked Sendable {
 
     public func startQueue(_ setup: VhostQueueSetup, memory: GuestMemory) throws {
         guard setup.index >= 0, setup.index < rings.count else {
-            throw SplitQueue.SetupError.invalidSize(setup.size)  // the backend checked the index already
+            // The backend checks the index against `queueCount` already.
+            throw QueueIndexError(index: setup.index, queueCount: rings.count)
         }
         // The ring serves one worker at a time: the previous one stops (its I/O drained) first.
         let previous = lock.withLock { $0.removeValue(forKey: setup.index) }
@@ -140,6 +141,13 @@ public final class BlockDevice: VhostUserDevice, @unchecked Sendable {
         }
         for worker in all { _ = worker.stop() }
     }
+}
+
+/// A queue index the device does not have.
+struct QueueIndexError: Error, CustomStringConvertible {
+    let index: Int
+    let queueCount: Int
+    var description: String { "virtio-blk queue \(index) does not exist (the device has \(queueCount))" }
 }
 
 /// Per-volume QoS: token buckets for I/O operations and bytes per second, shared by the

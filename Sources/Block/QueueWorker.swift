@@ -388,9 +388,7 @@ final class QueueWorker: @unchecked Sendable {
                     head = try queue.popAvailable()
                 } catch {
                     broken = true
-                    var fields = metadata
-                    fields["error"] = "\(error)"
-                    device.warnings.warn("virtio-blk queue stopped: the driver broke it", metadata: fields)
+                    warn("virtio-blk queue stopped: the driver broke it", error)
                     // What this drain answered before the queue broke still reaches the driver.
                     if answered { notifyIfNeeded() }
                     return

@@ -125,13 +125,28 @@ public enum StateFiles {
         }
     }
 
-    /// Replaces `path` with `contents` atomically (write to a temporary file, then rename).
-    public static func writeAtomically(_ path: String, contents: String, mode: mode_t = 0o644) throws(SystemError) {
+    /// Replaces `path` with `contents` atomically: the text goes to `path + ".tmp"` (mode `mode`,
+    /// whatever the umask or a temporary file left by a crash had), then is renamed over `path`,
+    /// so a reader sees the old file or the new one, never a torn one. `durable` also flushes the
+    /// file before the rename and the directory after it, so a crash of the machine leaves one
+    /// of the two as well (a record that must survive; not a status file rewritten every second).
+    /// The corresponding C functions are `open`, `fchmod`, `write`, `fsync` and `rename`.
+    public static func writeAtomically(_ path: String, contents: String, mode: mode_t = 0o644,
+                                       durable: Bool = false) throws(SystemError) {
         let temporary = path + ".tmp"
-        let fd = try FileDescriptor.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
-        try fd.writeAll(contents)
-        try fd.close()
+        do {
+            let file = try FileDescriptor.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode: mode)
+            try syscall("fchmod(\(temporary))") { fchmod(file.rawValue, mode) }
+            try file.writeAll(contents)
+            if durable { try syscall("fsync(\(temporary))") { fsync(file.rawValue) } }
+            try file.close()
+        }
         try syscall("rename(\(temporary), \(path))") { rename(temporary, path) }
+        guard durable else { return }
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let parent = try FileDescriptor.open(directory, flags: O_RDONLY | O_DIRECTORY)
+        try syscall("fsync(\(directory))") { fsync(parent.rawValue) }
     }
 
     /// Reads a whole file as UTF-8; nil when it does not exist.

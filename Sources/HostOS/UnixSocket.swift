@@ -149,19 +149,16 @@ public struct UnixStream: ~Copyable, Sendable {
     }
 
     /// Waits until a receive would not block (bytes, end of stream, a hang-up or an error are
-    /// pending) or `timeoutMilliseconds` pass (0 only checks); returns false on timeout. An
+    /// pending) or CLOCK_MONOTONIC reaches `deadline` nanoseconds (`monotonicNanoseconds()`; a
+    /// deadline already past only checks); returns false when the deadline came first. An
     /// interrupted wait resumes with the time that is left. The corresponding C function is `poll`.
-    public func waitReadable(timeoutMilliseconds: Int) throws(SystemError) -> Bool {
+    public func waitReadable(until deadline: UInt64) throws(SystemError) -> Bool {
         let fd = rawValue
-        let budget = UInt64(max(0, timeoutMilliseconds)).multipliedReportingOverflow(by: 1_000_000)
-        let start = monotonicNanoseconds()
-        let (deadline, overflow) = start.addingReportingOverflow(budget.overflow ? .max : budget.partialValue)
-        let end = overflow ? UInt64.max : deadline
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let ready = try syscall("poll(fd \(fd))") { () -> Int32 in
             let now = monotonicNanoseconds()
             // Rounded up: a wait never ends before its deadline.
-            let left = now < end ? Int32(clamping: (end - now) / 1_000_000 + ((end - now) % 1_000_000 == 0 ? 0 : 1)) : 0
+            let left = now < deadline ? Int32(clamping: (deadline - now) / 1_000_000 + ((deadline - now) % 1_000_000 == 0 ? 0 : 1)) : 0
             return poll(&entry, 1, left)
         }
         return ready > 0

@@ -126,11 +126,6 @@ public final class VhostUserBackend: Sendable {
         self.init(path: path, logger: logger, messageTimeout: messageTimeout, makeDevice: { device })
     }
 
-    /// Serves a fresh device from `makeDevice` to each frontend.
-    ///
-    /// A frontend may stay idle between messages for as long as it likes, but once a message's
-    /// first byte has arrived the rest of it must follow within `messageTimeout`; a message
-    /// that stalls half-sent ends the connection (and releases the descriptors it brought).
     /// Queue starts a frontend may cause per second on this socket, over all its connections,
     /// after a burst of `queueStartBurst`. Each start costs the server a worker thread and its
     /// set-up, a message costs the frontend a few microseconds: a frontend that restarts queues
@@ -153,6 +148,11 @@ public final class VhostUserBackend: Sendable {
         Thread.sleep(forTimeInterval: Double(min(wait, 10_000_000_000)) / 1e9)
     }
 
+    /// Serves a fresh device from `makeDevice` to each frontend.
+    ///
+    /// A frontend may stay idle between messages for as long as it likes, but once a message's
+    /// first byte has arrived the rest of it must follow within `messageTimeout`; a message
+    /// that stalls half-sent ends the connection (and releases the descriptors it brought).
     public init(path: String, logger: Logger? = nil, messageTimeout: Duration = .seconds(5),
                 makeDevice: @escaping @Sendable () -> any VhostUserDevice) {
         self.path = path

@@ -97,15 +97,6 @@ enum MessageChannel {
             let (end, late) = monotonicNanoseconds().addingReportingOverflow(overflow ? .max : budget)
             deadline = late ? .max : end
         }
-
-        /// Milliseconds left before the deadline (rounded up); nil when there is none yet.
-        var millisecondsLeft: Int? {
-            guard let deadline else { return nil }
-            let now = monotonicNanoseconds()
-            guard now < deadline else { return 0 }
-            let left = deadline - now
-            return Int(clamping: left / 1_000_000 + (left % 1_000_000 == 0 ? 0 : 1))
-        }
     }
 
     /// Receives into `bytes[start...]` until it is full or the stream ends; returns how many
@@ -114,9 +105,9 @@ enum MessageChannel {
                              descriptors: inout ReceivedDescriptors, progress: inout Progress) throws(VhostUserConnectionError) -> Int {
         var filled = start
         while filled < bytes.count {
-            if let left = progress.millisecondsLeft {
+            if let deadline = progress.deadline {
                 let ready: Bool
-                do { ready = try stream.waitReadable(timeoutMilliseconds: left) } catch { throw .system(error) }
+                do { ready = try stream.waitReadable(until: deadline) } catch { throw .system(error) }
                 if !ready {
                     throw .stalled(progress.request, received: filled, expected: bytes.count,
                                    milliseconds: progress.timeoutMilliseconds ?? 0)

@@ -121,14 +121,7 @@ final class HostileFrontendTests: XCTestCase {
     /// bucket runs into debt and later requests wait for it, so the four take about 3 s. (When a
     /// request needed only one byte of balance to start, they took milliseconds.)
     func testByteRateHoldsForRequestsLargerThanTheBurst() throws {
-        let qos = VolumeQoS(bytesPerSecond: 4 << 20, burstBytes: 1 << 20)
-        let socket = try serve(Volume(id: "slow", sizeBytes: 64 << 20, qos: qos))
-        let client = try BlockClient(socket: socket, memoryBytes: 16 << 20)
-        let start = Date()
-        for i in 0..<4 {
-            XCTAssertEqual(try client.read(sector: UInt64(i) * 8192, length: 4 << 20).status, 0)
-        }
-        let elapsed = Date().timeIntervalSince(start)
+        let elapsed = try secondsFor(reads: 4, ofVolumeWith: VolumeQoS(bytesPerSecond: 4 << 20, burstBytes: 1 << 20))
         // 16 MiB, 1 MiB of it from the burst: the fourth request starts after 2.75 s of refill.
         XCTAssertGreaterThan(elapsed, 2.6, "16 MiB at 4 MiB/s with a 1 MiB burst took \(elapsed) s")
         XCTAssertLessThan(elapsed, 8, "the requests were served, not starved (\(elapsed) s)")
@@ -138,15 +131,19 @@ final class HostileFrontendTests: XCTestCase {
     /// (256 KiB), so 4 MiB reads cost 16 I/Os each. Three of them at 16 IOPS with a burst of one
     /// take about 2 s (counted as one I/O each, they took under 0.2 s).
     func testIOPSOnlyLimitBoundsBandwidthThroughSizeMax() throws {
-        let qos = VolumeQoS(iops: 16, burstIOs: 1)
-        let socket = try serve(Volume(id: "iops", sizeBytes: 64 << 20, qos: qos))
+        let elapsed = try secondsFor(reads: 3, ofVolumeWith: VolumeQoS(iops: 16, burstIOs: 1))
+        XCTAssertGreaterThan(elapsed, 1.8, "3 x 16 I/Os at 16 IOPS took \(elapsed) s")
+    }
+
+    /// Seconds that `reads` 4 MiB reads, one after another, take on a new volume with `qos`.
+    private func secondsFor(reads: Int, ofVolumeWith qos: VolumeQoS) throws -> TimeInterval {
+        let socket = try serve(Volume(id: "limited", sizeBytes: 64 << 20, qos: qos))
         let client = try BlockClient(socket: socket, memoryBytes: 16 << 20)
         let start = Date()
-        for i in 0..<3 {
+        for i in 0..<reads {
             XCTAssertEqual(try client.read(sector: UInt64(i) * 8192, length: 4 << 20).status, 0)
         }
-        let elapsed = Date().timeIntervalSince(start)
-        XCTAssertGreaterThan(elapsed, 1.8, "3 x 16 I/Os at 16 IOPS took \(elapsed) s")
+        return Date().timeIntervalSince(start)
     }
 
     // MARK: - 3. Kicks that cost the attacker nothing
