@@ -52,11 +52,14 @@ final class HostileFrontendTests: XCTestCase {
         (0..<length).map { UInt8(truncatingIfNeeded: ($0 &* 31) ^ (seed &* 7919) ^ ($0 >> 9)) }
     }
 
-    /// Adds a read of `segments` (guest address, length) to queue 0 and waits for its status.
-    private func read(_ client: BlockClient, sector: UInt64, segments: [(UInt64, UInt32)], indirect: Bool = false) throws -> UInt8 {
-        let header = client.writeHeader(queue: 0, slot: 0, type: BlockClient.typeRead, sector: sector)
+    /// Adds a request of `type` with data `segments` (guest address, length) to queue 0, device-
+    /// writable for reads and GET_ID, and waits for its status.
+    private func request(_ client: BlockClient, type: UInt32 = BlockClient.typeRead, sector: UInt64,
+                         segments: [(UInt64, UInt32)]) throws -> UInt8 {
+        let header = client.writeHeader(queue: 0, slot: 0, type: type, sector: sector)
+        let deviceWrites = type == BlockClient.typeRead || type == BlockClient.typeGetID
         var buffers = [VirtqueueDriver.Buffer(address: header, length: 16, writable: false)]
-        buffers += segments.map { VirtqueueDriver.Buffer(address: $0.0, length: $0.1, writable: true) }
+        buffers += segments.map { VirtqueueDriver.Buffer(address: $0.0, length: $0.1, writable: deviceWrites) }
         buffers.append(.init(address: header + 16, length: 1, writable: true))
         _ = try client.add(queue: 0, buffers)
         client.kick(queue: 0)
@@ -79,12 +82,17 @@ final class HostileFrontendTests: XCTestCase {
 
         // 6 GiB through 126 aliased 48 MiB segments.
         let aliased = Array(repeating: (area.address, UInt32(48 << 20)), count: 126)
-        XCTAssertEqual(try read(client, sector: 0, segments: aliased), 1, "a 6 GiB read fails with IOERR")
+        XCTAssertEqual(try request(client, sector: 0, segments: aliased), 1, "a 6 GiB read fails with IOERR")
+        XCTAssertEqual(try request(client, type: BlockClient.typeWrite, sector: 0, segments: aliased), 1, "so does a 6 GiB write")
+        XCTAssertEqual(try request(client, type: BlockClient.typeGetID, sector: 0, segments: aliased), 0,
+                       "GET_ID into 6 GiB of buffers writes its 20 bytes")
+        XCTAssertEqual(try request(client, sector: 0, segments: [(area.address, UInt32((48 << 20) - 1))]), 1,
+                       "a length that is not whole sectors")
         // One segment over size_max.
-        XCTAssertEqual(try read(client, sector: 0, segments: [(area.address, UInt32(1 << 20))]), 1, "a segment over size_max")
+        XCTAssertEqual(try request(client, sector: 0, segments: [(area.address, UInt32(1 << 20))]), 1, "a segment over size_max")
         // More segments than seg_max, each small.
         let many = (0..<127).map { (area.address + UInt64($0) * 4096, UInt32(4096)) }
-        XCTAssertEqual(try read(client, sector: 0, segments: many), 1, "127 segments, over seg_max")
+        XCTAssertEqual(try request(client, sector: 0, segments: many), 1, "127 segments, over seg_max")
         // An indirect table of 32768 descriptors (the most a table may have), all aliasing one
         // 4 KiB buffer: 128 MiB in all.
         let table = try client.data(queue: 0, offset: 48 << 20, length: 32768 * 16)
@@ -318,7 +326,7 @@ final class HostileFrontendTests: XCTestCase {
             let client = try BlockClient(socket: socket, queueSize: 64)
             let area = try client.data(queue: 0, offset: 0, length: 64 << 10)
             // Two read buffers over the same 4 KiB.
-            XCTAssertEqual(try read(client, sector: 0, segments: [(area.address, 4096), (area.address, 4096)]), 0)
+            XCTAssertEqual(try request(client, sector: 0, segments: [(area.address, 4096), (area.address, 4096)]), 0)
             // A write whose data starts at its own header: header and status inside the data.
             let header = client.writeHeader(queue: 0, slot: 0, type: BlockClient.typeWrite, sector: 64)
             _ = try client.add(queue: 0, [.init(address: header, length: 16, writable: false),
