@@ -351,50 +351,33 @@ static int compile_allowlist(const struct syscall_rule *rules, size_t count, str
 #define ALLOW_IF(name, check, arg, value) { __NR_##name, check, arg, (uint32_t)(value), SECCOMP_RET_ALLOW }
 #define FAIL(name, err) { __NR_##name, ANY, 0, 0, SECCOMP_RET_ERRNO | (err) }
 
-// What `bulkhead block-server` does once its volumes are open, its sockets bound and its
-// privileges dropped: serve vhost-user connections, run queue workers, log, stop. Measured with
-// strace -f over the block tests and the block benchmark load (see SECURITY.md). Hot calls first:
-// the filter compares in order.
-//
-// io_uring operations do not pass through seccomp. Each queue worker's ring is restricted with
-// IORING_REGISTER_RESTRICTIONS to the few I/O operations it submits, on its registered files
-// only, and every ring exists before the filter is installed: io_uring_setup is not allowed.
-static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
+// Appends `count` rules to `rules` (holding `*used` of `capacity`); false when they do not fit.
+static int append_rules(struct syscall_rule *rules, size_t *used, size_t capacity,
+                        const struct syscall_rule *list, size_t count) {
+    if (count > capacity - *used) return 0;
+    memcpy(rules + *used, list, count * sizeof *list);
+    *used += count;
+    return 1;
+}
+
+// What every jailed bulkhead process does besides its own work: threads of its own (no fork),
+// memory that is never executable, time, stopping on a signal to itself, and paths answered as
+// the empty root would. The profiles below put their hot calls first (the filter compares in
+// order) and then these; no call may appear in both parts (its rules must be adjacent).
+static size_t common_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
     const struct syscall_rule list[] = {
-        // Queue workers: submit and wait, interrupts (eventfd writes), wake-ups between threads.
-        ALLOW(io_uring_enter),
-        ALLOW(write),
-        ALLOW(futex),
-        // vhost-user connections: accept, messages with fds (SCM_RIGHTS), the guest memory
-        // table (fstat for the size, F_GET_SEALS for the seals), call fds made non-blocking.
-        ALLOW(recvmsg),
-        // The deadline of a half-sent message (UnixStream.waitReadable): glibc's poll() is
-        // poll on x86-64 and ppoll where the architecture has no poll.
-#ifdef __NR_poll
-        ALLOW(poll),
-#endif
-        ALLOW(ppoll),
-        ALLOW(sendmsg),
-        ALLOW(accept4),
-        ALLOW(shutdown),
         ALLOW(close),
-        ALLOW(read),  // standard input (--stop-when-stdin-closes)
         ALLOW_IF(newfstatat, ARG_HAS_ALL_OF, 3, AT_EMPTY_PATH),  // fstat(fd)
         FAIL(newfstatat, ENOENT),                                // a path: the root is empty
-        ALLOW(fstatfs),  // guest memory must be a shmem memfd (not hugetlbfs)
-        ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GET_SEALS),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GETFL),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_SETFL),
-        // Memory: guest memory (shared memfd mappings), heap, thread stacks; never executable.
+        ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GET_SEALS),
+        // Memory: heap, thread stacks, guest memory (shared memfd mappings); never executable.
         ALLOW_IF(mmap, ARG_HAS_NONE_OF, 2, PROT_EXEC),
         ALLOW_IF(mprotect, ARG_HAS_NONE_OF, 2, PROT_EXEC),
         ALLOW(munmap),
         ALLOW(madvise),
         ALLOW(brk),
-        // Every ring was made, restricted and enabled before the jail: no io_uring_setup (a new
-        // ring would carry no restrictions). A queue's ring only swaps the frontend's kick
-        // eventfd in its file table, the one register operation its restrictions leave.
-        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_FILES_UPDATE),
         // Threads of this process only (no fork): clone3 keeps its flags in memory the filter
         // cannot read, so glibc is told it is missing and falls back to clone.
         ALLOW_IF(clone, ARG_HAS_ALL_OF, 0, CLONE_THREAD),
@@ -418,7 +401,7 @@ static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, in
         ALLOW_IF(tgkill, ARG_EQUALS, 0, self_pid),
         ALLOW(exit_group),
         // Paths, answered as the empty root would: glibc may look for files (its malloc reads
-        // /proc/sys/vm/overcommit_memory when a thread's heap shrinks) and the listener removes
+        // /proc/sys/vm/overcommit_memory when a thread's heap shrinks) and a listener removes
         // its socket file when it stops; neither should kill the process.
         FAIL(openat, ENOENT),
 #ifdef __NR_unlink
@@ -426,10 +409,76 @@ static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, in
 #endif
         FAIL(unlinkat, ENOENT),
     };
-    size_t count = sizeof list / sizeof list[0];
-    if (count > capacity) return 0;
-    memcpy(rules, list, sizeof list);
-    return count;
+    size_t used = 0;
+    return append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0]) ? used : 0;
+}
+
+// What `bulkhead block-server` does once its volumes are open, its sockets bound and its
+// privileges dropped: serve vhost-user connections, run queue workers, log, stop. Measured with
+// strace -f over the block tests and the block benchmark load (see SECURITY.md).
+//
+// io_uring operations do not pass through seccomp. Each queue worker's ring is restricted with
+// IORING_REGISTER_RESTRICTIONS to the few I/O operations it submits, on its registered files
+// only, and every ring exists before the filter is installed: io_uring_setup is not allowed.
+static size_t block_server_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
+    const struct syscall_rule list[] = {
+        // Queue workers: submit and wait, interrupts (eventfd writes), wake-ups between threads.
+        ALLOW(io_uring_enter),
+        ALLOW(write),
+        ALLOW(futex),
+        // vhost-user connections: accept, messages with fds (SCM_RIGHTS), the guest memory
+        // table (fstat for the size, F_GET_SEALS for the seals), call fds made non-blocking.
+        ALLOW(recvmsg),
+        // The deadline of a half-sent message (UnixStream.waitReadable): glibc's poll() is
+        // poll on x86-64 and ppoll where the architecture has no poll.
+#ifdef __NR_poll
+        ALLOW(poll),
+#endif
+        ALLOW(ppoll),
+        ALLOW(sendmsg),
+        ALLOW(accept4),
+        ALLOW(shutdown),
+        ALLOW(read),  // standard input (--stop-when-stdin-closes)
+        ALLOW(fstatfs),  // guest memory must be a shmem memfd (not hugetlbfs)
+        // Every ring was made, restricted and enabled before the jail: no io_uring_setup (a new
+        // ring would carry no restrictions). A queue's ring only swaps the frontend's kick
+        // eventfd in its file table, the one register operation its restrictions leave.
+        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_FILES_UPDATE),
+    };
+    size_t used = 0;
+    if (!append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0])) return 0;
+    size_t common = common_rules(rules + used, capacity - used, self_pid);
+    return common == 0 ? 0 : used + common;
+}
+
+// What `bulkhead switch` does once its TAP queues are received, its rings made and its
+// privileges dropped: packet workers submit and reap on their rings; the control thread reads
+// the daemon's socket (end of file: stop) and sends counters over it; vhost-user-net ports
+// accept connections and map guest memory. No io_uring_setup: every ring and its registered
+// files exist before the jail. A worker enables its own ring (a single-issuer ring belongs to
+// the thread that enables it), the one register operation left.
+static size_t switch_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
+    const struct syscall_rule list[] = {
+        ALLOW(io_uring_enter),
+        ALLOW(write),   // eventfds (wake-ups, guest interrupts) and the log
+        ALLOW(read),    // eventfds (guest kicks)
+        ALLOW(futex),
+        ALLOW(recvmsg), // the daemon's control socket; vhost-user messages with fds
+        ALLOW(sendmsg),
+#ifdef __NR_poll
+        ALLOW(poll),
+#endif
+        ALLOW(ppoll),
+        ALLOW(accept4),
+        ALLOW(shutdown),
+        ALLOW(fstatfs),  // guest memory must be a shmem memfd (not hugetlbfs)
+        ALLOW(sched_yield),
+        ALLOW_IF(io_uring_register, ARG_EQUALS, 1, IORING_REGISTER_ENABLE_RINGS),
+    };
+    size_t used = 0;
+    if (!append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0])) return 0;
+    size_t common = common_rules(rules + used, capacity - used, self_pid);
+    return common == 0 ? 0 : used + common;
 }
 
 int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **step) {
@@ -438,6 +487,7 @@ int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **st
     *step = "seccomp profile";
     switch (profile) {
     case BH_SECCOMP_BLOCK_SERVER: count = block_server_rules(rules, 128, self_pid); break;
+    case BH_SECCOMP_SWITCH: count = switch_rules(rules, 128, self_pid); break;
     }
     if (count == 0) return -EINVAL;
     struct sock_filter filter[MAX_FILTER];

@@ -20,7 +20,7 @@ public struct JailUidRecord: Sendable, Equatable {
     public func uid(ofTenant id: String) -> UInt32? { uids[id] }
 
     /// Parses a record's text and checks every entry against `range` (the configuration's
-    /// `host.jailUids`).
+    /// `host.tenantJailUids`).
     ///
     /// - Parameter file: the file name to put in the error, if the text came from one.
     /// - Throws: `JailUidRecordError` with every problem found: not JSON (or a tenant listed
@@ -66,7 +66,8 @@ public struct JailUidRecord: Sendable, Equatable {
                     continue
                 }
                 guard range.contains(uid) else {
-                    report("uid \(uid) is outside the jail uid range \(JailUidRecord.describe(range)) of host.jailUidBase; "
+                    report("uid \(uid) is outside the tenants' jail uid range \(JailUidRecord.describe(range)) of host.jailUidBase "
+                        + "(the range's last uid is the switch's); "
                         + "if the base changed, move the entries into the new range by hand or remove the file to give every tenant a new uid")
                     continue
                 }

@@ -44,6 +44,19 @@ public struct HostSettings: Sendable, Equatable {
         return jailUidBase ..< UInt32(max(end, UInt64(jailUidBase)))
     }
 
+    /// The uids tenants are given: every uid of `jailUids` but the last, which is the switch's.
+    public var tenantJailUids: Range<UInt32> {
+        jailUids.isEmpty ? jailUids : jailUids.lowerBound ..< jailUids.upperBound - 1
+    }
+
+    /// The uid (and gid) of the jailed switch process: the last of `jailUids`, never a tenant's.
+    /// The switch carries every tenant's frames; sharing a uid with one tenant's block server or
+    /// VMM would let that tenant's compromised process signal or trace it. Nil when the range is
+    /// empty (an invalid configuration).
+    public var switchJailUid: UInt32? {
+        jailUids.isEmpty ? nil : jailUids.upperBound - 1
+    }
+
     public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil,
                 jailUidBase: UInt32 = HostSettings.defaultJailUidBase) {
         self.stateDirectory = stateDirectory

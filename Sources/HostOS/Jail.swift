@@ -86,6 +86,8 @@ public enum Jail {
     public enum SystemCallProfile: Sendable {
         /// `bulkhead block-server` serving its volumes (the list is in CLinux.c).
         case blockServer
+        /// `bulkhead switch` forwarding frames (the list is in CLinux.c).
+        case `switch`
     }
 
     /// Installs `profile` on every thread: any other system call, or one made with the
@@ -97,6 +99,7 @@ public enum Jail {
         let r: Int32
         switch profile {
         case .blockServer: r = bh_seccomp_install(BH_SECCOMP_BLOCK_SERVER, getpid(), &step)
+        case .switch: r = bh_seccomp_install(BH_SECCOMP_SWITCH, getpid(), &step)
         }
         if r < 0 { throw .failed(SystemError(stepName(step, "seccomp"), negated: r)) }
     }

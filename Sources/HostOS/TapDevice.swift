@@ -226,4 +226,13 @@ public struct SignalSet: Sendable {
         while sigwait(&set, &received) != 0 {}
         return received
     }
+
+    /// Waits at most `milliseconds` for one of the signals; returns it, or nil when the time
+    /// ran out. The corresponding C function is `sigtimedwait`.
+    public func wait(milliseconds: Int) -> Int32? {
+        var set = self.set
+        var timeout = timespec(tv_sec: milliseconds / 1000, tv_nsec: (milliseconds % 1000) * 1_000_000)
+        let received = sigtimedwait(&set, nil, &timeout)
+        return received > 0 ? received : nil
+    }
 }

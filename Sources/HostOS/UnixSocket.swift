@@ -122,6 +122,17 @@ public struct ReceivedMessage: ~Copyable, Sendable {
     public consuming func takeDescriptors() -> ReceivedDescriptors { descriptors }
 }
 
+/// Two connected sockets (`UnixStream.pair()`).
+public struct UnixStreamPair: ~Copyable, Sendable {
+    public var first: UnixStream
+    public var second: UnixStream
+
+    /// Gives up ownership of both descriptors without closing them; the caller now owns them.
+    public consuming func release() -> (first: Int32, second: Int32) {
+        (first.descriptor.release(), second.descriptor.release())
+    }
+}
+
 /// A connected Unix stream socket that can carry file descriptors (SCM_RIGHTS).
 public struct UnixStream: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
@@ -135,6 +146,30 @@ public struct UnixStream: ~Copyable, Sendable {
         let fd = socket.rawValue
         try syscall("connect(\(path))") { withSockaddr(&address) { Glibc.connect(fd, $0, $1) } }
         return UnixStream(socket)
+    }
+
+    /// A connected pair of SOCK_SEQPACKET sockets (close-on-exec): each send arrives as one
+    /// message, descriptors included, and a peer that exits, however it exits, is seen as end
+    /// of stream. The daemon talks to each child over one, passed as the child's stdin.
+    /// The corresponding C function is `socketpair`.
+    public static func pair() throws(SystemError) -> UnixStreamPair {
+        var fds: [Int32] = [-1, -1]
+        try syscall("socketpair(AF_UNIX, SOCK_SEQPACKET)") {
+            socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
+        }
+        return UnixStreamPair(first: UnixStream(FileDescriptor(taking: fds[0])), second: UnixStream(FileDescriptor(taking: fds[1])))
+    }
+
+    /// Sizes the socket's send and receive buffers to `bytes`, past the system's default maximum
+    /// (needs CAP_NET_ADMIN). On a SOCK_SEQPACKET socket this bounds the largest message.
+    /// The corresponding C function is `setsockopt(SO_SNDBUFFORCE, SO_RCVBUFFORCE)`.
+    public func setBufferSize(_ bytes: Int) throws(SystemError) {
+        var value = Int32(clamping: bytes)
+        for (option, name) in [(SO_SNDBUFFORCE, "SO_SNDBUFFORCE"), (SO_RCVBUFFORCE, "SO_RCVBUFFORCE")] {
+            try syscall("setsockopt(fd \(rawValue), \(name))") {
+                setsockopt(rawValue, SOL_SOCKET, option, &value, socklen_t(MemoryLayout<Int32>.size))
+            }
+        }
     }
 
     public var rawValue: Int32 { descriptor.rawValue }

@@ -3,6 +3,7 @@ import Foundation
 import HostOS
 import Logging
 import Switch
+import Synchronization
 import URing
 import Virtio
 
@@ -27,13 +28,9 @@ public final class Dataplane: @unchecked Sendable {
         public var buffersPerQueue: Int
         /// Reads kept in flight per readable queue.
         public var readsInFlight: Int
-        /// Where the per-port counters are written, about once a second; nil for nowhere.
-        public var statusPath: String?
-
-        public init(buffersPerQueue: Int = 64, readsInFlight: Int = 16, statusPath: String? = nil) {
+        public init(buffersPerQueue: Int = 64, readsInFlight: Int = 16) {
             self.buffersPerQueue = buffersPerQueue
             self.readsInFlight = readsInFlight
-            self.statusPath = statusPath
         }
     }
 
@@ -71,7 +68,8 @@ public final class Dataplane: @unchecked Sendable {
     /// Writes in flight per buffer.
     private let pendingWrites: UnsafeMutableBufferPointer<Int32>
     private var wakeBuffer: UInt64 = 0
-    private var statusFailing = false
+    /// The counters as of the last tick, for `statistics()`.
+    private let published: Mutex<SwitchStatistics?> = Mutex(nil)
 
     /// Sets up the ring and buffers. `queues[port]` lists the raw fds of that port's TAP queues
     /// (ports indexed like `plane.ports`); the fds stay owned by the caller and must outlive `run`.
@@ -256,11 +254,11 @@ public final class Dataplane: @unchecked Sendable {
                         }
                     case .wake:
                         logger.debug("switch loop stopping")
-                        writeStatus()
+                        publishStatistics()
                         return
                     case .tick:
                         plane.expire(now: now)
-                        writeStatus()
+                        publishStatistics()
                         try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: Dataplane.userData(.tick, 0))
                     case nil:
                         logger.error("unexpected io_uring completion", metadata: ["user_data": "\(completion.user_data)"])
@@ -342,35 +340,13 @@ public final class Dataplane: @unchecked Sendable {
         if pendingWrites[index] == 0 { release(buffer: index) }
     }
 
-    /// Rewrites the status file. A failure is logged (once until it works again) and does not
-    /// stop forwarding: counters are for operators, frames are for tenants.
-    private func writeStatus() {
-        guard let path = options.statusPath else { return }
-        let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: plane.statistics())
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        do {
-            let data = try encoder.encode(status)
-            try StateFiles.writeAtomically(path, contents: String(decoding: data, as: UTF8.self))
-            statusFailing = false
-        } catch {
-            if !statusFailing {
-                logger.error("cannot write the status file", metadata: ["path": "\(path)", "error": "\(error)"])
-            }
-            statusFailing = true
-        }
+    private func publishStatistics() {
+        let snapshot = plane.statistics()
+        published.withLock { $0 = snapshot }
     }
-}
 
-/// What `<stateDirectory>/status.json` holds.
-public struct DaemonStatus: Codable, Sendable {
-    public var pid: Int32
-    public var updatedAt: Date
-    public var switchStatistics: SwitchStatistics
-
-    enum CodingKeys: String, CodingKey {
-        case pid, updatedAt
-        case switchStatistics = "switch"
+    /// The counters as of the engine's last tick (about once a second); callable from any thread.
+    public func statistics() -> SwitchStatistics {
+        published.withLock { $0 } ?? SwitchStatistics(ports: [], segments: [])
     }
 }

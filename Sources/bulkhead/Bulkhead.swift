@@ -16,7 +16,7 @@ struct Bulkhead: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulkhead",
         abstract: "Per-host dataplane for multi-tenant virtualization: tenant-segmented switch, block backend, partitions.",
-        subcommands: [Run.self, Validate.self, BlockServerCommand.self, VolumeCommand.self]
+        subcommands: [Run.self, Validate.self, SwitchCommand.self, BlockServerCommand.self, VolumeCommand.self]
     )
 }
 
@@ -70,9 +70,10 @@ struct Run: ParsableCommand {
         let logger = Logger(label: "bulkhead")
         let configuration = try loadConfiguration(options.config)
         let configPath = options.config
+        let logLevel = self.logLevel
         try runAsync {
             do {
-                try await Daemon(configuration: configuration, configPath: configPath, logger: logger).run()
+                try await Daemon(configuration: configuration, configPath: configPath, logLevel: logLevel, logger: logger).run()
             } catch let error as DaemonError {
                 logger.critical("bulkhead could not start: \(error)")
                 throw ExitCode(1)

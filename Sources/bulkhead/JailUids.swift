@@ -10,14 +10,14 @@ enum JailUids {
     static func path(stateDirectory: String) -> String { stateDirectory + "/" + JailUidRecord.fileName }
 
     /// Gives every tenant of `configuration` without a uid the lowest unrecorded uid of
-    /// `host.jailUids`, writes the record back (mode 0600, atomically) when that added any, and
+    /// `host.tenantJailUids` (the jail range less the switch's uid), writes the record back (mode 0600, atomically) when that added any, and
     /// returns the record and the tenants added.
     /// - Throws: `JailUidsError` naming the file: it cannot be read or written, is damaged or
     ///   edited into something unusable, or the range is full.
     static func allocate(_ configuration: HostConfiguration) throws(JailUidsError) -> (record: JailUidRecord, added: [String]) {
         let state = configuration.host.stateDirectory
         let path = path(stateDirectory: state)
-        let range = configuration.host.jailUids
+        let range = configuration.host.tenantJailUids
         var record = JailUidRecord()
         var added: [String] = []
         do {

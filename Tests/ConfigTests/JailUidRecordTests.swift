@@ -4,7 +4,7 @@ import Testing
 /// The jail uid record: a tenant keeps its uid whatever happens to the configuration around it,
 /// and a damaged record is an error, never a silent reallocation.
 struct JailUidRecordTests {
-    private let range: Range<UInt32> = 900_000_000 ..< 900_065_536
+    private let range = HostSettings(stateDirectory: "/s").tenantJailUids
 
     /// Allocates for `tenants`, writes the record out and reads it back, as two runs would.
     private func run(_ record: JailUidRecord, _ tenants: [String]) throws -> JailUidRecord {
@@ -63,8 +63,9 @@ struct JailUidRecordTests {
     @Test(arguments: [
         (#"{"tenants": {"blue": 900000000, "red": 900000000}}"#, "$.tenants.red", #"uid 900000000 is also recorded for tenant "blue""#),
         (#"{"tenants": {"blue": 900000000, "blue": 900000001}}"#, "$.tenants.blue", "duplicate"),
-        (#"{"tenants": {"blue": 1000}}"#, "$.tenants.blue", "uid 1000 is outside the jail uid range 900000000...900065535"),
-        (#"{"tenants": {"blue": 900065536}}"#, "$.tenants.blue", "outside the jail uid range"),
+        (#"{"tenants": {"blue": 1000}}"#, "$.tenants.blue", "uid 1000 is outside the tenants' jail uid range 900000000...900065534"),
+        (#"{"tenants": {"blue": 900065535}}"#, "$.tenants.blue", "the range's last uid is the switch's"),
+        (#"{"tenants": {"blue": 900065536}}"#, "$.tenants.blue", "outside the tenants' jail uid range"),
         (#"{"tenants": {"blue": -1}}"#, "$.tenants.blue", "expected a uid (an integer 0...4294967295), found the number -1"),
         (#"{"tenants": {"blue": 4294967296}}"#, "$.tenants.blue", "found the number 4294967296"),
         (#"{"tenants": {"blue": 9.0e8}}"#, "$.tenants.blue", "found the number 9.0e8"),

@@ -85,6 +85,8 @@ int bh_jail_isolate(const char *mount_point, const char **step);
 typedef enum {
     /// `bulkhead block-server` once its volumes are open and its sockets bound.
     BH_SECCOMP_BLOCK_SERVER = 1,
+    /// `bulkhead switch`: packet workers on io_uring, its control socket, vhost-user-net ports.
+    BH_SECCOMP_SWITCH = 2,
 } bh_seccomp_profile;
 
 /// Installs the seccomp-BPF allowlist `profile` on every thread of the process (TSYNC):

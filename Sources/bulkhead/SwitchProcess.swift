@@ -1,0 +1,184 @@
+import ArgumentParser
+import Config
+import Foundation
+import HostOS
+import Logging
+import Switch
+import SwitchEngine
+
+/// `bulkhead switch`: the tenant-segmented switch as a jailed process of its own. `bulkhead run`
+/// starts it with one end of a socket pair as its stdin and hands it every port's TAP queues over
+/// that socket (see `SwitchControlMessage`); it cannot create a TAP device, reach netlink or open
+/// a file. It carries every tenant's frames, so it runs with a uid no tenant's process has, no
+/// capabilities, its own namespaces, an empty root and the switch's system-call allowlist.
+struct SwitchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switch",
+        abstract: "Forward frames between the ports of the configuration (started by `bulkhead run`, which passes the TAP queues on stdin).")
+
+    @OptionGroup var options: ConfigOption
+
+    @Flag(help: "Skip the jail (namespaces, empty root, privilege drop, system-call allowlist). For debugging only.")
+    var noJail = false
+
+    @Option(help: "Log level.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+    }
+
+    func run() throws {
+        bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
+        let logger = Logger(label: "bulkhead.switch")
+        let configuration = try loadConfiguration(options.config)
+        guard let jailUser = configuration.host.switchJailUid else {
+            logger.critical("the configuration's jail uid range is empty; not forwarding")
+            throw ExitCode(1)
+        }
+        // SIGTERM and SIGINT are taken with sigwait below; blocked before any thread exists so
+        // that every thread inherits the mask.
+        let stopSignals = SignalSet([SIGTERM, SIGINT])
+        stopSignals.block()
+        // The daemon's socket; it stays fd 0, owned by this process until it exits.
+        let control = UnixStream(FileDescriptor(taking: STDIN_FILENO))
+        let plane = ForwardingPlane(configuration: configuration)
+        let dataplane: Dataplane
+        let queues: ReceivedQueues
+        do {
+            queues = try SwitchProcess.receivePorts(from: control, plane: plane)
+            dataplane = try Dataplane(plane: plane, queues: queues.byPort, options: .init(), logger: logger)
+        } catch {
+            logger.critical("switch could not start: \(error)")
+            throw ExitCode(1)
+        }
+        if !noJail {
+            do {
+                let mountPoint = configuration.host.stateDirectory + "/switch"
+                try StateFiles.makeDirectories(mountPoint, mode: 0o700)
+                try SwitchProcess.jail(mountPoint: mountPoint, user: jailUser,
+                                       limits: SwitchProcess.limits(ports: plane.ports.count, queues: queues.count, workers: 1))
+            } catch {
+                logger.critical("switch jail failed; not forwarding: \(error)")
+                throw ExitCode(1)
+            }
+        }
+        dataplane.start()
+        do { try control.send(.ready(workers: 1)) } catch {
+            logger.critical("the daemon's control socket failed: \(error)")
+            throw ExitCode(1)
+        }
+        logger.info("switch ready", metadata: [
+            "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "privileges.dropped": "\(!noJail)",
+            "jail.uid": "\(noJail ? "none" : String(jailUser))",
+        ])
+        SwitchProcess.stopWhenDaemonGoes(control: control.rawValue)
+        // The main thread waits for a stop signal and, once a second, sends the daemon the
+        // counters (packet threads never encode or write anything). A failed send means the
+        // daemon is gone: the watcher's SIGTERM follows.
+        var received: Int32? = nil
+        while received == nil {
+            received = stopSignals.wait(milliseconds: 1000)
+            if received == nil { try? control.send(.statistics(dataplane.statistics())) }
+        }
+        logger.info("switch stopping", metadata: ["signal": "\(received ?? 0)"])
+        dataplane.stop()
+        withExtendedLifetime(queues) {}
+        logger.info("switch stopped")
+    }
+}
+
+/// The TAP queue fds the switch received, per port; closed when this is released.
+final class ReceivedQueues: Sendable {
+    let byPort: [[Int32]]
+    init(_ byPort: [[Int32]]) { self.byPort = byPort }
+    var count: Int { byPort.reduce(0) { $0 + $1.count } }
+    deinit { for fd in byPort.joined() { _ = close(fd) } }
+}
+
+enum SwitchProcess {
+    /// How long the daemon may take to send every port.
+    static let portsDeadline: UInt64 = 10_000_000_000
+
+    /// Reads `.port` messages until `.start`: every port of `plane`, each once, under the
+    /// interface name the configuration gives it, with at least one queue fd.
+    static func receivePorts(from control: borrowing UnixStream, plane: ForwardingPlane) throws -> ReceivedQueues {
+        var byPort: [[Int32]?] = Array(repeating: nil, count: plane.ports.count)
+        var received: ReceivedQueues? = nil
+        defer {
+            // On failure, whatever arrived is closed.
+            if received == nil { for fd in byPort.compactMap({ $0 }).joined() { _ = close(fd) } }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+        defer { buffer.deallocate() }
+        let deadline = monotonicNanoseconds() + portsDeadline
+        while true {
+            guard try control.waitReadable(until: deadline) else {
+                throw SwitchControlError("the daemon sent no start within \(portsDeadline / 1_000_000_000) s")
+            }
+            var message = try control.receive(into: buffer, maxFDs: 253)
+            var fds: [Int32] = []
+            while let fd = message.descriptors.take(fds.count) { fds.append(fd.release()) }
+            guard message.byteCount > 0 else { throw SwitchControlError("the daemon closed the control socket before start") }
+            let decoded: SwitchControlMessage
+            do { decoded = try SwitchControlMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[..<message.byteCount])) } catch {
+                for fd in fds { _ = close(fd) }
+                throw SwitchControlError("unreadable control message: \(error)")
+            }
+            switch decoded {
+            case .port(let index, let interface):
+                guard plane.ports.indices.contains(index), plane.ports[index].interfaceName == interface,
+                      byPort[index] == nil, !fds.isEmpty else {
+                    for fd in fds { _ = close(fd) }
+                    throw SwitchControlError("port message for index \(index) (\(interface)) with \(fds.count) fds does not match the configuration")
+                }
+                byPort[index] = fds
+            case .start:
+                for fd in fds { _ = close(fd) }
+                let missing = byPort.indices.filter { byPort[$0] == nil }
+                guard missing.isEmpty else {
+                    throw SwitchControlError("start before the queues of port(s) \(missing.map { plane.ports[$0].interfaceName })")
+                }
+                received = ReceivedQueues(byPort.map { $0 ?? [] })
+                return received!
+            case .ready, .statistics:
+                for fd in fds { _ = close(fd) }
+                throw SwitchControlError("unexpected control message from the daemon: \(decoded)")
+            }
+        }
+    }
+
+    /// Queues received, rings made, still one thread: from here on this process lives in its own
+    /// namespaces with an empty, read-only root, as the switch's uid with no capabilities, making
+    /// only the switch allowlist's system calls. Threads started later inherit all of it.
+    static func jail(mountPoint: String, user: UInt32, limits: Jail.ResourceLimits) throws(JailError) {
+        try Jail.isolate(mountPoint: mountPoint)
+        try Jail.limitResources(limits)
+        try Jail.dropPrivileges(uid: user, gid: user)
+        try Jail.restrictSystemCalls(.switch)
+    }
+
+    /// Threads: main, control reader, one per worker; twice that plus room for the
+    /// runtime. Descriptors: the queues, a ring and a wake-up eventfd per worker, the control
+    /// socket and the standard streams; twice that plus room. The switch writes no file; its log
+    /// (stderr) may be one, so file size is capped, not zero.
+    static func limits(ports: Int, queues: Int, workers: Int) -> Jail.ResourceLimits {
+        Jail.ResourceLimits(threads: 16 + 2 * (3 + workers), files: 64 + 2 * (queues + 2 * workers + 4),
+                            fileBytes: 1 << 30)
+    }
+
+    /// Sends this process SIGTERM when the control socket reaches end of file: the daemon is gone
+    /// (however it died), so the switch never outlives it.
+    static func stopWhenDaemonGoes(control: Int32) {
+        let thread = Thread {
+            setCurrentThreadName("daemon-watch")
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = read(control, &buffer, buffer.count)
+                if n == 0 || (n < 0 && errno != EINTR) { break }
+            }
+            kill(getpid(), SIGTERM)
+        }
+        thread.start()
+    }
+}
