@@ -125,6 +125,13 @@ public enum StateFiles {
         }
     }
 
+    /// Gives `path` (not following a symbolic link) to `uid` and `gid` with permission bits
+    /// `mode`. The corresponding C functions are `lchown` and `chmod`.
+    public static func setOwner(_ path: String, uid: UInt32, gid: UInt32, mode: mode_t) throws(SystemError) {
+        if lchown(path, uid, gid) < 0 { throw SystemError("lchown(\(path), \(uid), \(gid))", errno: Glibc.errno) }
+        if chmod(path, mode) < 0 { throw SystemError("chmod(\(path), \(String(mode, radix: 8)))", errno: Glibc.errno) }
+    }
+
     /// Replaces `path` with `contents` atomically: the text goes to `path + ".tmp"` (mode `mode`,
     /// whatever the umask or a temporary file left by a crash had), then is renamed over `path`,
     /// so a reader sees the old file or the new one, never a torn one. `durable` also flushes the

@@ -43,6 +43,12 @@ public struct UnixListener: ~Copyable, Sendable {
     /// any other kind of file is EEXIST: neither is ever deleted.
     /// The corresponding C functions are `socket`, `bind` and `listen`.
     public init(listeningAt path: String, backlog: Int32 = 4) throws(SystemError) {
+        descriptor = try UnixListener.bindListening(path, backlog: backlog)
+        self.path = path
+    }
+
+    /// The socket behind `init(listeningAt:backlog:)`, mode 0600.
+    static func bindListening(_ path: String, backlog: Int32) throws(SystemError) -> FileDescriptor {
         guard var address = unixAddress(path) else { throw SystemError("bind(\(path)): path too long or empty", errno: ENAMETOOLONG) }
         var status = stat()
         if lstat(path, &status) == 0 {
@@ -63,8 +69,7 @@ public struct UnixListener: ~Copyable, Sendable {
         if bound < 0 { throw SystemError("bind(\(path))", errno: bindErrno) }
         try syscall("chmod(\(path))") { chmod(path, 0o600) }
         try syscall("listen(\(path))") { listen(socket.rawValue, backlog) }
-        descriptor = socket
-        self.path = path
+        return socket
     }
 
     deinit { _ = unlink(path) }
@@ -80,6 +85,35 @@ public struct UnixListener: ~Copyable, Sendable {
     /// call from another thread. The corresponding C function is `shutdown`.
     public func shutdown() {
         _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
+    }
+}
+
+/// A listening socket that one process binds and another accepts on: the daemon (root) binds
+/// a vhost-user-net port's socket, gives its group to the tenant, and hands the descriptor to the
+/// jailed switch, which cannot create files. Closed, and its file removed, when released.
+public final class SharedListener: Sendable {
+    public let rawValue: Int32
+    public let path: String
+
+    /// Binds and listens at `path` (see `UnixListener.init(listeningAt:backlog:)` for stale
+    /// sockets), then gives the file to root and `group` with `mode` (0660: root and the group
+    /// may connect). The corresponding C functions are `bind`, `listen`, `chown` and `chmod`.
+    public init(listeningAt path: String, group: UInt32, mode: mode_t, backlog: Int32 = 4) throws(SystemError) {
+        let socket = try UnixListener.bindListening(path, backlog: backlog)
+        do {
+            try syscall("chown(\(path), 0, \(group))") { chown(path, 0, group) }
+            try syscall("chmod(\(path))") { chmod(path, mode) }
+        } catch {
+            _ = unlink(path)
+            throw error
+        }
+        rawValue = socket.release()
+        self.path = path
+    }
+
+    deinit {
+        _ = unlink(path)
+        _ = Glibc.close(rawValue)
     }
 }
 

@@ -33,8 +33,10 @@ struct Daemon {
             throw DaemonError("\(error)")
         }
         // Every tenant's jail uid is recorded before any block server starts (each also reads it).
+        let jailUids: JailUidRecord
         do {
-            let added = try JailUids.allocate(configuration).added
+            let (record, added) = try JailUids.allocate(configuration)
+            jailUids = record
             if !added.isEmpty {
                 logger.info("jail uids recorded", metadata: [
                     "tenants": "\(added.joined(separator: ","))", "record": "\(JailUids.path(stateDirectory: state))",
@@ -52,11 +54,20 @@ struct Daemon {
             throw DaemonError("setting up ports failed: \(error)")
         }
 
-        let plane = ForwardingPlane(configuration: configuration)
-        let taps = Dictionary(uniqueKeysWithValues: network.ports.map { ($0.interfaceName, $0) })
-        guard plane.ports.allSatisfy({ taps[$0.interfaceName] != nil }) else {
+        var handles = Dictionary(uniqueKeysWithValues: network.ports.map { ($0.interfaceName, SwitchPortHandle.tap($0)) })
+        do {
+            for (name, listener) in try VhostUserSockets.listen(configuration, jailUids: jailUids, logger: logger) {
+                handles[name] = .vhostUser(listener)
+            }
+        } catch {
             network.teardown()
-            throw DaemonError("a switch port has no TAP device; this is a bug")
+            throw DaemonError("setting up vhost-user ports failed: \(error)")
+        }
+        let plane = ForwardingPlane(configuration: configuration)
+        let switchPorts = plane.ports.compactMap { port in handles[port.interfaceName].map { (port.interfaceName, $0) } }
+        guard switchPorts.count == plane.ports.count else {
+            network.teardown()
+            throw DaemonError("a switch port has no TAP device or socket; this is a bug")
         }
         let statusPath = state + "/status.json"
         let counters = SwitchCounters()
@@ -64,8 +75,7 @@ struct Daemon {
             name: "switch", metadata: [:],
             arguments: ["switch", "--config", configPath, "--log-level", logLevel],
             attach: { control, pid in
-                SwitchAttachment(ports: plane.ports.map { ($0.interfaceName, taps[$0.interfaceName]!) },
-                                 statusPath: statusPath, counters: counters, logger: logger).run(control, pid: pid)
+                SwitchAttachment(ports: switchPorts, statusPath: statusPath, counters: counters, logger: logger).run(control, pid: pid)
             })]
         for tenant in configuration.tenants where !tenant.volumes.isEmpty {
             children.append(ChildSpec(
@@ -95,7 +105,7 @@ struct Daemon {
 /// same fds each time it is restarted, so the tenant endpoints keep their links), then writes
 /// the counters it reports to `status.json` until it exits.
 struct SwitchAttachment {
-    let ports: [(interface: String, tap: TapPort)]
+    let ports: [(interface: String, handle: SwitchPortHandle)]
     let statusPath: String
     let counters: SwitchCounters
     let logger: Logger
@@ -106,7 +116,7 @@ struct SwitchAttachment {
         logger[metadataKey: "switch.pid"] = "\(pid)"
         do {
             for (index, port) in ports.enumerated() {
-                try control.send(.port(index: index, interface: port.interface), fds: port.tap.queueFDs)
+                try control.send(.port(index: index, interface: port.interface), fds: port.handle.descriptors)
             }
             try control.send(.start)
         } catch {
@@ -153,6 +163,51 @@ struct SwitchAttachment {
         encoder.dateEncodingStrategy = .iso8601
         guard let data = try? encoder.encode(status) else { return false }
         return (try? StateFiles.writeAtomically(statusPath, contents: String(decoding: data, as: UTF8.self))) != nil
+    }
+}
+
+/// What the daemon holds for one switch port and hands to every switch it starts.
+enum SwitchPortHandle: Sendable {
+    /// The TAP device's queues.
+    case tap(TapPort)
+    /// The vhost-user-net port's listening socket.
+    case vhostUser(SharedListener)
+
+    var descriptors: [Int32] {
+        switch self {
+        case .tap(let port): port.queueFDs
+        case .vhostUser(let listener): [listener.rawValue]
+        }
+    }
+}
+
+/// The listening sockets of the vhost-user-net ports: bound by the daemon (the jailed switch
+/// cannot create files) at `<stateDirectory>/tenants/<tenant>/net/<port>.sock`, mode 0660, owned
+/// by root and the tenant's jail group, in a directory only root and that group can enter: the
+/// daemon and the tenant's own VMM can connect, no other tenant's process can.
+enum VhostUserSockets {
+    /// Interface name (the switch's port key) to listener, for every vhost-user port.
+    static func listen(_ configuration: HostConfiguration, jailUids: JailUidRecord, logger: Logger) throws -> [String: SharedListener] {
+        var listeners: [String: SharedListener] = [:]
+        let state = configuration.host.stateDirectory
+        for tenant in configuration.tenants {
+            let ports = tenant.ports.filter { $0.kind == .vhostUser }
+            guard !ports.isEmpty else { continue }
+            guard let group = jailUids.uid(ofTenant: tenant.id) else {
+                throw DaemonError("tenant \(tenant.id) has no jail uid recorded")
+            }
+            let directory = "\(state)/tenants/\(tenant.id)/net"
+            try StateFiles.makeDirectories(directory, mode: 0o750)
+            try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
+            for port in ports {
+                let path = port.vhostUserSocketPath(stateDirectory: state, tenant: tenant.id)
+                listeners[port.interfaceName(tenant: tenant.id)] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
+                logger.info("vhost-user port ready", metadata: [
+                    "tenant.id": "\(tenant.id)", "port.id": "\(port.id)", "socket": "\(path)",
+                ])
+            }
+        }
+        return listeners
     }
 }
 
