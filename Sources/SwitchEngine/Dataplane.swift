@@ -69,7 +69,7 @@ public final class Dataplane: @unchecked Sendable {
     private let pendingWrites: UnsafeMutableBufferPointer<Int32>
     private var wakeBuffer: UInt64 = 0
     /// The counters as of the last tick, for `statistics()`.
-    private let published: Mutex<SwitchStatistics?> = Mutex(nil)
+    private let published: Mutex<SwitchStatistics?>
 
     /// Sets up the ring and buffers. `queues[port]` lists the raw fds of that port's TAP queues
     /// (ports indexed like `plane.ports`); the fds stay owned by the caller and must outlive `run`.
@@ -77,6 +77,7 @@ public final class Dataplane: @unchecked Sendable {
         precondition(queues.count == plane.ports.count, "one queue list per port")
         precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
         self.plane = plane
+        self.published = Mutex(plane.statistics())
         self.options = options
         self.logger = logger
         self.wakeup = try EventFD()

@@ -64,7 +64,10 @@ struct SwitchCommand: ParsableCommand {
             }
         }
         dataplane.start()
-        do { try control.send(.ready(workers: 1)) } catch {
+        do {
+            try control.send(.ready(workers: 1))
+            try control.send(.statistics(dataplane.statistics()))
+        } catch {
             logger.critical("the daemon's control socket failed: \(error)")
             throw ExitCode(1)
         }

@@ -38,9 +38,11 @@ final class SwitchProcessTests: XCTestCase {
         // The packet threads are there, and the process forwards.
         let ping = try Host.inNamespace(ns("blue", "a"), ["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.0.2"])
         XCTAssertEqual(ping.status, 0, "\(ping.output)\n\(daemon.output)")
-        // The daemon writes the status file from the switch's reports.
-        let entry = try daemon.portStatus(tenant: "blue", port: "b")
-        XCTAssertGreaterThan(((entry["rx"] as? [String: Any])?["frames"] as? NSNumber)?.intValue ?? 0, 0, "\(entry)")
+        // The daemon writes the status file from the switch's reports (about once a second).
+        try BlockHost.waitFor("the status file to count blue/b's replies", timeout: 5) {
+            let entry = try? daemon.portStatus(tenant: "blue", port: "b", fresh: false)
+            return (((entry?["rx"] as? [String: Any])?["frames"] as? NSNumber)?.intValue ?? 0) > 0
+        }
         XCTAssertEqual(daemon.stop(), 0, daemon.output)
         try BlockHost.waitFor("the switch to stop with its daemon", timeout: 10) { SwitchHost.switches(config: daemon.configPath).isEmpty }
         XCTAssertFalse(daemon.output.contains("switch exited ("), "a clean stop is no crash:\n\(daemon.output)")
