@@ -122,6 +122,9 @@ public struct MACTableSettings: Sendable, Equatable {
 public enum PortKind: String, Sendable, Equatable, CaseIterable {
     /// A TAP device whose network side lives in a network namespace (or the host's).
     case tap
+    /// A virtio-net device served over vhost-user on `Port.vhostUserSocketPath`: the tenant's VMM
+    /// (a partition, QEMU, DPDK) connects to it. No TAP device, no namespace.
+    case vhostUser = "vhost-user"
 }
 
 public struct Port: Sendable, Equatable {
@@ -140,7 +143,8 @@ public struct Port: Sendable, Equatable {
     public var netns: String?
     /// Interface name; default `bh-<tenant>-<port>` (at most 15 bytes).
     public var ifname: String?
-    /// Number of TAP queues (multiqueue); default 1.
+    /// Number of TAP queues (multiqueue), or of virtio-net queue pairs the vhost-user device
+    /// offers (`max_virtqueue_pairs`); default 1.
     public var queues: Int
     /// The endpoint may send DHCP discover/request from 0.0.0.0.
     public var allowDHCPClient: Bool
@@ -163,6 +167,16 @@ public struct Port: Sendable, Equatable {
 
     /// The interface name of this port's TAP device.
     public func interfaceName(tenant: String) -> String { ifname ?? "bh-\(tenant)-\(id)" }
+
+    /// The vhost-user socket a port of kind `vhostUser` is served on.
+    public static func vhostUserSocketPath(stateDirectory: String, tenant: String, port: String) -> String {
+        "\(stateDirectory)/tenants/\(tenant)/net/\(port).sock"
+    }
+
+    /// This port's vhost-user socket (meaningful for kind `vhostUser`).
+    public func vhostUserSocketPath(stateDirectory: String, tenant: String) -> String {
+        Port.vhostUserSocketPath(stateDirectory: stateDirectory, tenant: tenant, port: id)
+    }
 }
 
 /// Token buckets on what a port sends into the switch. Absent fields are unlimited.

@@ -256,12 +256,26 @@ struct Validator {
         for (i, ip) in port.ips.enumerated() {
             checkInterfaceAddress(ip, path: path + ".ips[\(i)]", owner: owner, segmentKey: segmentKnown ? segmentKey : nil)
         }
-        if let netns = port.netns, !Validator.isValidNetnsName(netns) {
-            report(path + ".netns", "\(quote(netns)) is not a valid namespace name; use 1 to 64 characters: lower-case "
-                + "letters, digits, '-', '.' and '_', starting with a letter or digit")
+        switch port.kind {
+        case .tap:
+            if let netns = port.netns, !Validator.isValidNetnsName(netns) {
+                report(path + ".netns", "\(quote(netns)) is not a valid namespace name; use 1 to 64 characters: lower-case "
+                    + "letters, digits, '-', '.' and '_', starting with a letter or digit")
+            }
+            if let tenantID = tenant.id { checkInterfaceName(port, path: path + ".ifname", tenant: tenantID) }
+            checkRange(port.queues, 1...16, path: path + ".queues", what: "queues")
+        case .vhostUser:
+            // The guest's VMM owns the interface: there is no TAP device to name or to move.
+            if port.netns != nil {
+                report(path + ".netns", "a port of kind \"vhost-user\" has no TAP device to move into a namespace; "
+                    + "remove \"netns\" (the tenant's VMM connects to the port's socket instead)")
+            }
+            if port.ifname != nil {
+                report(path + ".ifname", "a port of kind \"vhost-user\" has no host interface to name; remove \"ifname\" "
+                    + "(the guest names its own interface)")
+            }
+            checkRange(port.queues, 1...16, path: path + ".queues", what: "queues (virtio-net queue pairs)")
         }
-        if let tenantID = tenant.id { checkInterfaceName(port, path: path + ".ifname", tenant: tenantID) }
-        checkRange(port.queues, 1...16, path: path + ".queues", what: "queues")
         if let limit = port.rateLimit {
             checkPositive(limit.bitsPerSecond, path: path + ".rateLimit.bitsPerSecond")
             checkPositive(limit.burstBits, path: path + ".rateLimit.burstBits")

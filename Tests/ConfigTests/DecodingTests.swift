@@ -88,6 +88,17 @@ import Testing
         #expect(configuration.principals.first?.tenant == "blue")
     }
 
+    @Test func vhostUserPortDecodes() throws {
+        let text = document(tenants: "[" + tenant("blue", #""ports": [{"id": "vm", "kind": "vhost-user", "segment": "lan", "mac": "02:00:00:00:01:05", "ips": ["10.0.0.9/24"], "queues": 2}]"#) + "]")
+        let configuration = try HostConfiguration.decode(text)
+        let port = try #require(configuration.tenants.first?.ports.first)
+        #expect(port.kind == .vhostUser)
+        #expect(port.queues == 2)
+        #expect(port.netns == nil && port.ifname == nil)
+        #expect(port.vhostUserSocketPath(stateDirectory: configuration.host.stateDirectory, tenant: "blue")
+            == "/var/lib/bh/tenants/blue/net/vm.sock")
+    }
+
     @Test func tenantsMayShareSubnetsAndMACs() throws {
         let tenants = "[" + tenant("blue", "\"ports\": [\(port(extra: #""ips": ["10.0.0.1/24"]"#))]") + ", "
             + tenant("red", "\"ports\": [\(port(extra: #""ips": ["10.0.0.1/24"]"#))]") + "]"

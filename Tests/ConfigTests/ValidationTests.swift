@@ -135,6 +135,9 @@ let ruleCases: [RuleCase] = [
     RuleCase("zero storm control", blue(ports(port(extra: #""stormControl": {"multicastPacketsPerSecond": 0}"#))), "$.tenants[0].ports[0].stormControl.multicastPacketsPerSecond", "greater than 0"),
     RuleCase("zero queues", blue(ports(port(extra: #""queues": 0"#))), "$.tenants[0].ports[0].queues", "queues 0 is outside 1...16"),
     RuleCase("17 queues", blue(ports(port(extra: #""queues": 17"#))), "$.tenants[0].ports[0].queues", "outside 1...16"),
+    RuleCase("vhost-user port with a namespace", blue(ports(port(extra: #""kind": "vhost-user", "netns": "ns1""#))), "$.tenants[0].ports[0].netns", "has no TAP device to move into a namespace"),
+    RuleCase("vhost-user port with an interface name", blue(ports(port(extra: #""kind": "vhost-user", "ifname": "eth0""#))), "$.tenants[0].ports[0].ifname", "has no host interface to name"),
+    RuleCase("vhost-user port with 17 queue pairs", blue(ports(port(extra: #""kind": "vhost-user", "queues": 17"#))), "$.tenants[0].ports[0].queues", "queues (virtio-net queue pairs) 17 is outside 1...16"),
     // Segments
     RuleCase("small MTU", blue("", segments: #"[{"id": "lan", "mtu": 575}]"#), "$.tenants[0].segments[0].mtu", "MTU 575 is outside 576...9000"),
     RuleCase("large MTU", blue("", segments: #"[{"id": "lan", "mtu": 9001}]"#), "$.tenants[0].segments[0].mtu", "outside 576...9000"),
@@ -203,6 +206,18 @@ let ruleCases: [RuleCase] = [
         // Port "a" fails to decode; the ACL rule naming it must not be reported as well.
         let text = blue(ports(port(mac: "bad")) + #", "acl": [{"action": "deny", "port": "a"}]"#)
         #expect(problems(text).map(\.path) == ["$.tenants[0].ports[0].mac"])
+    }
+
+    @Test func vhostUserPortsTakeTheTapPortSettings() {
+        let text = blue(ports(port(extra: #""kind": "vhost-user", "ips": ["10.0.0.5/24"], "allowedMACs": ["02:00:00:00:01:09"], "queues": 4, "rateLimit": {"packetsPerSecond": 1000}, "stormControl": {"broadcastPacketsPerSecond": 10}"#),
+                              port("b", mac: "02:00:00:00:01:02")) + #", "acl": [{"action": "deny", "port": "a"}]"#)
+        #expect(problems(text).isEmpty, "\(problems(text))")
+    }
+
+    @Test func vhostUserPortsDoNotCountAsTapPortsNorClaimInterfaceNames() {
+        // The default interface name of a vhost-user port would be too long and is never used.
+        let text = blue(ports(port("a-very-long-port-name", #""kind": "vhost-user""#)))
+        #expect(problems(text).isEmpty, "\(problems(text))")
     }
 
     @Test func pathNormalization() {
