@@ -57,6 +57,8 @@ public final class NetClient {
     private var txFreeSlots: [[Int]]
     private let rxArea: [UInt64]
     private let txArea: [UInt64]
+    /// Ring layouts per queue (2 per pair: receive, transmit).
+    private let layouts: [(descriptors: UInt64, available: UInt64, used: UInt64, end: UInt64)]
 
     /// The header the driver uses (12 bytes with VERSION_1 or MRG_RXBUF, else 10).
     public var headerLength: Int { features & (VirtioFeatures.version1 | NetFeatures.mergeableRxBuffers) != 0 ? 12 : 10 }
@@ -130,6 +132,7 @@ public final class NetClient {
         self.calls = calls
         self.rxArea = rxArea
         self.txArea = txArea
+        self.layouts = layouts
         rxBuffer = Array(repeating: Array(repeating: 0, count: n), count: self.pairs)
         let stride = UInt64((self.receiveBufferBytes + 4095) / 4096 * 4096)
         rxFreeBuffers = rxArea.map { area in (0..<UInt64(n)).map { area + $0 * stride } }
@@ -292,6 +295,13 @@ public final class NetClient {
 
     /// The kick eventfd of a ring (owned by the client), for tests that kick without publishing.
     public func kickDescriptor(pair: Int = 0, transmit: Bool) -> Int32 { kicks[2 * pair + (transmit ? 1 : 0)] }
+
+    /// Guest addresses of a ring's descriptor table, available ring and used ring (for tests that
+    /// rewrite descriptors or read the device's notification fields).
+    public func ring(pair: Int = 0, transmit: Bool) -> (descriptors: UInt64, available: UInt64, used: UInt64) {
+        let layout = layouts[2 * pair + (transmit ? 1 : 0)]
+        return (layout.descriptors, layout.available, layout.used)
+    }
 
     /// Guest address and host pointer of transmit slot `slot` of pair `pair` (for hostile tests).
     public func transmitSlot(pair: Int = 0, slot: Int) -> (address: UInt64, pointer: UnsafeMutableRawPointer)? {
