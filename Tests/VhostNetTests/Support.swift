@@ -1,5 +1,6 @@
 import Foundation
 import HostOS
+import Logging
 import Synchronization
 import VhostNet
 import VhostUser
@@ -12,12 +13,12 @@ final class ServedPort {
     let device: VhostNetDevice
     let backend: VhostUserBackend
 
-    init(mac: [UInt8] = [0x02, 0, 0, 0, 0x01, 0x01], mtu: Int = 1500, pairs: Int = 1) throws {
+    init(mac: [UInt8] = [0x02, 0, 0, 0, 0x01, 0x01], mtu: Int = 1500, pairs: Int = 1, logger: Logger? = nil) throws {
         directory = NSTemporaryDirectory() + "bulkhead-vhostnet-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         socket = directory + "/port.sock"
-        device = try VhostNetDevice(mac: mac, mtu: mtu, queuePairs: pairs)
-        backend = VhostUserBackend(path: socket, device: device)
+        device = try VhostNetDevice(mac: mac, mtu: mtu, queuePairs: pairs, logger: logger)
+        backend = VhostUserBackend(path: socket, device: device, logger: logger)
         try backend.start()
     }
 
