@@ -41,6 +41,11 @@ let package = Package(
         // A vhost-user-blk frontend with its own test guest: drives the backend in tests and benchmarks.
         .target(name: "BlockClient", dependencies: ["VhostUser", "Virtio", "HostOS"]),
 
+        // virtio-net over vhost-user: the device a vhost-user port is, served by the switch's workers.
+        .target(name: "VhostNet", dependencies: ["VhostUser", "Virtio", "HostOS", .product(name: "Logging", package: "swift-log")]),
+        // A vhost-user-net frontend with its own test guest: drives a VhostNet device in tests and benchmarks.
+        .target(name: "NetClient", dependencies: ["VhostUser", "Virtio", "HostOS"]),
+
         // Block backend: tenant-confined volumes, io_uring engine, virtio-blk over vhost-user.
         .target(name: "Block", dependencies: [
             "Config", "Virtio", "VhostUser", "HostOS", "URing", "Metering",
@@ -67,6 +72,8 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
         .testTarget(name: "BlockTests", dependencies: ["Block", "BlockClient", "VhostUser", "Virtio", "HostOS", "Config",
                                                      .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "VhostNetTests", dependencies: ["VhostNet", "NetClient", "VhostUser", "Virtio", "HostOS",
+                                                        .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient"]),
 
         .executableTarget(

@@ -249,6 +249,14 @@ public struct SplitQueue: Sendable {
         return head
     }
 
+    /// Gives back the last `count` chains taken with `popAvailable` and not pushed as used: the
+    /// next pops return them again. For a receive queue whose buffers turned out too small for
+    /// the frame at hand: they wait for a frame that fits (or for more buffers).
+    @inlinable
+    public mutating func rewindAvailable(by count: UInt16) {
+        _nextAvailable &-= count
+    }
+
     /// The number of chains the driver has published that are not taken yet (reads avail.idx).
     public var pendingAvailable: UInt16 {
         guard let index = memory.load(UInt16.self, at: availableRing &+ 2) else { return 0 }

@@ -6,6 +6,8 @@
 # Usage: guest-initramfs.sh KERNEL_VERSION OUT.cpio.gz
 #   KERNEL_VERSION  a directory under /lib/modules, e.g. 6.1.0-57-cloud-amd64
 #   BUSYBOX=PATH    a static busybox to use instead of busybox-static's /bin/busybox
+#   GUEST_MODULES   the modules to load instead of "virtio_pci virtio_blk"
+#   GUEST_INIT=PATH the /init to use instead of guest-init.sh
 set -euo pipefail
 
 die() { echo "guest-initramfs: $*" >&2; exit 1; }
@@ -28,7 +30,7 @@ fi
 [[ -x $busybox ]] || die "$busybox is not an executable"
 
 # The drivers the guest loads, roots only: their dependencies come from modules.dep.
-wanted=(virtio_pci virtio_blk)
+read -r -a wanted <<<"${GUEST_MODULES:-virtio_pci virtio_blk}"
 
 # modules.dep lines read "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko ...",
 # listing every module the first one needs (directly or not).
@@ -59,7 +61,7 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys,tmp,etc,lib/modules}
 cp "$busybox" "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
-cp "$here/guest-init.sh" "$root/init"
+cp "${GUEST_INIT:-$here/guest-init.sh}" "$root/init"
 chmod 755 "$root/init" "$root/bin/busybox"
 
 # busybox insmod loads plain .ko files only: decompress where the kernel ships them compressed.
