@@ -39,10 +39,11 @@ struct Daemon {
             throw DaemonError("\(error)")
         }
 
+        let workers = configuration.host.switchSettings.resolvedWorkers(onlineCores: onlineProcessorCount())
         var network = PortNetwork(stateDirectory: state, logger: logger)
         do {
             try network.recoverFromUncleanExit()
-            try network.provision(configuration)
+            try network.provision(configuration, workers: workers)
         } catch {
             throw DaemonError("setting up ports failed: \(error)")
         }
@@ -55,14 +56,14 @@ struct Daemon {
         do {
             dataplane = try Dataplane(
                 plane: plane, queues: network.ports.map(\.queueFDs),
-                options: .init(statusPath: state + "/status.json"), logger: logger)
+                options: .init(workers: workers), logger: logger)
         } catch {
             network.teardown()
             throw DaemonError("starting the switch failed: \(error)")
         }
         dataplane.start()
         logger.info("bulkhead ready", metadata: [
-            "tenants": "\(configuration.tenants.count)", "ports": "\(names.count)",
+            "tenants": "\(configuration.tenants.count)", "ports": "\(names.count)", "switch.workers": "\(workers)",
             "status": "\(state)/status.json",
         ])
 
@@ -70,7 +71,8 @@ struct Daemon {
             tenants: configuration.tenants.filter { !$0.volumes.isEmpty }.map(\.id),
             configPath: configPath, logger: logger)
         let group = ServiceGroup(
-            services: [SwitchService(dataplane: dataplane), blockServers],
+            services: [SwitchService(dataplane: dataplane, status: StatusFile(path: state + "/status.json", logger: logger)),
+                       blockServers],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         do {
@@ -84,12 +86,18 @@ struct Daemon {
     }
 }
 
-/// Keeps the dataplane running until graceful shutdown, then stops its thread.
+/// Keeps the dataplane running until graceful shutdown, then stops its threads. Writes the
+/// status file once a second (here, not on a packet thread).
 struct SwitchService: Service {
     let dataplane: Dataplane
+    let status: StatusFile
 
     func run() async throws {
-        try? await gracefulShutdown()
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            status.write(dataplane.statistics())
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+        }
         dataplane.stop()
+        status.write(dataplane.statistics())
     }
 }
