@@ -14,31 +14,35 @@ public struct PortDescriptor: Sendable {
     public let configuration: Port
 }
 
-/// A port's ingress policers: rate limit (bits and packets) and storm control, shared by every
-/// worker that serves one of the port's queues (see `SharedTokenBucket`).
-struct PortLimiter: Sendable {
-    var bits: SharedTokenBucket?
-    var packets: SharedTokenBucket?
-    var broadcast: SharedTokenBucket?
-    var multicast: SharedTokenBucket?
+/// A port's ingress policers: rate limit (bits and packets) and storm control, as indexes into
+/// `SwitchState.policers` (-1: none). Shared by every worker that serves one of the port's
+/// queues, so the port's limits hold across all of them (see `SharedTokenBucket`).
+struct PortPolicers: Sendable {
+    var bits: Int32 = -1
+    var packets: Int32 = -1
+    var broadcast: Int32 = -1
+    var multicast: Int32 = -1
 
-    init(_ port: Port) {
+    var isUnlimited: Bool { bits < 0 && packets < 0 && broadcast < 0 && multicast < 0 }
+
+    /// Appends the port's buckets (rate, burst) to `buckets` and returns their indexes.
+    static func compile(_ port: Port, into buckets: inout [(rate: UInt64, burst: UInt64)]) -> PortPolicers {
+        func add(_ rate: UInt64, _ burst: UInt64) -> Int32 {
+            buckets.append((rate, burst))
+            return Int32(buckets.count - 1)
+        }
+        var policers = PortPolicers()
         if let limit = port.rateLimit {
-            if let rate = limit.bitsPerSecond, let burst = limit.effectiveBurstBits {
-                bits = SharedTokenBucket(rate: rate, burst: burst)
-            }
-            if let rate = limit.packetsPerSecond, let burst = limit.effectiveBurstPackets {
-                packets = SharedTokenBucket(rate: rate, burst: burst)
-            }
+            if let rate = limit.bitsPerSecond, let burst = limit.effectiveBurstBits { policers.bits = add(rate, burst) }
+            if let rate = limit.packetsPerSecond, let burst = limit.effectiveBurstPackets { policers.packets = add(rate, burst) }
         }
         if let storm = port.stormControl {
             // A one-second burst: storm control bounds sustained floods, not short bursts.
-            if let rate = storm.broadcastPacketsPerSecond { broadcast = SharedTokenBucket(rate: rate, burst: rate) }
-            if let rate = storm.multicastPacketsPerSecond { multicast = SharedTokenBucket(rate: rate, burst: rate) }
+            if let rate = storm.broadcastPacketsPerSecond { policers.broadcast = add(rate, rate) }
+            if let rate = storm.multicastPacketsPerSecond { policers.multicast = add(rate, rate) }
         }
+        return policers
     }
-
-    var isUnlimited: Bool { bits == nil && packets == nil && broadcast == nil && multicast == nil }
 }
 
 /// What every packet worker shares: the configuration compiled at init (immutable), the MAC
@@ -54,7 +58,8 @@ final class SwitchState: Sendable {
     let security: PortSecurity
     let acl: AccessControl
     let table: SegmentTable
-    let limiters: [PortLimiter]
+    let policers: SharedTokenBuckets
+    let portPolicers: [PortPolicers]
     let limited: [Bool]
     /// Every worker's counters; appended to when a worker is made, read when statistics are.
     /// Never touched per frame.
@@ -115,9 +120,11 @@ final class SwitchState: Sendable {
         }
         self.table = SegmentTable(segments: zip(segmentSettings, statics).map { ($0.macTable, $1) },
                                   portCount: ports.count)
-        let limiters = portConfigs.map(PortLimiter.init)
-        self.limiters = limiters
-        self.limited = limiters.map { !$0.isUnlimited }
+        var buckets: [(rate: UInt64, burst: UInt64)] = []
+        let portPolicers = portConfigs.map { PortPolicers.compile($0, into: &buckets) }
+        self.policers = SharedTokenBuckets(buckets)
+        self.portPolicers = portPolicers
+        self.limited = portPolicers.map { !$0.isUnlimited }
     }
 }
 
@@ -247,12 +254,13 @@ public struct ForwardingPlane: Sendable {
     /// Storm control, then the rate limit. A frame dropped by one takes no tokens from the other.
     func police(frame: FrameBytes, parsed: ParsedFrame, header: VirtioNetHeader, port: Int,
                 now: UInt64) -> DropReason? {
-        let limiter = state.limiters[port]
+        let policers = state.policers
+        let limiter = state.portPolicers[port]
         let destination = MACAddress(rawValue: parsed.destination)
         if destination.isBroadcast {
-            if let bucket = limiter.broadcast, !bucket.consume(1, now: now) { return .stormBroadcast }
+            if limiter.broadcast >= 0, !policers.consume(Int(limiter.broadcast), 1, now: now) { return .stormBroadcast }
         } else if destination.isMulticast {
-            if let bucket = limiter.multicast, !bucket.consume(1, now: now) { return .stormMulticast }
+            if limiter.multicast >= 0, !policers.consume(Int(limiter.multicast), 1, now: now) { return .stormMulticast }
         }
         // A GSO super-frame becomes ceil(payload / gsoSize) packets on the wire, each with a copy
         // of the headers.
@@ -268,9 +276,9 @@ public struct ForwardingPlane: Sendable {
             }
         }
         let bits = wireBytes * 8
-        if let bucket = limiter.bits, !bucket.consume(bits, now: now) { return .rateLimit }
-        if let bucket = limiter.packets, !bucket.consume(packets, now: now) {
-            limiter.bits?.giveBack(bits)
+        if limiter.bits >= 0, !policers.consume(Int(limiter.bits), bits, now: now) { return .rateLimit }
+        if limiter.packets >= 0, !policers.consume(Int(limiter.packets), packets, now: now) {
+            if limiter.bits >= 0 { policers.giveBack(Int(limiter.bits), bits) }
             return .rateLimit
         }
         return nil
