@@ -41,6 +41,9 @@ struct Validator {
     // MARK: Host
 
     private mutating func validateHost(_ host: HostSettings) {
+        if let workers = host.switchSettings.workers {
+            checkRange(workers, 1...SwitchSettings.workerLimit, path: "$.host.switch.workers", what: "workers")
+        }
         let path = "$.host.stateDirectory"
         let directory = host.stateDirectory
         guard directory.hasPrefix("/") else {

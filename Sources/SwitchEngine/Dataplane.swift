@@ -3,106 +3,229 @@ import Foundation
 import HostOS
 import Logging
 import Switch
-import Synchronization
 import URing
 import Virtio
 
-/// The switch's packet loop: one thread, one io_uring, every TAP queue of every port.
+/// A port the packet workers serve by direct calls instead of io_uring reads and writes: the seam
+/// for vhost-user-net ports, whose frames live in a guest's virtqueues (one queue pair per worker).
 ///
-/// Each TAP queue has a multishot poll armed and a pool of frame buffers. While a queue is
-/// readable, reads into its free buffers are kept in flight (the fds are non-blocking, so a read
-/// on an empty queue completes at once with EAGAIN and the queue waits for its next poll
-/// wake-up). A completed read is run through the `ForwardingPlane`; the same buffer is then
-/// written to every egress port the verdict names (no copy in userspace) and goes back to its
-/// pool when the last of those writes completes. Everything a batch of completions asks for goes
-/// to the kernel in one `io_uring_enter`. Writes carry exactly the length that was read, so a
-/// buffer never passes on bytes of an earlier, longer frame.
-public final class Dataplane: @unchecked Sendable {
-    // @unchecked Sendable: after `start()` every member below is touched only by the engine
-    // thread, except `wakeup`, whose `signal()` is a single write(2) on an eventfd, and
-    // `finished`, a semaphore.
+/// Worker `w` polls `kickDescriptor(worker: w)` on its ring. When it is readable, the worker
+/// calls `receive(worker: w, into:)` until it returns 0 (or its batch budget is spent), each
+/// time into one of its own frame buffers, and runs each frame through the pipeline. A frame for
+/// this port is handed to `transmit(worker: w, frame:)`, which must copy it out before returning
+/// (the buffer goes on to other ports and back to the pool). Worker `w` alone calls the methods
+/// with `worker: w`, so a driver needs no lock per queue pair.
+public protocol SynchronousPortDriver: AnyObject, Sendable {
+    /// The fd that becomes readable when worker `worker`'s transmit queue may hold frames (the
+    /// guest's kick eventfd); nil when this worker has no queue of the port. The driver resets it
+    /// (reads the eventfd) itself, before it looks at the queue.
+    func kickDescriptor(worker: Int) -> Int32?
+    /// Copies the next frame the guest transmitted on worker `worker`'s queue into `buffer`:
+    /// a 12-byte virtio-net header, then the Ethernet frame. Returns the bytes written, 0 when
+    /// the queue is empty. Never writes past `buffer`.
+    func receive(worker: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int
+    /// Copies `frame` (virtio-net header and Ethernet frame) into the guest's receive buffers of
+    /// worker `worker`'s queue and signals the guest. Returns false when the frame could not be
+    /// delivered (no receive buffers, a broken queue): counted as a tx error.
+    func transmit(worker: Int, frame: UnsafeRawBufferPointer) -> Bool
+}
 
+/// How one switch port is attached to the dataplane.
+public enum PortAttachment: Sendable {
+    /// TAP queue fds (owned by the caller; they must outlive `stop()`). Worker `w` reads queues
+    /// `w, w + workers, ...` and writes every frame it forwards to queue `w % count`.
+    case tap(queues: [Int32])
+    /// A port served by direct calls (see `SynchronousPortDriver`).
+    case driver(any SynchronousPortDriver)
+}
+
+/// The switch's packet engine: `workers` threads, each with its own io_uring, serving its share
+/// of every port's queues.
+///
+/// Worker `w` owns queue `w` of every TAP port (and `w + workers`, ... when a port has more
+/// queues than there are workers) and writes what it forwards to queue `w` (modulo the port's
+/// queue count) of each egress port, so with one queue per worker, as `PortNetwork` sets up,
+/// no two workers ever read or write the same queue. Within a worker: each queue has a
+/// multishot poll armed and a pool of frame buffers; while a queue is readable, reads into its
+/// free buffers are kept in flight (the fds are non-blocking, so a read on an empty queue
+/// completes at once with EAGAIN and the queue waits for its next poll wake-up). A completed
+/// read is run through the `ForwardingPlane`; the same buffer is then written to every egress
+/// port the verdict names (no copy in userspace) and goes back to its pool when the last of
+/// those writes completes. Everything a batch of completions asks for goes to the kernel in one
+/// `io_uring_enter`. Writes carry exactly the length that was read, so a buffer never passes on
+/// bytes of an earlier, longer frame.
+///
+/// Shared state: the MAC tables and policers are shared lock-free (see `SegmentTable`,
+/// `SharedTokenBucket`); counters are per worker, summed by `statistics()`. Worker 0 ages the
+/// MAC tables once a second. Every ring is created (disabled, single issuer) in `init`: no
+/// ring is set up after it, so a process may forbid io_uring_setup once the dataplane exists.
+/// Each worker enables its own ring on its thread.
+public final class Dataplane: Sendable {
     public struct Options: Sendable {
-        /// Frame buffers per TAP queue (each holds a 64 KB GSO frame plus its virtio-net header).
-        /// Untouched buffers cost address space only; pools are reused last-in first-out.
+        /// Packet worker threads (1...256).
+        public var workers: Int
+        /// Frame buffers per queue and worker (each holds a 64 KB GSO frame plus its
+        /// virtio-net header). Untouched buffers cost address space only; pools are reused
+        /// last-in first-out.
         public var buffersPerQueue: Int
         /// Reads kept in flight per readable queue.
         public var readsInFlight: Int
-        public init(buffersPerQueue: Int = 64, readsInFlight: Int = 16) {
+
+        public init(workers: Int = 1, buffersPerQueue: Int = 64, readsInFlight: Int = 16) {
+            self.workers = workers
             self.buffersPerQueue = buffersPerQueue
             self.readsInFlight = readsInFlight
         }
     }
 
-    /// 12-byte virtio-net header + the largest GSO frame the kernel builds (65535 + 14).
-    static let bufferSize = 65_600
+    private let workers: [PacketWorker]
+    private let plane: ForwardingPlane
+    private let wakeup: EventFD
+
+    /// Sets up every worker's ring and buffers. `ports[i]` attaches `plane.ports[i]`; `plane`
+    /// becomes worker 0's handle and the others get handles of their own (`makeWorker()`).
+    public init(plane: ForwardingPlane, ports: [PortAttachment], options: Options, logger: Logger) throws(SystemError) {
+        precondition(ports.count == plane.ports.count, "one attachment per port")
+        precondition(options.workers >= 1 && options.workers <= 256, "1...256 workers")
+        precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
+        for case .tap(let queues) in ports { precondition(!queues.isEmpty, "every TAP port has at least one queue") }
+        self.plane = plane
+        let wakeup = try EventFD()
+        var workers: [PacketWorker] = []
+        for index in 0..<options.workers {
+            workers.append(try PacketWorker(index: index, of: options.workers, plane: index == 0 ? plane : plane.makeWorker(),
+                                            ports: ports, wakeup: wakeup.rawValue, options: options, logger: logger))
+        }
+        self.workers = workers
+        self.wakeup = wakeup
+    }
+
+    /// The same with TAP ports only: `queues[port]` lists the raw fds of that port's TAP queues.
+    public convenience init(plane: ForwardingPlane, queues: [[Int32]], options: Options, logger: Logger) throws(SystemError) {
+        try self.init(plane: plane, ports: queues.map { .tap(queues: $0) }, options: options, logger: logger)
+    }
+
+    /// Number of packet workers.
+    public var workerCount: Int { workers.count }
+
+    /// Starts every worker on a thread of its own; they run until `stop()`.
+    public func start() {
+        for worker in workers { worker.start() }
+    }
+
+    /// Asks every worker to stop and waits until they have.
+    public func stop() {
+        wakeup.signal()
+        for worker in workers { worker.finished.wait() }
+    }
+
+    /// The counters of all workers, summed. Any thread, any time (not a packet worker's: it
+    /// allocates); a snapshot taken while frames move may count a frame's rx and not yet its tx.
+    public func statistics() -> SwitchStatistics { plane.statistics() }
+}
+
+/// One packet worker: a thread, its ring, its share of the queues and its frame buffers. After
+/// `start()` every member is touched only by the worker's thread, except `finished`.
+private final class PacketWorker: @unchecked Sendable {
+    // @unchecked Sendable: see above; the ring is enabled and used by the worker thread only.
 
     private enum Operation: UInt64 {
         case read = 1, write = 2, poll = 3, wake = 4, tick = 5
     }
 
-    private var plane: ForwardingPlane
+    /// 12-byte virtio-net header + the largest GSO frame the kernel builds (65535 + 14).
+    static let bufferSize = 65_600
+    /// Frames one driver queue hands over per turn before the worker looks at its ring again.
+    static let driverBudget = 64
+
+    let index: Int
+    let finished = DispatchSemaphore(value: 0)
+    private let workerCount: Int
+    private let plane: ForwardingPlane
     private let ring: Ring
     private let logger: Logger
     private let options: Options
-    private let wakeup: EventFD
-    private let finished = DispatchSemaphore(value: 0)
+    private let wakeup: Int32
+    typealias Options = Dataplane.Options
 
-    /// Per queue (index = fixed-file slot): its port, whether it may hold frames, reads in
-    /// flight, and its pool of free buffers (a stack: `free[q * buffersPerQueue ..< + freeCount[q]]`).
+    /// This worker's queues (TAP queues it reads and driver ports' queue pairs), indexed by
+    /// local queue number: port, fixed-file slot (-1 for a driver), whether it may hold frames,
+    /// reads in flight, and its pool of free buffers (a stack:
+    /// `free[q * buffersPerQueue ..< + freeCount[q]]`).
     private let queueCount: Int
     private let queuePort: UnsafeMutableBufferPointer<Int32>
+    private let queueSlot: UnsafeMutableBufferPointer<Int32>
     private let queueReadable: UnsafeMutableBufferPointer<Bool>
     private let queueReads: UnsafeMutableBufferPointer<Int32>
     private let freeCount: UnsafeMutableBufferPointer<Int32>
     private let free: UnsafeMutableBufferPointer<Int32>
-    /// Queues whose reads should be topped up after the current batch, each listed once.
+    /// TAP queues whose reads should be topped up after the current batch, each listed once.
     private var refill: [Int32] = []
     private let refillPending: UnsafeMutableBufferPointer<Bool>
-    /// First queue (fixed-file slot) of each port; egress writes go there.
-    private let portFirstQueue: [Int32]
+    /// Per port: the fixed-file slot this worker writes to, or -1 for a driver port.
+    private let egressSlot: [Int32]
+    /// Per port: its driver, for driver ports.
+    private let drivers: [(any SynchronousPortDriver)?]
+    /// Local queues of driver ports.
+    private let driverQueues: [Int]
     private var portFailed: [Bool]
 
     private let buffers: UnsafeMutableRawPointer
     private let bufferCount: Int
     /// Writes in flight per buffer.
     private let pendingWrites: UnsafeMutableBufferPointer<Int32>
-    private var wakeBuffer: UInt64 = 0
-    /// The counters as of the last tick, for `statistics()`.
-    private let published: Mutex<SwitchStatistics?>
 
-    /// Sets up the ring and buffers. `queues[port]` lists the raw fds of that port's TAP queues
-    /// (ports indexed like `plane.ports`); the fds stay owned by the caller and must outlive `run`.
-    public init(plane: ForwardingPlane, queues: [[Int32]], options: Options, logger: Logger) throws(SystemError) {
-        precondition(queues.count == plane.ports.count, "one queue list per port")
-        precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
+    init(index: Int, of workerCount: Int, plane: ForwardingPlane, ports: [PortAttachment], wakeup: Int32,
+         options: Options, logger: Logger) throws(SystemError) {
+        self.index = index
+        self.workerCount = workerCount
         self.plane = plane
-        self.published = Mutex(plane.statistics())
         self.options = options
         self.logger = logger
-        self.wakeup = try EventFD()
+        self.wakeup = wakeup
 
+        // Every TAP queue is a fixed file of every ring (writes go to any port); a worker reads
+        // only its own.
         var files: [Int32] = []
-        var ports: [Int32] = []
-        var first: [Int32] = []
-        for (port, portQueues) in queues.enumerated() {
-            precondition(!portQueues.isEmpty, "every port has at least one queue")
-            first.append(Int32(files.count))
-            files += portQueues
-            ports += Array(repeating: Int32(port), count: portQueues.count)
+        var localPort: [Int32] = [], localSlot: [Int32] = []
+        var egress: [Int32] = []
+        var drivers: [(any SynchronousPortDriver)?] = []
+        var driverQueues: [Int] = []
+        for (port, attachment) in ports.enumerated() {
+            switch attachment {
+            case .tap(let queues):
+                let first = files.count
+                files += queues
+                for q in stride(from: index, to: queues.count, by: workerCount) {
+                    localPort.append(Int32(port))
+                    localSlot.append(Int32(first + q))
+                }
+                egress.append(Int32(first + index % queues.count))
+                drivers.append(nil)
+            case .driver(let driver):
+                if driver.kickDescriptor(worker: index) != nil {
+                    driverQueues.append(localPort.count)
+                    localPort.append(Int32(port))
+                    localSlot.append(-1)
+                }
+                egress.append(-1)
+                drivers.append(driver)
+            }
         }
-        portFirstQueue = first
-        portFailed = Array(repeating: false, count: queues.count)
-        queueCount = files.count
+        egressSlot = egress
+        self.drivers = drivers
+        self.driverQueues = driverQueues
+        portFailed = Array(repeating: false, count: ports.count)
+        queueCount = localPort.count
         bufferCount = queueCount * options.buffersPerQueue
 
-        let entries = Ring.entries(atLeast: queueCount * options.readsInFlight * 4, minimum: 256, maximum: 16_384)
-        // Created disabled and enabled by the engine thread, which then is its only submitter.
+        let entries = Ring.entries(atLeast: max(1, queueCount) * options.readsInFlight * 4, minimum: 256, maximum: 16_384)
+        // Created disabled and enabled by the worker's thread, which then is its only submitter.
         ring = try Ring(entries: entries, setup: [.disabled, .singleIssuer, .submitAll])
         if !files.isEmpty { try ring.registerFiles(files) }
 
         // Anonymous mappings start zeroed: no buffer ever holds bytes from before this process.
-        let total = max(1, bufferCount) * Dataplane.bufferSize
+        let total = max(1, bufferCount) * PacketWorker.bufferSize
         guard let memory = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               memory != MAP_FAILED else {
             throw SystemError("mmap(\(total) bytes of frame buffers)", errno: errno)
@@ -111,6 +234,7 @@ public final class Dataplane: @unchecked Sendable {
 
         let queueSlots = max(1, queueCount)
         queuePort = .allocate(capacity: queueSlots)
+        queueSlot = .allocate(capacity: queueSlots)
         queueReadable = .allocate(capacity: queueSlots)
         queueReads = .allocate(capacity: queueSlots)
         freeCount = .allocate(capacity: queueSlots)
@@ -119,7 +243,8 @@ public final class Dataplane: @unchecked Sendable {
         pendingWrites = .allocate(capacity: max(1, bufferCount))
         refill.reserveCapacity(queueSlots)
         for q in 0..<queueCount {
-            queuePort[q] = ports[q]
+            queuePort[q] = localPort[q]
+            queueSlot[q] = localSlot[q]
             queueReadable[q] = true  // until a read says otherwise
             queueReads[q] = 0
             refillPending[q] = false
@@ -133,33 +258,22 @@ public final class Dataplane: @unchecked Sendable {
     }
 
     deinit {
-        munmap(buffers, max(1, bufferCount) * Dataplane.bufferSize)
-        for pointer in [UnsafeMutableRawPointer(queuePort.baseAddress!), UnsafeMutableRawPointer(queueReadable.baseAddress!),
-                        UnsafeMutableRawPointer(queueReads.baseAddress!), UnsafeMutableRawPointer(freeCount.baseAddress!),
-                        UnsafeMutableRawPointer(refillPending.baseAddress!), UnsafeMutableRawPointer(free.baseAddress!),
-                        UnsafeMutableRawPointer(pendingWrites.baseAddress!)] {
-            pointer.deallocate()
-        }
+        munmap(buffers, max(1, bufferCount) * PacketWorker.bufferSize)
+        queuePort.deallocate(); queueSlot.deallocate(); queueReadable.deallocate(); queueReads.deallocate()
+        freeCount.deallocate(); refillPending.deallocate(); free.deallocate(); pendingWrites.deallocate()
     }
 
-    /// Runs the loop on a thread of its own until `stop()`.
-    public func start() {
+    func start() {
         let thread = Thread { [self] in
-            setCurrentThreadName("bulkhead-switch")
+            setCurrentThreadName("bulkhead-sw\(index)")
             do {
                 try self.run()
             } catch {
-                self.logger.critical("switch loop stopped", metadata: ["error": "\(error)"])
+                self.logger.critical("switch worker stopped", metadata: ["worker": "\(self.index)", "error": "\(error)"])
             }
             self.finished.signal()
         }
         thread.start()
-    }
-
-    /// Asks the loop to stop and waits until it has.
-    public func stop() {
-        wakeup.signal()
-        finished.wait()
     }
 
     @inline(__always)
@@ -169,7 +283,7 @@ public final class Dataplane: @unchecked Sendable {
 
     @inline(__always)
     private func buffer(_ index: Int) -> UnsafeMutableRawPointer {
-        buffers + index * Dataplane.bufferSize
+        buffers + index &* PacketWorker.bufferSize
     }
 
     @inline(__always)
@@ -184,62 +298,99 @@ public final class Dataplane: @unchecked Sendable {
     }
 
     @inline(__always)
+    private func takeBuffer(queue q: Int) -> Int {
+        freeCount[q] -= 1
+        return Int(free[q * options.buffersPerQueue + Int(freeCount[q])])
+    }
+
+    @inline(__always)
     private func scheduleRefill(_ q: Int) {
-        if !refillPending[q] {
+        if !refillPending[q] && queueSlot[q] >= 0 {
             refillPending[q] = true
             refill.append(Int32(q))
         }
     }
 
-    /// Tops up the reads of every queue that asked for it and may hold frames.
+    /// Tops up the reads of every TAP queue that asked for it and may hold frames.
     private func refillReads() throws(SystemError) {
         for q32 in refill {
             let q = Int(q32)
             refillPending[q] = false
             guard queueReadable[q], !portFailed[Int(queuePort[q])] else { continue }
             while queueReads[q] < options.readsInFlight && freeCount[q] > 0 {
-                freeCount[q] -= 1
-                let index = Int(free[q * options.buffersPerQueue + Int(freeCount[q])])
-                try ring.prepareRead(fd: Int32(q), fixed: true, buffer: buffer(index), length: UInt32(Dataplane.bufferSize),
-                                     userData: Dataplane.userData(.read, index))
+                let index = takeBuffer(queue: q)
+                try ring.prepareRead(fd: queueSlot[q], fixed: true, buffer: buffer(index),
+                                     length: UInt32(PacketWorker.bufferSize), userData: PacketWorker.userData(.read, index))
                 queueReads[q] += 1
             }
         }
         refill.removeAll(keepingCapacity: true)
     }
 
-    private func armWakeup() throws(SystemError) {
-        try withUnsafeMutableBytes(of: &wakeBuffer) { (raw) throws(SystemError) in
-            try ring.prepareRead(fd: wakeup.rawValue, fixed: false, buffer: raw.baseAddress!, length: 8,
-                                 userData: Dataplane.userData(.wake, 0))
+    /// Takes up to `driverBudget` frames from each kicked driver queue. Returns whether one of
+    /// them may hold more (then the worker must not sleep in the kernel).
+    private func pullFromDrivers(now: UInt64) throws(SystemError) -> Bool {
+        var more = false
+        for q in driverQueues where queueReadable[q] {
+            let port = Int(queuePort[q])
+            guard !portFailed[port], let driver = drivers[port] else { continue }
+            var budget = PacketWorker.driverBudget
+            while budget > 0 && freeCount[q] > 0 {
+                budget -= 1
+                let index = takeBuffer(queue: q)
+                let length = driver.receive(worker: self.index, into: UnsafeMutableRawBufferPointer(start: buffer(index),
+                                                                                                   count: PacketWorker.bufferSize))
+                guard length > 0 else {
+                    queueReadable[q] = false
+                    release(buffer: index)
+                    break
+                }
+                try forward(buffer: index, length: min(length, PacketWorker.bufferSize), port: port, now: now)
+            }
+            // Out of budget, or every buffer is still being written: come back after the ring.
+            if queueReadable[q] { more = true }
         }
+        return more
+    }
+
+    private func arm() throws(SystemError) {
+        try ring.preparePollMultishot(fd: wakeup, fixed: false, events: UInt32(POLLIN), userData: PacketWorker.userData(.wake, 0))
+        if index == 0 {
+            try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: PacketWorker.userData(.tick, 0))
+        }
+        for q in 0..<queueCount { try armPoll(queue: q) }
     }
 
     private func armPoll(queue q: Int) throws(SystemError) {
-        try ring.preparePollMultishot(fd: Int32(q), fixed: true, events: UInt32(POLLIN), userData: Dataplane.userData(.poll, q))
+        if queueSlot[q] >= 0 {
+            try ring.preparePollMultishot(fd: queueSlot[q], fixed: true, events: UInt32(POLLIN),
+                                          userData: PacketWorker.userData(.poll, q))
+            scheduleRefill(q)
+        } else if let fd = drivers[Int(queuePort[q])]?.kickDescriptor(worker: index) {
+            try ring.preparePollMultishot(fd: fd, fixed: false, events: UInt32(POLLIN),
+                                          userData: PacketWorker.userData(.poll, q))
+        }
     }
 
     private func run() throws(SystemError) {
         try ring.enable()
-        for q in 0..<queueCount {
-            try armPoll(queue: q)
-            scheduleRefill(q)
-        }
+        try arm()
         try refillReads()
-        try armWakeup()
-        try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: Dataplane.userData(.tick, 0))
 
         let completions = UnsafeMutableBufferPointer<Completion>.allocate(capacity: 1024)
         defer { completions.deallocate() }
-        logger.debug("switch loop running", metadata: ["queues": "\(queueCount)", "buffers": "\(bufferCount)"])
+        logger.debug("switch worker running", metadata: [
+            "worker": "\(index)", "queues": "\(queueCount)", "buffers": "\(bufferCount)",
+        ])
 
+        var driversBusy = false
         while true {
-            try ring.submitAndWait(1)
+            if driversBusy { try ring.submit() } else { try ring.submitAndWait(1) }
             // Drain everything that is ready before going back to the kernel: one
             // io_uring_enter then carries the whole batch's reads and writes.
+            var now = monotonicNanoseconds()
             var count = ring.reap(into: completions)
             while count > 0 {
-                let now = monotonicNanoseconds()
                 for i in 0..<count {
                     let completion = completions[i]
                     let index = Int(completion.user_data & 0xFFFF_FFFF)
@@ -249,30 +400,31 @@ public final class Dataplane: @unchecked Sendable {
                     case .write:
                         writeCompleted(buffer: index, port: Int(completion.user_data >> 32 & 0xFFFF), result: completion.res)
                     case .poll:
-                        pollCompleted(queue: index, result: completion.res, flags: completion.flags)
+                        pollCompleted(queue: index, result: completion.res)
                         if completion.flags & Ring.moreFlag == 0, !portFailed[Int(queuePort[index])] {
                             try armPoll(queue: index)
                         }
                     case .wake:
-                        logger.debug("switch loop stopping")
-                        publishStatistics()
+                        logger.debug("switch worker stopping", metadata: ["worker": "\(self.index)"])
                         return
                     case .tick:
                         plane.expire(now: now)
-                        publishStatistics()
-                        try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: Dataplane.userData(.tick, 0))
+                        try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: PacketWorker.userData(.tick, 0))
                     case nil:
                         logger.error("unexpected io_uring completion", metadata: ["user_data": "\(completion.user_data)"])
                     }
                 }
                 try refillReads()
                 count = ring.reap(into: completions)
+                if count > 0 { now = monotonicNanoseconds() }
             }
+            driversBusy = driverQueues.isEmpty ? false : try pullFromDrivers(now: now)
+            try refillReads()
         }
     }
 
     @inline(__always)
-    private func pollCompleted(queue q: Int, result: Int32, flags: UInt32) {
+    private func pollCompleted(queue q: Int, result: Int32) {
         if result < 0 {
             failPort(Int(queuePort[q]), error: SystemError("poll", errno: -result))
             return
@@ -284,8 +436,9 @@ public final class Dataplane: @unchecked Sendable {
     private func failPort(_ port: Int, error: SystemError) {
         guard !portFailed[port] else { return }
         portFailed[port] = true
-        logger.error("port stops receiving: its TAP queue failed", metadata: [
-            "port.index": "\(port)", "port.interface": "\(plane.ports[port].interfaceName)", "error": "\(error)",
+        logger.error("port stops receiving on this worker: its queue failed", metadata: [
+            "worker": "\(index)", "port.index": "\(port)", "port.interface": "\(plane.ports[port].interfaceName)",
+            "error": "\(error)",
         ])
     }
 
@@ -304,7 +457,13 @@ public final class Dataplane: @unchecked Sendable {
             return release(buffer: index)
         }
         scheduleRefill(q)
-        let length = Int(result)
+        try forward(buffer: index, length: Int(result), port: port, now: now)
+    }
+
+    /// Runs the frame in `buffer` (virtio-net header included) from `port` through the pipeline
+    /// and hands it to every egress port; the buffer goes back to its pool after the last write.
+    @inline(__always)
+    private func forward(buffer index: Int, length: Int, port: Int, now: UInt64) throws(SystemError) {
         let base = buffer(index)
         guard length >= VirtioNetHeader.size,
               let header = VirtioNetHeader(parsing: UnsafeRawBufferPointer(start: base, count: VirtioNetHeader.size)) else {
@@ -319,14 +478,27 @@ public final class Dataplane: @unchecked Sendable {
         var failure: SystemError?
         targets.forEach { target in
             guard failure == nil else { return }
+            let slot = egressSlot[target]
+            if slot < 0 {
+                // A driver port: delivered (copied) now.
+                let delivered = drivers[target]?.transmit(worker: self.index,
+                                                         frame: UnsafeRawBufferPointer(start: base, count: length)) ?? false
+                if delivered {
+                    plane.recordTransmitted(port: target, bytes: length - VirtioNetHeader.size)
+                } else {
+                    plane.recordDrop(.txError, port: target)
+                }
+                return
+            }
             do throws(SystemError) {
-                try ring.prepareWrite(fd: portFirstQueue[target], fixed: true, buffer: base, length: UInt32(length),
-                                      userData: Dataplane.userData(.write, index, port: target))
+                try ring.prepareWrite(fd: slot, fixed: true, buffer: base, length: UInt32(length),
+                                      userData: PacketWorker.userData(.write, index, port: target))
                 pendingWrites[index] += 1
             } catch {
                 failure = error
             }
         }
+        if pendingWrites[index] == 0 { release(buffer: index) }
         if let failure { throw failure }
     }
 
@@ -339,15 +511,5 @@ public final class Dataplane: @unchecked Sendable {
         }
         pendingWrites[index] -= 1
         if pendingWrites[index] == 0 { release(buffer: index) }
-    }
-
-    private func publishStatistics() {
-        let snapshot = plane.statistics()
-        published.withLock { $0 = snapshot }
-    }
-
-    /// The counters as of the engine's last tick (about once a second); callable from any thread.
-    public func statistics() -> SwitchStatistics {
-        published.withLock { $0 } ?? SwitchStatistics(ports: [], segments: [])
     }
 }

@@ -46,10 +46,12 @@ struct Daemon {
             throw DaemonError("\(error)")
         }
 
+        // One TAP queue per packet worker of the switch (PortNetwork, Dataplane).
+        let workers = configuration.host.switchSettings.resolvedWorkers(onlineCores: onlineProcessorCount())
         var network = PortNetwork(stateDirectory: state, logger: logger)
         do {
             try network.recoverFromUncleanExit()
-            try network.provision(configuration)
+            try network.provision(configuration, workers: workers)
         } catch {
             throw DaemonError("setting up ports failed: \(error)")
         }
@@ -69,13 +71,13 @@ struct Daemon {
             network.teardown()
             throw DaemonError("a switch port has no TAP device or socket; this is a bug")
         }
-        let statusPath = state + "/status.json"
+        let status = StatusFile(path: state + "/status.json", logger: logger)
         let counters = SwitchCounters()
         var children = [ChildSpec(
             name: "switch", metadata: [:],
-            arguments: ["switch", "--config", configPath, "--log-level", logLevel],
+            arguments: ["switch", "--config", configPath, "--workers", "\(workers)", "--log-level", logLevel],
             attach: { control, pid in
-                SwitchAttachment(ports: switchPorts, statusPath: statusPath, counters: counters, logger: logger).run(control, pid: pid)
+                SwitchAttachment(ports: switchPorts, status: status, counters: counters, logger: logger).run(control, pid: pid)
             })]
         for tenant in configuration.tenants where !tenant.volumes.isEmpty {
             children.append(ChildSpec(
@@ -84,7 +86,8 @@ struct Daemon {
                 attach: nil))
         }
         logger.info("bulkhead ready", metadata: [
-            "tenants": "\(configuration.tenants.count)", "ports": "\(plane.ports.count)", "status": "\(statusPath)",
+            "tenants": "\(configuration.tenants.count)", "ports": "\(plane.ports.count)", "switch.workers": "\(workers)",
+            "status": "\(status.path)",
         ])
         let group = ServiceGroup(
             services: [ChildSupervisor(children: children, logger: logger)],
@@ -106,7 +109,7 @@ struct Daemon {
 /// the counters it reports to `status.json` until it exits.
 struct SwitchAttachment {
     let ports: [(interface: String, handle: SwitchPortHandle)]
-    let statusPath: String
+    let status: StatusFile
     let counters: SwitchCounters
     let logger: Logger
 
@@ -125,7 +128,6 @@ struct SwitchAttachment {
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChildSupervisor.controlBufferBytes, alignment: 8)
         defer { buffer.deallocate() }
-        var statusFailing = false
         while true {
             let byteCount: Int
             do { byteCount = try control.receive(into: buffer, maxFDs: 0).byteCount } catch {
@@ -142,27 +144,12 @@ struct SwitchAttachment {
             case .ready(let workers):
                 logger.info("switch forwarding", metadata: ["switch.workers": "\(workers)"])
             case .statistics(let statistics):
-                let failed = !writeStatus(counters.report(statistics))
-                if failed && !statusFailing {
-                    logger.error("cannot write the status file", metadata: ["path": "\(statusPath)"])
-                }
-                statusFailing = failed
+                status.write(counters.report(statistics))
             case .port, .start:
                 logger.error("the switch sent a daemon's message; stopping it", metadata: ["message": "\(message)"])
                 return
             }
         }
-    }
-
-    /// Rewrites the status file; false when that failed. Counters are for operators: a failure
-    /// is logged and forwarding goes on.
-    private func writeStatus(_ statistics: SwitchStatistics) -> Bool {
-        let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: statistics)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        guard let data = try? encoder.encode(status) else { return false }
-        return (try? StateFiles.writeAtomically(statusPath, contents: String(decoding: data, as: UTF8.self))) != nil
     }
 }
 

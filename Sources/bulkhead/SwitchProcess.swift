@@ -21,10 +21,14 @@ struct SwitchCommand: ParsableCommand {
     @Flag(help: "Skip the jail (namespaces, empty root, privilege drop, system-call allowlist). For debugging only.")
     var noJail = false
 
+    @Option(help: "Packet worker threads (the daemon passes host.switch.workers, resolved; each TAP port has a queue per worker).")
+    var workers: Int = 1
+
     @Option(help: "Log level.")
     var logLevel: String = "info"
 
     func validate() throws {
+        guard (1...256).contains(workers) else { throw ValidationError("--workers must be 1...256") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
     }
 
@@ -47,7 +51,7 @@ struct SwitchCommand: ParsableCommand {
         let queues: ReceivedQueues
         do {
             queues = try SwitchProcess.receivePorts(from: control, plane: plane)
-            dataplane = try Dataplane(plane: plane, queues: queues.byPort, options: .init(), logger: logger)
+            dataplane = try Dataplane(plane: plane, queues: queues.byPort, options: .init(workers: workers), logger: logger)
         } catch {
             logger.critical("switch could not start: \(error)")
             throw ExitCode(1)
@@ -57,7 +61,7 @@ struct SwitchCommand: ParsableCommand {
                 let mountPoint = configuration.host.stateDirectory + "/switch"
                 try StateFiles.makeDirectories(mountPoint, mode: 0o700)
                 try SwitchProcess.jail(mountPoint: mountPoint, user: jailUser,
-                                       limits: SwitchProcess.limits(ports: plane.ports.count, queues: queues.count, workers: 1))
+                                       limits: SwitchProcess.limits(ports: plane.ports.count, queues: queues.count, workers: workers))
             } catch {
                 logger.critical("switch jail failed; not forwarding: \(error)")
                 throw ExitCode(1)
@@ -65,14 +69,14 @@ struct SwitchCommand: ParsableCommand {
         }
         dataplane.start()
         do {
-            try control.send(.ready(workers: 1))
+            try control.send(.ready(workers: workers))
             try control.send(.statistics(dataplane.statistics()))
         } catch {
             logger.critical("the daemon's control socket failed: \(error)")
             throw ExitCode(1)
         }
         logger.info("switch ready", metadata: [
-            "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "privileges.dropped": "\(!noJail)",
+            "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "switch.workers": "\(workers)", "privileges.dropped": "\(!noJail)",
             "jail.uid": "\(noJail ? "none" : String(jailUser))",
         ])
         SwitchProcess.stopWhenDaemonGoes(control: control.rawValue)
