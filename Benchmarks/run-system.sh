@@ -51,6 +51,12 @@ source "$REPO/Benchmarks/lib/common.sh"
 source "$REPO/Benchmarks/lib/linux-bridge.sh"
 # shellcheck source=lib/bulkhead.sh
 source "$REPO/Benchmarks/lib/bulkhead.sh"
+# shellcheck source=lib/plain-forwarder.sh
+source "$REPO/Benchmarks/lib/plain-forwarder.sh"
+# shellcheck source=lib/ovs-netdev.sh
+source "$REPO/Benchmarks/lib/ovs-netdev.sh"
+# shellcheck source=lib/switch.sh
+source "$REPO/Benchmarks/lib/switch.sh"
 # shellcheck source=lib/block.sh
 source "$REPO/Benchmarks/lib/block.sh"
 
@@ -136,6 +142,9 @@ cleanup() {
     kill_pidfile "$WORK_DIR/iperf3-server.pid"
     linux_bridge_teardown
     bulkhead_leftovers_remove
+    plain_forwarder_teardown
+    ovs_netdev_teardown
+    probe_cleanup
     block_cleanup
     rm -rf "$WORK_DIR"
     exit "$rc"
@@ -149,6 +158,8 @@ if ((RUN_NETWORK)); then
 step "removing what an earlier, aborted run may have left"
 linux_bridge_teardown
 bulkhead_leftovers_remove
+plain_forwarder_teardown
+ovs_netdev_teardown
 
 # --- topologies --------------------------------------------------------------------------------
 CONFIG=$WORK_DIR/bench.json
@@ -159,34 +170,92 @@ cp "$CONFIG" "$OUT_DIR/bulkhead-config.json"
 step "setting up the Linux bridge topology (brb-a, brb-b, bridge brb-br0)"
 linux_bridge_setup "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" || die "could not set up the Linux bridge topology"
 
-# Bridge runs take place while the daemon is stopped, so that it cannot take CPU from them;
-# Bulkhead runs while the bridge sits idle (no traffic, no cost).
+PFW_BIN=$WORK_DIR/plain-forwarder
+step "building the plain forwarder (cc -O2): Benchmarks/PlainForwarder/plain-forwarder.c"
+plain_forwarder_build "$REPO/Benchmarks/PlainForwarder/plain-forwarder.c" "$PFW_BIN" || die "could not build the plain forwarder"
+
+TOPOLOGY_ORDER=(bulkhead linux-bridge plain-forwarder)
+if ovs_netdev_available; then
+    step "setting up Open vSwitch, userspace datapath (ovs-a, ovs-b, bridge ovs-br0; run directory $WORK_DIR/ovs)"
+    ovs_netdev_setup "$WORK_DIR/ovs" "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" \
+        || { tail -n 20 "$WORK_DIR/ovs/ovs-vswitchd.log" 2>/dev/null | sed 's/^/    ovs-vswitchd: /' >&2; die "could not set up the Open vSwitch topology"; }
+    ovs_netdev_pause
+    TOPOLOGY_ORDER+=(ovs-netdev)
+else
+    say "SKIP ovs-netdev: Open vSwitch is not installed; its ratio lines are left out"
+fi
+
+# Each topology is measured while the others sit idle: the Bulkhead daemon and the plain
+# forwarder are stopped, OVS is paused (SIGSTOP), the Linux bridge has no traffic.
 measure_linux_bridge() {
     local round=$1
     SNAPSHOT_TOP=1 run_iperf linux-bridge tcp "$round" brb-a brb-b - || die "iperf3 TCP through the Linux bridge failed"
     SNAPSHOT_TOP= run_iperf linux-bridge udp64 "$round" brb-a brb-b - || die "iperf3 UDP through the Linux bridge failed"
 }
 
+# BHB_QUEUES: the queues per TAP port of the last Bulkhead run; the plain forwarder gets as
+# many (one worker per queue, as Bulkhead's workers).
+BHB_QUEUES=""
+# measure_bulkhead ROUND [TOPOLOGY CONFIG]: TOPOLOGY (default bulkhead) names the rows.
 measure_bulkhead() {
-    local round=$1 log="$OUT_DIR/bulkhead-r$1.log"
-    bulkhead_start "$BIN" "$CONFIG" "$log" || die "bulkhead did not start (round $round)"
-    SNAPSHOT_TOP=1 run_iperf bulkhead tcp "$round" bhb-a bhb-b "$BHB_PID" \
+    local round=$1 topo=${2:-bulkhead} config=${3:-$CONFIG} log="$OUT_DIR/${2:-bulkhead}-r$1.log" spid process
+    bulkhead_start "$BIN" "$config" "$log" || die "bulkhead did not start (round $round)"
+    if spid=$(bulkhead_switch_pid); then process=bulkhead-switch; else process=bulkhead-daemon; fi
+    BHB_QUEUES=$(bulkhead_queue_count bhb-a)
+    SWITCH_PROCESS=$process SNAPSHOT_TOP=1 run_iperf "$topo" tcp "$round" bhb-a bhb-b "$spid" \
         || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 TCP through Bulkhead failed"; }
     kill -0 "$BHB_PID" 2>/dev/null || { sed 's/^/    /' "$log" >&2; die "bulkhead exited during the TCP run"; }
-    SNAPSHOT_TOP= run_iperf bulkhead udp64 "$round" bhb-a bhb-b "$BHB_PID" \
+    SWITCH_PROCESS=$process SNAPSHOT_TOP= run_iperf "$topo" udp64 "$round" bhb-a bhb-b "$spid" \
         || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 UDP through Bulkhead failed"; }
     bulkhead_stop "$log" || die "bulkhead did not stop cleanly (round $round)"
 }
 
-step "measuring: $ROUNDS round(s), $DURATION s per measurement; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+measure_plain_forwarder() {
+    local round=$1 log="$OUT_DIR/plain-forwarder-r$1.log" queues=${BHB_QUEUES:-1}
+    ((queues >= 1)) || queues=1
+    plain_forwarder_start "$PFW_BIN" "$queues" "$log" "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" \
+        || die "the plain forwarder did not start (round $round)"
+    SWITCH_PROCESS=plain-forwarder SNAPSHOT_TOP=1 run_iperf plain-forwarder tcp "$round" pfw-a pfw-b "$PFW_PID" \
+        || die "iperf3 TCP through the plain forwarder failed"
+    SWITCH_PROCESS=plain-forwarder SNAPSHOT_TOP= run_iperf plain-forwarder udp64 "$round" pfw-a pfw-b "$PFW_PID" \
+        || die "iperf3 UDP through the plain forwarder failed"
+    plain_forwarder_stop "$log" || die "the plain forwarder did not stop cleanly (round $round)"
+}
+
+measure_ovs_netdev() {
+    local round=$1
+    ovs_netdev_resume
+    SWITCH_PROCESS=ovs-vswitchd SNAPSHOT_TOP=1 run_iperf ovs-netdev tcp "$round" ovs-a ovs-b "$OVS_VSWITCHD_PID" \
+        || { tail -n 20 "$OVS_DIR/ovs-vswitchd.log" | sed 's/^/    ovs-vswitchd: /' >&2; die "iperf3 TCP through OVS failed"; }
+    SWITCH_PROCESS=ovs-vswitchd SNAPSHOT_TOP= run_iperf ovs-netdev udp64 "$round" ovs-a ovs-b "$OVS_VSWITCHD_PID" \
+        || { tail -n 20 "$OVS_DIR/ovs-vswitchd.log" | sed 's/^/    ovs-vswitchd: /' >&2; die "iperf3 UDP through OVS failed"; }
+    kill -0 "$OVS_VSWITCHD_PID" 2>/dev/null || die "ovs-vswitchd exited during the run"
+    ovs_netdev_pause
+}
+
+step "measuring: $ROUNDS round(s), $DURATION s per measurement, topologies ${TOPOLOGY_ORDER[*]}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((round = 1; round <= ROUNDS; round++)); do
-    if ((round % 2)); then   # Bulkhead first in round 1: a daemon that fails, fails early
-        measure_bulkhead "$round"; measure_linux_bridge "$round"
-    else
-        measure_linux_bridge "$round"; measure_bulkhead "$round"
-    fi
+    # Round r starts with topology r (rotating), Bulkhead first in round 1: a daemon that fails,
+    # fails early, and the plain forwarder learns its queue count from it.
+    n=${#TOPOLOGY_ORDER[@]}
+    for ((k = 0; k < n; k++)); do
+        case ${TOPOLOGY_ORDER[$(((round - 1 + k) % n))]} in
+            bulkhead) measure_bulkhead "$round" ;;
+            linux-bridge) measure_linux_bridge "$round" ;;
+            plain-forwarder) measure_plain_forwarder "$round" ;;
+            ovs-netdev) measure_ovs_netdev "$round" ;;
+        esac
+    done
 done
 linux_bridge_teardown
+plain_forwarder_teardown
+ovs_netdev_teardown
+
+# --- the switch's own lines: workers, restart, vhost-user ------------------------------------
+: >"$OUT_DIR/switch.txt"
+switch_workers_compare
+switch_restart_measure
+switch_vhost_user_measure
 
 # --- report --------------------------------------------------------------------------------------
 {
@@ -195,8 +264,9 @@ linux_bridge_teardown
     echo "TCP: one stream, end.sum_received.bits_per_second of the client's JSON (what the receiver got)."
     echo "UDP: 64-byte payloads, -b 0; delivered/s = (packets - lost_packets) / seconds of the receiver's"
     echo "     own JSON (server_output_json.end.sum_received)."
-    echo "Daemon CPU: the process's utime+stime over the run (100% = one core), and by thread name"
-    echo "(percent(threads)); link drops: tx_dropped of the sender's link, rx_dropped of the receiver's;"
+    echo "Switch CPU: utime+stime over the run (100% = one core), and by thread name (percent(threads)),"
+    echo "of the process that forwards: Bulkhead's \`bulkhead switch\` child, or the daemon where the switch"
+    echo "is its thread; plain-forwarder; ovs-vswitchd. Link drops: tx_dropped of the sender's link, rx_dropped of the receiver's;"
     echo "receiver out-of-order queued: TcpExt TCPOFOQueue in the receiver's namespace (reordering or loss)."
     echo
     for f in "$OUT_DIR"/*-tcp-r1.top.txt; do
@@ -206,6 +276,7 @@ linux_bridge_teardown
         echo
     done
     "$PYTHON" "$BENCH_LIB/iperf_json.py" summarize "$OUT_DIR/measurements.tsv"
+    cat "$OUT_DIR/switch.txt"
 } >"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the measurements"; }
 fi
 

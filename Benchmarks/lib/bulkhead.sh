@@ -6,12 +6,16 @@
 BHB_NAMESPACES=(bhb-a bhb-b)
 BHB_PID=""
 
-# bulkhead_write_config FILE STATE_DIR MAC_A IP_A MAC_B IP_B
+# bulkhead_write_config FILE STATE_DIR MAC_A IP_A MAC_B IP_B [WORKERS]
+#   WORKERS, when given, sets host.switch.workers (the switch's packet workers; without it the
+#   daemon's default applies).
 bulkhead_write_config() {
-    local file=$1 state=$2
+    local file=$1 state=$2 host
+    host="\"stateDirectory\": \"$state\""
+    [ -z "${7:-}" ] || host+=", \"switch\": {\"workers\": $7}"
     cat >"$file" <<JSON
 {
-  "host": {"stateDirectory": "$state"},
+  "host": {$host},
   "tenants": [
     {
       "id": "bench",
@@ -80,4 +84,31 @@ bulkhead_stop() {
         tail -n 30 "$log" | sed 's/^/    /' >&2
     fi
     return "$problem"
+}
+
+# bulkhead_switch_pid: prints the id of the process that forwards the daemon's frames: its
+# `bulkhead switch` child (a process found with pgrep -f 'bulkhead switch' that has the daemon
+# among its ancestors), or the daemon itself where the switch is one of its threads (before
+# issue 8's switch process). Returns 1 in the second case.
+bulkhead_switch_pid() {
+    local pid p
+    [ -n "$BHB_PID" ] || return 1
+    for pid in $(pgrep -f 'bulkhead switch' 2>/dev/null); do
+        p=$pid
+        while [ -n "$p" ] && ((p > 1)); do
+            if [ "$p" = "$BHB_PID" ]; then printf '%s\n' "$pid"; return 0; fi
+            # /proc/PID/stat after the ") " that ends the command name: state, then the parent.
+            p=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$p/stat" 2>/dev/null)
+        done
+    done
+    printf '%s\n' "$BHB_PID"
+    return 1
+}
+
+# bulkhead_queue_count NS: the number of queues the daemon attached to the TAP named NS in
+# namespace NS (its sysfs tx-N queue entries follow the attached queues).
+bulkhead_queue_count() {
+    local n
+    n=$(ip netns exec "$1" sh -c "ls /sys/class/net/$1/queues" 2>/dev/null | grep -c '^tx-')
+    printf '%s\n' "${n:-0}"
 }
