@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# System benchmark: the same iperf3 traffic between two network namespaces, once through
-# Bulkhead's switch (TAP ports, io_uring) and once through a Linux bridge with veth pairs (the
-# peer), in one run, and the ratios Bulkhead / Linux bridge. Then the block part: 4 KiB random
+# System benchmark: the same iperf3 traffic between two network namespaces, in one run on one
+# machine, through Bulkhead's switch (TAP ports, io_uring) and through three peers, each between
+# two namespaces of its own with the same MACs and addresses: the Linux bridge with veth pairs; a
+# plain C forwarder of our own (Benchmarks/PlainForwarder, built here with cc -O2: two TAPs with
+# virtio-net headers and TSO,
+# each frame read from one and written to the other, no policy; the cost floor of a user-space
+# switch, so the distance to it is what Bulkhead's policy and engine cost); and Open vSwitch with
+# its userspace datapath (datapath_type=netdev, tap ports, userspace TSO, started from a private
+# run directory; skipped with a message when OVS is not installed). Then the ratios Bulkhead /
+# each peer, and the CPU time per forwarded frame of Bulkhead's switch beside the plain
+# forwarder's and OVS's. Then the switch's own lines (lib/switch.sh): 1 against N packet workers
+# (host.switch.workers), the time from kill -9 of the `bulkhead switch` process to the first
+# forwarded frame, and vhost-user port to TAP port frames/s, each skipped with the reason where
+# this bulkhead does not support it yet. Then the block part: 4 KiB random
 # reads and writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by
 # the BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through
 # fio (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
@@ -13,7 +24,7 @@
 #   --out DIR     where the raw iperf3 JSON, the daemon's logs and results.txt go (default: a new
 #                 temporary directory, printed)
 #   --rounds N    measurements per scenario and topology; the table shows the median
-#                 (default 2 with --short, 3 without). Rounds alternate which topology goes first.
+#                 (default 2 with --short, 3 without). Rounds rotate which topology goes first.
 #   --duration S  seconds per measurement, overriding --short's and the default
 #   --network-only, --block-only
 #                 run only that part (default: both, the network part first)
@@ -23,20 +34,35 @@
 # then taken from there), BLOCK_STATE_PARENT (where the block part's temporary state directory
 # goes; default /var/tmp; it must not be tmpfs: both sides use O_DIRECT).
 #
-# Needs root (namespaces, TAP devices), iperf3, iproute2 and /usr/bin/python3; installs nothing
-# (CI runs deploy/install-deps.sh first). Scenarios: TCP throughput (one stream, what the
+# Needs root (namespaces, TAP devices), iperf3, iproute2, cc and /usr/bin/python3, and for the
+# OVS peer openvswitch-switch; installs nothing (CI runs deploy/install-deps.sh first). Scenarios: TCP throughput (one stream, what the
 # receiver got) and UDP with 64-byte payloads at an unlimited send rate (datagrams/s delivered to
 # the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
-# also needs a core, leaving placement to the scheduler treats both sides alike.
+# also needs a core, leaving placement to the scheduler treats every side alike. Each topology
+# is measured while the others are idle (Bulkhead's daemon and the plain forwarder stopped, OVS
+# paused with SIGSTOP). The plain forwarder gets as many queues per TAP as Bulkhead's ports had.
 #
 # The block part needs fio and root as well (block-server drops its privileges after opening the
 # volume). Each Bulkhead block measurement: 1 s warm-up, then DURATION s; fio gets the same as
 # --ramp_time. 1 queue is compared with 1 fio job, 2 queues (server --queues 2) with 2 jobs.
 #
-# Exit status 0 when every measurement was taken (the ratios are reported, not judged),
-# non-zero with the reason otherwise. The network part's results end with the lines
+# Exit status 0 when every measurement was taken (the ratios are reported, not judged; a part
+# skipped for want of support or of OVS says so and does not fail), non-zero with the reason
+# otherwise. The network part's results end with the lines
 #   ratio.tcp_vs_linux_bridge=R
 #   ratio.udp64_pps_vs_linux_bridge=R
+#   ratio.tcp_vs_plain_forwarder=R
+#   ratio.udp64_pps_vs_plain_forwarder=R
+#   ratio.tcp_vs_ovs_netdev=R            (the two OVS lines only where OVS is installed)
+#   ratio.udp64_pps_vs_ovs_netdev=R
+#   switch.cpu_ns_per_frame.tcp=NS       (CPU time of the switch process per frame it forwarded;
+#   switch.cpu_ns_per_frame.udp64=NS      a TCP GSO super-frame counts once)
+#   plain_forwarder.cpu_ns_per_frame.tcp=NS, ...udp64=NS, ovs_netdev.cpu_ns_per_frame.tcp=NS, ...
+# then, each where supported (a "# SKIP ..." line saying why otherwise):
+#   switch.workersN=N, switch.workers1.tcp_gbps=, switch.workersN.tcp_gbps=,
+#   switch.workers1.udp64_kpps=, switch.workersN.udp64_kpps=,
+#   ratio.switch_workersN_vs_workers1.tcp=R, ratio.switch_workersN_vs_workers1.udp64_pps=R
+#   switch.restart_ms=MS, switch.restart_largest_gap_ms=MS
 # and the block part's (the last lines of the output when it runs) with
 #   ratio.randread4k_vs_fio=R        (1 queue, QD32, against 1 fio job)
 #   ratio.randwrite4k_vs_fio=R
@@ -86,7 +112,7 @@ done
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices; block-server drops privileges)"
 missing=()
 if ((RUN_NETWORK)); then
-for tool in iperf3 ip ss top timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in iperf3 ip ss top timeout cc pgrep; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 fi
 if ((RUN_BLOCK)); then
 for tool in fio dd stat timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -202,7 +228,8 @@ measure_bulkhead() {
     bulkhead_start "$BIN" "$config" "$log" || die "bulkhead did not start (round $round)"
     if spid=$(bulkhead_switch_pid); then process=bulkhead-switch; else process=bulkhead-daemon; fi
     BHB_QUEUES=$(bulkhead_queue_count bhb-a)
-    SWITCH_PROCESS=$process SNAPSHOT_TOP=1 run_iperf "$topo" tcp "$round" bhb-a bhb-b "$spid" \
+    local snapshot=""; [ "$topo" != bulkhead ] || snapshot=1
+    SWITCH_PROCESS=$process SNAPSHOT_TOP=$snapshot run_iperf "$topo" tcp "$round" bhb-a bhb-b "$spid" \
         || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 TCP through Bulkhead failed"; }
     kill -0 "$BHB_PID" 2>/dev/null || { sed 's/^/    /' "$log" >&2; die "bulkhead exited during the TCP run"; }
     SWITCH_PROCESS=$process SNAPSHOT_TOP= run_iperf "$topo" udp64 "$round" bhb-a bhb-b "$spid" \

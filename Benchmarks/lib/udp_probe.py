@@ -7,13 +7,14 @@
   udp_probe.py send HOST PORT INTERVAL_US SECONDS
                                             one small datagram every INTERVAL_US microseconds
   udp_probe.py gap OUT KILL_TIME            from the arrivals in OUT and the time of a kill
-                                            (CLOCK_REALTIME, seconds, as `date +%s.%N` prints):
-                                            restart_ms (kill to the first probe that arrived
-                                            after it), largest_gap_ms (between two arrivals),
+                                            (CLOCK_REALTIME, seconds, as bash's $EPOCHREALTIME):
+                                            restart_ms (kill to the probe that ends the largest
+                                            gap ending after the kill), largest_gap_ms (between
+                                            any two arrivals),
                                             before (probes before the kill), after (after it)
 
 The receiver's and the sender's clocks are one (namespaces share CLOCK_REALTIME), so the first
-probe to arrive after the kill bounds the time from the kill to the first forwarded frame from
+probe to arrive after the outage bounds the time from the kill to the first forwarded frame from
 above by at most one interval: probes sent while the switch was down wait in the sender's TAP
 queue (or are dropped when it is full) and the restarted switch forwards the first of them at once.
 """
@@ -63,9 +64,15 @@ def gap(out, kill):
     arrivals = [float(line) for line in open(out) if line.strip()]
     before = [t for t in arrivals if t < kill]
     after = [t for t in arrivals if t >= kill]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    print("restart_ms=%s" % ("%.1f" % ((after[0] - kill) * 1e3) if after else "-"))
-    print("largest_gap_ms=%s" % ("%.1f" % (max(gaps) * 1e3) if gaps else "-"))
+    gaps = [(b - a, b) for a, b in zip(arrivals, arrivals[1:])]
+    # Probes still pass in the moment between the timestamp and the kill's effect, so the first
+    # arrival after the kill can precede the outage: the outage is the largest gap that ends
+    # after the kill, and the restart is the arrival that ends it.
+    outage = max((g for g in gaps if g[1] >= kill), default=None)
+    if outage is None and after:
+        outage = (after[0] - kill, after[0])  # the kill fell into the last gap before the first arrival
+    print("restart_ms=%s" % ("%.1f" % ((outage[1] - kill) * 1e3) if outage else "-"))
+    print("largest_gap_ms=%s" % ("%.1f" % (max(g[0] for g in gaps) * 1e3) if gaps else "-"))
     print("before=%d" % len(before))
     print("after=%d" % len(after))
 
