@@ -220,14 +220,17 @@ measure_linux_bridge() {
 }
 
 # BHB_QUEUES: the queues per TAP port of the last Bulkhead run; the plain forwarder gets as
-# many (one worker per queue, as Bulkhead's workers).
-BHB_QUEUES=""
+# many (one worker per queue, as Bulkhead's workers). PEER_NICE: the niceness of Bulkhead's
+# switch threads in that run; the plain forwarder and ovs-vswitchd run at the same, so that on
+# a busy machine no side gets a larger share of the CPUs from the scheduler than the other.
+BHB_QUEUES="" PEER_NICE=0
 # measure_bulkhead ROUND [TOPOLOGY CONFIG]: TOPOLOGY (default bulkhead) names the rows.
 measure_bulkhead() {
     local round=$1 topo=${2:-bulkhead} config=${3:-$CONFIG} log="$OUT_DIR/${2:-bulkhead}-r$1.log" spid process
     bulkhead_start "$BIN" "$config" "$log" || die "bulkhead did not start (round $round)"
     if spid=$(bulkhead_switch_pid); then process=bulkhead-switch; else process=bulkhead-daemon; fi
     BHB_QUEUES=$(bulkhead_queue_count bhb-a)
+    [ "$topo" != bulkhead ] || PEER_NICE=$(bulkhead_switch_nice "$spid")
     local snapshot=""; [ "$topo" != bulkhead ] || snapshot=1
     SWITCH_PROCESS=$process SNAPSHOT_TOP=$snapshot run_iperf "$topo" tcp "$round" bhb-a bhb-b "$spid" \
         || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 TCP through Bulkhead failed"; }
@@ -252,6 +255,7 @@ measure_plain_forwarder() {
 measure_ovs_netdev() {
     local round=$1
     ovs_netdev_resume
+    ovs_netdev_renice "$PEER_NICE"
     SWITCH_PROCESS=ovs-vswitchd SNAPSHOT_TOP=1 run_iperf ovs-netdev tcp "$round" ovs-a ovs-b "$OVS_VSWITCHD_PID" \
         || { tail -n 20 "$OVS_DIR/ovs-vswitchd.log" | sed 's/^/    ovs-vswitchd: /' >&2; die "iperf3 TCP through OVS failed"; }
     SWITCH_PROCESS=ovs-vswitchd SNAPSHOT_TOP= run_iperf ovs-netdev udp64 "$round" ovs-a ovs-b "$OVS_VSWITCHD_PID" \
@@ -277,6 +281,7 @@ done
 linux_bridge_teardown
 plain_forwarder_teardown
 ovs_netdev_teardown
+MAIN_QUEUES=$BHB_QUEUES  # the workers comparison below changes BHB_QUEUES
 
 # --- the switch's own lines: workers, restart, vhost-user ------------------------------------
 : >"$OUT_DIR/switch.txt"
@@ -288,6 +293,8 @@ switch_vhost_user_measure
 {
     echo "Bulkhead system benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $DURATION s per measurement, iperf3 $(iperf3 --version | awk 'NR==1 { print $2 }')"
+    echo "Queues per TAP: Bulkhead ${MAIN_QUEUES:-?}, plain forwarder the same. Niceness of Bulkhead's switch threads: $PEER_NICE;"
+    echo "the plain forwarder and ovs-vswitchd ran at the same."
     echo "TCP: one stream, end.sum_received.bits_per_second of the client's JSON (what the receiver got)."
     echo "UDP: 64-byte payloads, -b 0; delivered/s = (packets - lost_packets) / seconds of the receiver's"
     echo "     own JSON (server_output_json.end.sum_received)."

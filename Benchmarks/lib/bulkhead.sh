@@ -87,12 +87,18 @@ bulkhead_stop() {
 }
 
 # bulkhead_switch_pid: prints the id of the process that forwards the daemon's frames: its
-# `bulkhead switch` child (a process found with pgrep -f 'bulkhead switch' that has the daemon
-# among its ancestors), or the daemon itself where the switch is one of its threads (before
-# issue 8's switch process). Returns 1 in the second case.
+# `bulkhead switch` process, or the daemon itself where the switch is one of its threads (before
+# issue 8's switch process; returns 1 then). The switch process is a child of the daemon whose
+# second argument is `switch` (whatever its argv[0]: a path, /proc/self/exe), or any process
+# that pgrep -f 'bulkhead switch' finds with the daemon among its ancestors.
 bulkhead_switch_pid() {
     local pid p
     [ -n "$BHB_PID" ] || return 1
+    for pid in $(pgrep -P "$BHB_PID" 2>/dev/null); do
+        if [ "$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | sed -n 2p)" = switch ]; then
+            printf '%s\n' "$pid"; return 0
+        fi
+    done
     for pid in $(pgrep -f 'bulkhead switch' 2>/dev/null); do
         p=$pid
         while [ -n "$p" ] && ((p > 1)); do
@@ -103,6 +109,24 @@ bulkhead_switch_pid() {
     done
     printf '%s\n' "$BHB_PID"
     return 1
+}
+
+# bulkhead_switch_nice PID: the niceness of the switch's threads in process PID: the lowest
+# among threads whose name contains "switch", else the process's own. (The daemon's switch
+# thread inherits the niceness of the thread that starts it; Swift's runtime runs
+# user-initiated work at nice -2, so it need not be 0.)
+bulkhead_switch_nice() {
+    local t line best="" own=""
+    for t in /proc/"$1"/task/*; do
+        # After the ") " that ends the name, field 17 is the niceness (stat(5)'s field 19).
+        line=$(awk '{ c = $0; sub(/^[^(]*\(/, "", c); sub(/\) [^)]*$/, "", c); sub(/^.*\) /, ""); print c "\t" $17 }' "$t/stat" 2>/dev/null) || continue
+        [ -n "$line" ] || continue
+        [ "${t##*/}" = "$1" ] && own=${line##*$'\t'}
+        case ${line%%$'\t'*} in
+            *switch*) if [ -z "$best" ] || ((${line##*$'\t'} < best)); then best=${line##*$'\t'}; fi ;;
+        esac
+    done
+    printf '%s\n' "${best:-${own:-0}}"
 }
 
 # bulkhead_queue_count NS: the number of queues the daemon attached to the TAP named NS in

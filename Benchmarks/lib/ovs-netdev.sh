@@ -62,6 +62,13 @@ ovs_netdev_setup() {
         || say "warning: ovs-vswitchd did not log that userspace TSO is enabled"
 }
 
+# ovs_netdev_renice NICE: sets the niceness of every thread of ovs-vswitchd (threads it starts
+# later inherit it from their creator).
+ovs_netdev_renice() {
+    local t
+    for t in /proc/"$OVS_VSWITCHD_PID"/task/*; do renice -n "$1" -p "${t##*/}" >/dev/null 2>&1 || true; done
+}
+
 # SIGSTOP / SIGCONT both daemons (no-ops when they are not running).
 ovs_netdev_pause()  { local p; for p in $OVS_VSWITCHD_PID $OVSDB_PID; do kill -STOP "$p" 2>/dev/null || true; done; }
 ovs_netdev_resume() { local p; for p in $OVSDB_PID $OVS_VSWITCHD_PID; do kill -CONT "$p" 2>/dev/null || true; done; }

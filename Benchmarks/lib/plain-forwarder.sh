@@ -25,11 +25,12 @@ plain_forwarder_teardown() {
 }
 
 # plain_forwarder_start BINARY QUEUES LOG MAC_A IP_A MAC_B IP_B: starts the forwarder with
-# QUEUES queues per TAP, waits until it has created them, and moves them into their namespaces.
+# QUEUES queues per TAP, at niceness $PEER_NICE (default 0), waits until it has created them,
+# and moves them into their namespaces.
 plain_forwarder_start() {
     local bin=$1 queues=$2 log=$3
     : >"$log"
-    "$bin" --queues "$queues" "${PFW_NAMESPACES[0]}" "${PFW_NAMESPACES[1]}" >>"$log" 2>&1 &
+    nice -n "${PEER_NICE:-0}" "$bin" --queues "$queues" "${PFW_NAMESPACES[0]}" "${PFW_NAMESPACES[1]}" >>"$log" 2>&1 &
     PFW_PID=$!
     local rc=0
     wait_ready "$PFW_PID" "$log" "plain-forwarder ready" plain-forwarder || rc=$?
