@@ -3,19 +3,18 @@
 # machine, through Bulkhead's switch (TAP ports, io_uring) and through three peers, each between
 # two namespaces of its own with the same MACs and addresses: the Linux bridge with veth pairs; a
 # plain C forwarder of our own (Benchmarks/PlainForwarder, built here with cc -O2: two TAPs with
-# virtio-net headers and TSO,
-# each frame read from one and written to the other, no policy; the cost floor of a user-space
-# switch, so the distance to it is what Bulkhead's policy and engine cost); and Open vSwitch with
-# its userspace datapath (datapath_type=netdev, tap ports, userspace TSO, started from a private
-# run directory; skipped with a message when OVS is not installed). Then the ratios Bulkhead /
-# each peer, and the CPU time per forwarded frame of Bulkhead's switch beside the plain
-# forwarder's and OVS's. Then the switch's own lines (lib/switch.sh): 1 against N packet workers
-# (host.switch.workers), the time from kill -9 of the `bulkhead switch` process to the first
-# forwarded frame, and vhost-user port to TAP port frames/s, each skipped with the reason where
-# this bulkhead does not support it yet. Then the block part: 4 KiB random
-# reads and writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by
-# the BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through
-# fio (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
+# virtio-net headers and TSO, each frame read from one and written to the other, no policy; the
+# cost floor of a user-space switch, so the distance to it is what Bulkhead's policy and engine
+# cost); and Open vSwitch with its userspace datapath (datapath_type=netdev, tap ports, userspace
+# TSO, started from a private run directory; skipped with a message when OVS is not installed).
+# Then the ratios Bulkhead / each peer, and the CPU time per forwarded frame of Bulkhead's switch
+# beside the plain forwarder's and OVS's. Then the switch's own lines (lib/switch.sh): 1 against N
+# packet workers (host.switch.workers), the time from kill -9 of the `bulkhead switch` process to
+# the first forwarded frame, and vhost-user port to TAP port frames/s, each skipped with the
+# reason where this bulkhead does not support it yet. Then the block part: 4 KiB random reads and
+# writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by the
+# BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through fio
+# (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
 #
 #   Benchmarks/run-system.sh [--short] [--out DIR] [--rounds N] [--duration S]
 #                            [--network-only | --block-only]
