@@ -34,12 +34,15 @@
 # goes; default /var/tmp; it must not be tmpfs: both sides use O_DIRECT).
 #
 # Needs root (namespaces, TAP devices), iperf3, iproute2, cc and /usr/bin/python3, and for the
-# OVS peer openvswitch-switch; installs nothing (CI runs deploy/install-deps.sh first). Scenarios: TCP throughput (one stream, what the
-# receiver got) and UDP with 64-byte payloads at an unlimited send rate (datagrams/s delivered to
-# the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
+# OVS peer openvswitch-switch; installs nothing (CI runs deploy/install-deps.sh first).
+# Scenarios: TCP throughput (one stream, what the receiver got) and UDP with 64-byte payloads at
+# an unlimited send rate (datagrams/s delivered to the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
 # also needs a core, leaving placement to the scheduler treats every side alike. Each topology
 # is measured while the others are idle (Bulkhead's daemon and the plain forwarder stopped, OVS
-# paused with SIGSTOP). The plain forwarder gets as many queues per TAP as Bulkhead's ports had.
+# paused with SIGSTOP). The plain forwarder gets as many queues per TAP as Bulkhead's ports had,
+# and it and ovs-vswitchd run at the niceness of Bulkhead's switch threads (-2 today: they
+# inherit it from the Swift runtime's user-initiated threads), so that on a busy machine the
+# scheduler favours no side.
 #
 # The block part needs fio and root as well (block-server drops its privileges after opening the
 # volume). Each Bulkhead block measurement: 1 s warm-up, then DURATION s; fio gets the same as
