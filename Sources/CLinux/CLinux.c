@@ -374,6 +374,7 @@ static size_t common_rules(struct syscall_rule *rules, size_t capacity, int self
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GETFL),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_SETFL),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GET_SEALS),
+        ALLOW_IF(fcntl, ARG_EQUALS, 1, F_DUPFD_CLOEXEC),  // a queue's own copy of a frontend's kick eventfd
         // Memory: heap, thread stacks, guest memory (shared memfd mappings); never executable.
         ALLOW_IF(mmap, ARG_HAS_NONE_OF, 2, PROT_EXEC),
         ALLOW_IF(mprotect, ARG_HAS_NONE_OF, 2, PROT_EXEC),

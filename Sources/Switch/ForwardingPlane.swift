@@ -80,7 +80,7 @@ final class SwitchState: Sendable {
         var portSegment: [Int] = [], portTenant: [Int] = [], portConfigs: [Port] = []
         var portIndex: [String: Int] = [:]  // "tenant\0port"
         for (tenantIndex, tenant) in configuration.tenants.enumerated() {
-            for port in tenant.ports where port.kind == .tap {
+            for port in tenant.ports {
                 let key = "\(tenant.id)\0\(port.segment)"
                 // Validation rejects a port on a missing segment; give it a segment of its own
                 // rather than trapping or joining it to another one.
@@ -145,7 +145,8 @@ public struct ForwardingPlane: Sendable {
     let state: SwitchState
     let counters: WorkerCounters
 
-    /// The ports, indexed in configuration order: tenants in order, their TAP ports in order.
+    /// The ports, indexed in configuration order: tenants in order, their ports (TAP and
+    /// vhost-user) in order.
     public var ports: [PortDescriptor] { state.ports }
 
     static let reasonCount = DropReason.allCases.count

@@ -4,39 +4,18 @@ import HostOS
 import Logging
 import Switch
 import URing
+import VhostNet
 import Virtio
-
-/// A port the packet workers serve by direct calls instead of io_uring reads and writes: the seam
-/// for vhost-user-net ports, whose frames live in a guest's virtqueues (one queue pair per worker).
-///
-/// Worker `w` polls `kickDescriptor(worker: w)` on its ring. When it is readable, the worker
-/// calls `receive(worker: w, into:)` until it returns 0 (or its batch budget is spent), each
-/// time into one of its own frame buffers, and runs each frame through the pipeline. A frame for
-/// this port is handed to `transmit(worker: w, frame:)`, which must copy it out before returning
-/// (the buffer goes on to other ports and back to the pool). Worker `w` alone calls the methods
-/// with `worker: w`, so a driver needs no lock per queue pair.
-public protocol SynchronousPortDriver: AnyObject, Sendable {
-    /// The fd that becomes readable when worker `worker`'s transmit queue may hold frames (the
-    /// guest's kick eventfd); nil when this worker has no queue of the port. The driver resets it
-    /// (reads the eventfd) itself, before it looks at the queue.
-    func kickDescriptor(worker: Int) -> Int32?
-    /// Copies the next frame the guest transmitted on worker `worker`'s queue into `buffer`:
-    /// a 12-byte virtio-net header, then the Ethernet frame. Returns the bytes written, 0 when
-    /// the queue is empty. Never writes past `buffer`.
-    func receive(worker: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int
-    /// Copies `frame` (virtio-net header and Ethernet frame) into the guest's receive buffers of
-    /// worker `worker`'s queue and signals the guest. Returns false when the frame could not be
-    /// delivered (no receive buffers, a broken queue): counted as a tx error.
-    func transmit(worker: Int, frame: UnsafeRawBufferPointer) -> Bool
-}
 
 /// How one switch port is attached to the dataplane.
 public enum PortAttachment: Sendable {
     /// TAP queue fds (owned by the caller; they must outlive `stop()`). Worker `w` reads queues
     /// `w, w + workers, ...` and writes every frame it forwards to queue `w % count`.
     case tap(queues: [Int32])
-    /// A port served by direct calls (see `SynchronousPortDriver`).
-    case driver(any SynchronousPortDriver)
+    /// A vhost-user-net device: worker `w` serves queue pairs `w, w + workers, ...` (transmit:
+    /// frames copied out of guest memory into the worker's buffers) and delivers every frame it
+    /// forwards to the port into pair `w % pairs` (copied into the guest's receive buffers).
+    case vhostUser(VhostNetDevice)
 }
 
 /// The switch's packet engine: `workers` threads, each with its own io_uring, serving its share
@@ -89,6 +68,7 @@ public final class Dataplane: Sendable {
         precondition(options.workers >= 1 && options.workers <= 256, "1...256 workers")
         precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
         for case .tap(let queues) in ports { precondition(!queues.isEmpty, "every TAP port has at least one queue") }
+        for case .vhostUser(let device) in ports { precondition(!device.queuePairs.isEmpty, "every vhost-user port has a queue pair") }
         self.plane = plane
         let wakeup = try EventFD()
         var workers: [PacketWorker] = []
@@ -131,11 +111,17 @@ private final class PacketWorker: @unchecked Sendable {
 
     private enum Operation: UInt64 {
         case read = 1, write = 2, poll = 3, wake = 4, tick = 5
+        /// A vhost-user queue pair's rings changed (its change signal), its transmit kick fired,
+        /// or the pause of an idle kick ended; the generation of the kick is in the port field.
+        case change = 6, kick = 7, resume = 8
+        /// Completions of cancellations, ignored.
+        case cancelled = 9
     }
 
     /// 12-byte virtio-net header + the largest GSO frame the kernel builds (65535 + 14).
     static let bufferSize = 65_600
-    /// Frames one driver queue hands over per turn before the worker looks at its ring again.
+    /// Frames one vhost-user queue pair hands over per turn before the worker looks at its ring
+    /// again.
     static let driverBudget = 64
 
     let index: Int
@@ -148,8 +134,8 @@ private final class PacketWorker: @unchecked Sendable {
     private let wakeup: Int32
     typealias Options = Dataplane.Options
 
-    /// This worker's queues (TAP queues it reads and driver ports' queue pairs), indexed by
-    /// local queue number: port, fixed-file slot (-1 for a driver), whether it may hold frames,
+    /// This worker's queues (TAP queues it reads and vhost-user queue pairs), indexed by
+    /// local queue number: port, fixed-file slot (-1 for a queue pair), whether it may hold frames,
     /// reads in flight, and its pool of free buffers (a stack:
     /// `free[q * buffersPerQueue ..< + freeCount[q]]`).
     private let queueCount: Int
@@ -162,11 +148,18 @@ private final class PacketWorker: @unchecked Sendable {
     /// TAP queues whose reads should be topped up after the current batch, each listed once.
     private var refill: [Int32] = []
     private let refillPending: UnsafeMutableBufferPointer<Bool>
-    /// Per port: the fixed-file slot this worker writes to, or -1 for a driver port.
+    /// Per port: the fixed-file slot this worker writes to, or -1 for a vhost-user port.
     private let egressSlot: [Int32]
-    /// Per port: its driver, for driver ports.
-    private let drivers: [(any SynchronousPortDriver)?]
-    /// Local queues of driver ports.
+    /// Per port: for a vhost-user port, the queue pair this worker delivers into, and whether
+    /// it delivered since its last flush.
+    private let egressPair: [VhostNetQueuePair?]
+    private var egressDirty: [Bool]
+    /// Per local queue: the vhost-user queue pair it is (nil for a TAP queue), its transmit kick
+    /// fd (-1: none; owned by the pair) and the generation of that fd's poll.
+    private let queuePair: [VhostNetQueuePair?]
+    private var kickFD: [Int32]
+    private var kickGeneration: [UInt16]
+    /// Local queues that are vhost-user queue pairs.
     private let driverQueues: [Int]
     private var portFailed: [Bool]
 
@@ -189,7 +182,8 @@ private final class PacketWorker: @unchecked Sendable {
         var files: [Int32] = []
         var localPort: [Int32] = [], localSlot: [Int32] = []
         var egress: [Int32] = []
-        var drivers: [(any SynchronousPortDriver)?] = []
+        var egressPair: [VhostNetQueuePair?] = []
+        var queuePair: [VhostNetQueuePair?] = []
         var driverQueues: [Int] = []
         for (port, attachment) in ports.enumerated() {
             switch attachment {
@@ -199,21 +193,28 @@ private final class PacketWorker: @unchecked Sendable {
                 for q in stride(from: index, to: queues.count, by: workerCount) {
                     localPort.append(Int32(port))
                     localSlot.append(Int32(first + q))
+                    queuePair.append(nil)
                 }
                 egress.append(Int32(first + index % queues.count))
-                drivers.append(nil)
-            case .driver(let driver):
-                if driver.kickDescriptor(worker: index) != nil {
+                egressPair.append(nil)
+            case .vhostUser(let device):
+                let pairs = device.queuePairs
+                for p in stride(from: index, to: pairs.count, by: workerCount) {
                     driverQueues.append(localPort.count)
                     localPort.append(Int32(port))
                     localSlot.append(-1)
+                    queuePair.append(pairs[p])
                 }
                 egress.append(-1)
-                drivers.append(driver)
+                egressPair.append(pairs[index % pairs.count])
             }
         }
         egressSlot = egress
-        self.drivers = drivers
+        self.egressPair = egressPair
+        egressDirty = Array(repeating: false, count: ports.count)
+        self.queuePair = queuePair
+        kickFD = Array(repeating: -1, count: queuePair.count)
+        kickGeneration = Array(repeating: 0, count: queuePair.count)
         self.driverQueues = driverQueues
         portFailed = Array(repeating: false, count: ports.count)
         queueCount = localPort.count
@@ -327,30 +328,80 @@ private final class PacketWorker: @unchecked Sendable {
         refill.removeAll(keepingCapacity: true)
     }
 
-    /// Takes up to `driverBudget` frames from each kicked driver queue. Returns whether one of
-    /// them may hold more (then the worker must not sleep in the kernel).
+    /// Takes up to `driverBudget` frames from each kicked vhost-user queue pair, then publishes
+    /// what it used. Returns whether one of them may hold more (then the worker must not sleep
+    /// in the kernel: the guest is not asked to kick meanwhile).
     private func pullFromDrivers(now: UInt64) throws(SystemError) -> Bool {
         var more = false
         for q in driverQueues where queueReadable[q] {
             let port = Int(queuePort[q])
-            guard !portFailed[port], let driver = drivers[port] else { continue }
+            guard !portFailed[port], let pair = queuePair[q] else { continue }
             var budget = PacketWorker.driverBudget
             while budget > 0 && freeCount[q] > 0 {
                 budget -= 1
                 let index = takeBuffer(queue: q)
-                let length = driver.receive(worker: self.index, into: UnsafeMutableRawBufferPointer(start: buffer(index),
-                                                                                                   count: PacketWorker.bufferSize))
-                guard length > 0 else {
+                guard let length = pair.transmit(into: UnsafeMutableRawBufferPointer(start: buffer(index),
+                                                                                     count: PacketWorker.bufferSize)) else {
                     queueReadable[q] = false
                     release(buffer: index)
                     break
                 }
                 try forward(buffer: index, length: min(length, PacketWorker.bufferSize), port: port, now: now)
             }
+            pair.flush()
             // Out of budget, or every buffer is still being written: come back after the ring.
             if queueReadable[q] { more = true }
         }
         return more
+    }
+
+    /// Publishes the frames delivered into vhost-user queue pairs since the last flush (one
+    /// interrupt per batch, where the guest asked for one).
+    private func flushDeliveries() {
+        for port in egressDirty.indices where egressDirty[port] {
+            egressDirty[port] = false
+            egressPair[port]?.flush()
+        }
+    }
+
+    /// The rings of queue pair `q` changed (or the worker starts): takes its current transmit
+    /// kick fd, cancels the poll on the previous one and polls the new one. A ring that just
+    /// started may hold frames already: the pair is looked at once without waiting for a kick.
+    private func refreshKick(queue q: Int) throws(SystemError) {
+        guard let pair = queuePair[q] else { return }
+        if kickFD[q] >= 0 {
+            try ring.prepareCancel(target: PacketWorker.userData(.kick, q, port: Int(kickGeneration[q])),
+                                   userData: PacketWorker.userData(.cancelled, q))
+            try ring.prepareCancel(target: PacketWorker.userData(.resume, q, port: Int(kickGeneration[q])),
+                                   userData: PacketWorker.userData(.cancelled, q))
+        }
+        kickGeneration[q] &+= 1
+        kickFD[q] = pair.refresh() ?? -1
+        if kickFD[q] >= 0 {
+            try armKick(queue: q)
+            queueReadable[q] = true
+        } else {
+            queueReadable[q] = false
+        }
+    }
+
+    private func armKick(queue q: Int) throws(SystemError) {
+        try ring.preparePoll(fd: kickFD[q], fixed: false, events: UInt32(POLLIN),
+                             userData: PacketWorker.userData(.kick, q, port: Int(kickGeneration[q])))
+    }
+
+    /// The transmit kick of queue pair `q` fired: the pair takes the kick and says when to poll
+    /// it again (at once, or after a pause when kicks keep bringing nothing).
+    private func kickCompleted(queue q: Int, generation: UInt16, result: Int32, now: UInt64) throws(SystemError) {
+        guard generation == kickGeneration[q], kickFD[q] >= 0, result >= 0, let pair = queuePair[q] else { return }
+        queueReadable[q] = true
+        switch pair.kicked(now: now) {
+        case .now:
+            try armKick(queue: q)
+        case .at(let time):
+            try ring.prepareTimeout(nanoseconds: time > now ? time - now : 0,
+                                    userData: PacketWorker.userData(.resume, q, port: Int(generation)))
+        }
     }
 
     private func arm() throws(SystemError) {
@@ -366,9 +417,10 @@ private final class PacketWorker: @unchecked Sendable {
             try ring.preparePollMultishot(fd: queueSlot[q], fixed: true, events: UInt32(POLLIN),
                                           userData: PacketWorker.userData(.poll, q))
             scheduleRefill(q)
-        } else if let fd = drivers[Int(queuePort[q])]?.kickDescriptor(worker: index) {
-            try ring.preparePollMultishot(fd: fd, fixed: false, events: UInt32(POLLIN),
-                                          userData: PacketWorker.userData(.poll, q))
+        } else if let pair = queuePair[q] {
+            try ring.preparePollMultishot(fd: pair.changeSignal, fixed: false, events: UInt32(POLLIN),
+                                          userData: PacketWorker.userData(.change, q))
+            try refreshKick(queue: q)
         }
     }
 
@@ -410,15 +462,35 @@ private final class PacketWorker: @unchecked Sendable {
                     case .tick:
                         plane.expire(now: now)
                         try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: PacketWorker.userData(.tick, 0))
+                    case .change:
+                        try refreshKick(queue: index)
+                        if completion.flags & Ring.moreFlag == 0 {
+                            try ring.preparePollMultishot(fd: queuePair[index]?.changeSignal ?? -1, fixed: false,
+                                                          events: UInt32(POLLIN), userData: PacketWorker.userData(.change, index))
+                        }
+                    case .kick:
+                        try kickCompleted(queue: index, generation: UInt16(truncatingIfNeeded: completion.user_data >> 32),
+                                          result: completion.res, now: now)
+                    case .resume:
+                        // The pause of an idle kick ended (-ETIME); a cancelled one is stale.
+                        if UInt16(truncatingIfNeeded: completion.user_data >> 32) == kickGeneration[index], kickFD[index] >= 0,
+                           completion.res == -ETIME {
+                            queueReadable[index] = true
+                            try armKick(queue: index)
+                        }
+                    case .cancelled:
+                        break
                     case nil:
                         logger.error("unexpected io_uring completion", metadata: ["user_data": "\(completion.user_data)"])
                     }
                 }
                 try refillReads()
+                flushDeliveries()
                 count = ring.reap(into: completions)
                 if count > 0 { now = monotonicNanoseconds() }
             }
             driversBusy = driverQueues.isEmpty ? false : try pullFromDrivers(now: now)
+            flushDeliveries()
             try refillReads()
         }
     }
@@ -480,10 +552,11 @@ private final class PacketWorker: @unchecked Sendable {
             guard failure == nil else { return }
             let slot = egressSlot[target]
             if slot < 0 {
-                // A driver port: delivered (copied) now.
-                let delivered = drivers[target]?.transmit(worker: self.index,
-                                                         frame: UnsafeRawBufferPointer(start: base, count: length)) ?? false
+                // A vhost-user port: copied into the guest's receive buffers now, published
+                // with the batch (flushDeliveries).
+                let delivered = egressPair[target]?.deliver(UnsafeRawBufferPointer(start: base, count: length)) ?? false
                 if delivered {
+                    egressDirty[target] = true
                     plane.recordTransmitted(port: target, bytes: length - VirtioNetHeader.size)
                 } else {
                     plane.recordDrop(.txError, port: target)

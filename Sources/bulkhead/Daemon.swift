@@ -56,17 +56,18 @@ struct Daemon {
             throw DaemonError("setting up ports failed: \(error)")
         }
 
-        var handles = Dictionary(uniqueKeysWithValues: network.ports.map { ($0.interfaceName, SwitchPortHandle.tap($0)) })
+        // Keyed by "tenant/port": a vhost-user port claims no interface name.
+        var handles = Dictionary(uniqueKeysWithValues: network.ports.map { ("\($0.tenant)/\($0.port)", SwitchPortHandle.tap($0)) })
         do {
-            for (name, listener) in try VhostUserSockets.listen(configuration, jailUids: jailUids, logger: logger) {
-                handles[name] = .vhostUser(listener)
+            for (key, listener) in try VhostUserSockets.listen(configuration, jailUids: jailUids, logger: logger) {
+                handles[key] = .vhostUser(listener)
             }
         } catch {
             network.teardown()
             throw DaemonError("setting up vhost-user ports failed: \(error)")
         }
         let plane = ForwardingPlane(configuration: configuration)
-        let switchPorts = plane.ports.compactMap { port in handles[port.interfaceName].map { (port.interfaceName, $0) } }
+        let switchPorts = plane.ports.compactMap { port in handles["\(port.tenant)/\(port.port)"].map { (port.interfaceName, $0) } }
         guard switchPorts.count == plane.ports.count else {
             network.teardown()
             throw DaemonError("a switch port has no TAP device or socket; this is a bug")
@@ -173,7 +174,7 @@ enum SwitchPortHandle: Sendable {
 /// by root and the tenant's jail group, in a directory only root and that group can enter: the
 /// daemon and the tenant's own VMM can connect, no other tenant's process can.
 enum VhostUserSockets {
-    /// Interface name (the switch's port key) to listener, for every vhost-user port.
+    /// "tenant/port" to listener, for every vhost-user port.
     static func listen(_ configuration: HostConfiguration, jailUids: JailUidRecord, logger: Logger) throws -> [String: SharedListener] {
         var listeners: [String: SharedListener] = [:]
         let state = configuration.host.stateDirectory
@@ -188,7 +189,7 @@ enum VhostUserSockets {
             try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
             for port in ports {
                 let path = port.vhostUserSocketPath(stateDirectory: state, tenant: tenant.id)
-                listeners[port.interfaceName(tenant: tenant.id)] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
+                listeners["\(tenant.id)/\(port.id)"] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
                 logger.info("vhost-user port ready", metadata: [
                     "tenant.id": "\(tenant.id)", "port.id": "\(port.id)", "socket": "\(path)",
                 ])

@@ -199,7 +199,7 @@ let ruleCases: [RuleCase] = [
         #expect(problems(blue("\"ports\": [" + portList(256) + "]")).isEmpty)
         let found = problems(blue("\"ports\": [" + portList(257) + "]"))
         #expect(found.map(\.path) == ["$.tenants[0].ports[256]"])
-        #expect(found.first?.message.contains("more than 256 ports of kind \"tap\"") == true)
+        #expect(found.first?.message.contains("more than 256 ports (of kinds \"tap\" and \"vhost-user\" together") == true)
     }
 
     @Test func brokenElementsDoNotCauseFollowUpProblems() {
