@@ -50,7 +50,8 @@ struct PortLimiter: Sendable {
 
 /// The switch's forwarding state and pipeline. Single-threaded: owned by the engine thread.
 ///
-/// Per frame, `process` runs: virtio-net header and length checks; Ethernet type; port security
+/// Per frame, `process` runs: virtio-net header and length checks; Ethernet type; the offload
+/// header against the parsed headers (`OffloadCheck`); port security
 /// (source MAC, source IP, ARP, ND, DHCP server, router guard); MAC learning; the tenant's ingress
 /// ACL; rate limit and storm control; the segment's forwarding table; the egress ACL of each
 /// target port. All state lives in flat arrays of plain structs built at `init`: a frame causes
@@ -168,6 +169,9 @@ public struct ForwardingPlane: Sendable {
 
         var parsed = ParsedFrame()
         if let reason = FrameParser.parse(frame, isGSO: header.isGSO, into: &parsed) { return .drop(reason) }
+        if let reason = OffloadCheck.check(header, parsed, frameLength: frame.count, mtu: segmentMTU[segment]) {
+            return .drop(reason)
+        }
         if let reason = security.check(frame, parsed, port: ingress) { return .drop(reason) }
 
         switch table.learn(segment: segment, mac: parsed.source, port: ingress, now: now) {
