@@ -37,7 +37,9 @@ import Virtio
 ///   linear head length there, which holds those headers for everything its stack builds (it
 ///   pulls them in before a GSO frame reaches the TAP: a packet socket asking for less gets a head
 ///   of the full headers); a frame with less would have receivers that trust the field copy a
-///   truncated header into every segment.
+///   truncated header into every segment. A Linux tenant can put less there when it routes
+///   GRO-merged packets from a NIC whose driver left the headers in page fragments out of its
+///   port: such frames are dropped, and counted, rather than trusted.
 ///
 /// Checked before this (by `VirtioNetHeader.isConsistent`, counted as `malformed-vnet-header`): a
 /// GSO type the specification does not define, a GSO frame with no segment size or without
