@@ -131,8 +131,9 @@ final class SwitchState: Sendable {
 /// One packet worker's handle on the switch: the forwarding pipeline over the state all workers
 /// share, counting into this worker's own counters.
 ///
-/// Per frame, `process` runs: virtio-net header and length checks; Ethernet type; port security
-/// (source MAC, source IP, ARP, ND, DHCP server, router guard); MAC learning; the tenant's ingress
+/// Per frame, `process` runs: virtio-net header and length checks; Ethernet type; the offload
+/// header against the parsed headers (`OffloadCheck`); port security (source MAC, source IP,
+/// ARP, ND, DHCP server, router guard); MAC learning; the tenant's ingress
 /// ACL; rate limit and storm control; the segment's forwarding table; the egress ACL of each
 /// target port. The compiled configuration lives in flat arrays of plain structs built at `init`:
 /// a frame causes no allocation, no reference counting and no string work, and takes no lock.
@@ -198,6 +199,9 @@ public struct ForwardingPlane: Sendable {
 
         var parsed = ParsedFrame()
         if let reason = FrameParser.parse(frame, isGSO: header.isGSO, into: &parsed) { return .drop(reason) }
+        if let reason = OffloadCheck.check(header, parsed, frameLength: frame.count, mtu: state.segmentMTU[segment]) {
+            return .drop(reason)
+        }
         if let reason = state.security.check(frame, parsed, port: ingress) { return .drop(reason) }
 
         switch state.table.learn(segment: segment, mac: parsed.source, port: ingress, now: now) {

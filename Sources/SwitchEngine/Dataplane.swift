@@ -547,6 +547,8 @@ private final class PacketWorker: @unchecked Sendable {
               !targets.isEmpty else {
             return release(buffer: index)
         }
+        // The header goes out with the frame: only what the switch checked may reach another port.
+        OffloadCheck.sanitizeForEgress(header: UnsafeMutableRawBufferPointer(start: base, count: VirtioNetHeader.size))
         var failure: SystemError?
         targets.forEach { target in
             guard failure == nil else { return }
