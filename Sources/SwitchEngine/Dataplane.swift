@@ -224,6 +224,11 @@ private final class PacketWorker: @unchecked Sendable {
         // Created disabled and enabled by the worker's thread, which then is its only submitter.
         ring = try Ring(entries: entries, setup: [.disabled, .singleIssuer, .submitAll])
         if !files.isEmpty { try ring.registerFiles(files) }
+        // io_uring operations bypass seccomp: the ring may only read, write, poll, time out and
+        // cancel (no openat, socket, connect, ...), and no register operation is left once it
+        // is enabled. Kick and wake-up eventfds are not registered files, so fixed files are
+        // not required; the TAP queues are.
+        try ring.restrict(to: [.read, .write, .pollAdd, .timeout, .asyncCancel], requireFixedFiles: false)
 
         // Anonymous mappings start zeroed: no buffer ever holds bytes from before this process.
         let total = max(1, bufferCount) * PacketWorker.bufferSize

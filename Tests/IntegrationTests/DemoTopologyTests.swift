@@ -100,7 +100,10 @@ final class DemoTopologyTests: XCTestCase {
             }
         }
         let intoRed = try captureForeignFrames(into: "red", ownMACs: redMACs)
-        let before = workerCPUMilliseconds(pid: daemon.process.processIdentifier)
+        try daemon.waitFor("switch forwarding", timeout: 30)
+        // The packet workers are threads of the switch process, the daemon's child.
+        let switchPID = try XCTUnwrap(SwitchHost.switches(config: daemon.configPath).first, daemon.output)
+        let before = workerCPUMilliseconds(pid: switchPID)
         XCTAssertEqual(Set(before.keys), ["bulkhead-sw0", "bulkhead-sw1"])
 
         let server = Process()
@@ -119,7 +122,7 @@ final class DemoTopologyTests: XCTestCase {
         let received = ((report?["end"] as? [String: Any])?["sum_received"] as? [String: Any])?["bytes"] as? NSNumber
         XCTAssertGreaterThan(received?.intValue ?? 0, 10_000_000, "TCP transfer moved too little: \(client.output)")
 
-        let after = workerCPUMilliseconds(pid: daemon.process.processIdentifier)
+        let after = workerCPUMilliseconds(pid: switchPID)
         for worker in ["bulkhead-sw0", "bulkhead-sw1"] {
             let busy = (after[worker] ?? 0) - (before[worker] ?? 0)
             XCTAssertGreaterThan(busy, 100, "\(worker) did almost nothing (\(busy) ms of CPU): its queues carried no traffic")
