@@ -74,7 +74,7 @@ let package = Package(
                                                      .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VhostNetTests", dependencies: ["VhostNet", "NetClient", "VhostUser", "Virtio", "HostOS",
                                                         .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS"]),
 
         .executableTarget(
             name: "SwitchBenchmarks",
