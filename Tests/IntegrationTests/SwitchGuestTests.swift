@@ -13,14 +13,8 @@ final class SwitchGuestTests: XCTestCase {
         try Host.requireNetworkPrivileges()
         let guest = try GuestImage.require()
 
-        var config = try TestTopology.demo()
-        var tenants = config["tenants"] as? [[String: Any]] ?? []
-        var bluePorts = tenants[0]["ports"] as? [[String: Any]] ?? []
-        bluePorts.append(["id": "vm", "kind": "vhost-user", "segment": "lan", "mac": "02:00:00:00:01:03",
-                          "ips": ["10.0.0.3/24"]])
-        tenants[0]["ports"] = bluePorts
-        config["tenants"] = tenants
-        let daemon = try RunningDaemon(configuration: config)
+        // The demo gives each tenant a vhost-user port `vm` (10.0.0.3).
+        let daemon = try RunningDaemon(configuration: try TestTopology.demo())
         try daemon.waitFor("switch forwarding", timeout: 30)
         let socket = daemon.stateDirectory + "/tenants/blue/net/vm.sock"
         let owner = try BlockHost.owner(socket)

@@ -33,8 +33,9 @@ final class SwitchProcessTests: XCTestCase {
         let files = BlockHost.openFiles(pid)
         let workers = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         XCTAssertEqual(BlockHost.descriptors(of: pid, linkingTo: "anon_inode:[io_uring]"), workers, "a ring per worker: \(files)")
-        XCTAssertEqual(files.filter { $0 == "/dev/net/tun" }.count, 4 * workers, "the four demo ports' TAP queues: \(files)")
-        XCTAssertEqual(files.filter { $0.hasPrefix("socket:") }.count, 1, "one socket, the daemon's control socket: \(files)")
+        XCTAssertEqual(files.filter { $0 == "/dev/net/tun" }.count, 4 * workers, "the four demo TAP ports' queues: \(files)")
+        XCTAssertEqual(files.filter { $0.hasPrefix("socket:") }.count, 3,
+                       "the daemon's control socket and the listeners of the two vhost-user ports: \(files)")
         let hostFiles = files.filter { $0.hasPrefix("/") && $0 != "/dev/net/tun" && $0 != "/dev/null" && !$0.hasPrefix("/tmp/") }
         XCTAssertEqual(hostFiles, [], "no file of the host is open in the switch")
         XCTAssertFalse(files.contains { $0.hasPrefix("/tmp/") && $0.hasSuffix(".img") }, "no volume file")

@@ -15,18 +15,10 @@ final class VhostUserPortAttackTests: XCTestCase {
     private static let redVM: [UInt8] = [0x02, 0, 0, 0, 0x02, 0x03]
     private static let blueA: [UInt8] = [0x02, 0, 0, 0, 0x01, 0x01]
 
-    /// The demo with a vhost-user port `vm` (10.0.0.3) in each tenant.
+    /// The demo, which has a vhost-user port `vm` (10.0.0.3) in each tenant.
     private func daemonWithVMPorts() throws -> RunningDaemon {
         try Host.requireNetworkPrivileges()
-        var config = try TestTopology.demo()
-        var tenants = config["tenants"] as? [[String: Any]] ?? []
-        for (t, mac) in [(0, "02:00:00:00:01:03"), (1, "02:00:00:00:02:03")] {
-            var ports = tenants[t]["ports"] as? [[String: Any]] ?? []
-            ports.append(["id": "vm", "kind": "vhost-user", "segment": "lan", "mac": mac, "ips": ["10.0.0.3/24"]])
-            tenants[t]["ports"] = ports
-        }
-        config["tenants"] = tenants
-        let daemon = try RunningDaemon(configuration: config)
+        let daemon = try RunningDaemon(configuration: try TestTopology.demo())
         try daemon.waitFor("switch forwarding", timeout: 30)
         return daemon
     }
