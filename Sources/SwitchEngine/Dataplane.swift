@@ -154,6 +154,8 @@ private final class PacketWorker: @unchecked Sendable {
     /// it delivered since its last flush.
     private let egressPair: [VhostNetQueuePair?]
     private var egressDirty: [Bool]
+    /// Per local queue: poll wake-ups so far (wrapping), carried by each read it submits.
+    private var pollCount: [UInt16]
     /// Per local queue: the vhost-user queue pair it is (nil for a TAP queue), its transmit kick
     /// fd (-1: none; owned by the pair) and the generation of that fd's poll.
     private let queuePair: [VhostNetQueuePair?]
@@ -212,6 +214,7 @@ private final class PacketWorker: @unchecked Sendable {
         egressSlot = egress
         self.egressPair = egressPair
         egressDirty = Array(repeating: false, count: ports.count)
+        pollCount = Array(repeating: 0, count: localPort.count)
         self.queuePair = queuePair
         kickFD = Array(repeating: -1, count: queuePair.count)
         kickGeneration = Array(repeating: 0, count: queuePair.count)
@@ -326,7 +329,8 @@ private final class PacketWorker: @unchecked Sendable {
             while queueReads[q] < options.readsInFlight && freeCount[q] > 0 {
                 let index = takeBuffer(queue: q)
                 try ring.prepareRead(fd: queueSlot[q], fixed: true, buffer: buffer(index),
-                                     length: UInt32(PacketWorker.bufferSize), userData: PacketWorker.userData(.read, index))
+                                     length: UInt32(PacketWorker.bufferSize),
+                                     userData: PacketWorker.userData(.read, index, port: Int(pollCount[q])))
                 queueReads[q] += 1
             }
         }
@@ -453,7 +457,8 @@ private final class PacketWorker: @unchecked Sendable {
                     let index = Int(completion.user_data & 0xFFFF_FFFF)
                     switch Operation(rawValue: completion.user_data >> 56) {
                     case .read:
-                        try readCompleted(buffer: index, result: completion.res, now: now)
+                        try readCompleted(buffer: index, result: completion.res,
+                                          pollCount: UInt16(truncatingIfNeeded: completion.user_data >> 32), now: now)
                     case .write:
                         writeCompleted(buffer: index, port: Int(completion.user_data >> 32 & 0xFFFF), result: completion.res)
                     case .poll:
@@ -507,6 +512,7 @@ private final class PacketWorker: @unchecked Sendable {
             return
         }
         queueReadable[q] = true
+        pollCount[q] &+= 1
         scheduleRefill(q)
     }
 
@@ -520,14 +526,21 @@ private final class PacketWorker: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func readCompleted(buffer index: Int, result: Int32, now: UInt64) throws(SystemError) {
+    private func readCompleted(buffer index: Int, result: Int32, pollCount: UInt16, now: UInt64) throws(SystemError) {
         let q = queue(ofBuffer: index)
         queueReads[q] -= 1
         let port = Int(queuePort[q])
         guard result > 0 else {
             if result == -EAGAIN {
-                // The queue is empty: wait for its poll wake-up.
-                queueReadable[q] = false
+                // The queue was empty when this read looked: wait for its poll wake-up, unless
+                // one came after the read was submitted. A read may complete after a later poll
+                // (the kernel can retry it off the submitting thread); trusting its EAGAIN then
+                // would leave a frame that arrived in between unread, with no wake-up to come.
+                if pollCount == self.pollCount[q] {
+                    queueReadable[q] = false
+                } else {
+                    scheduleRefill(q)
+                }
             } else if result < 0 && result != -EINTR {
                 failPort(port, error: SystemError("read", errno: -result))
             }

@@ -16,6 +16,19 @@ final class DemoTopologyTests: XCTestCase {
         return try ["a", "b"].map { try Capture(namespace: ns(tenant, $0), interface: ifname(tenant, $0), filter: filter) }
     }
 
+    /// A one-off iperf3 server (-1) in `namespace`, in the foreground of its own process: it
+    /// exits after one test; ready to accept when this returns.
+    private func iperfServer(in namespace: String, address: String) throws -> Process {
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["ip", "netns", "exec", namespace, "iperf3", "-s", "-1", "-B", address]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        Thread.sleep(forTimeInterval: 0.5)
+        return server
+    }
+
     func testPingAndTCPStayWithinEachTenant() throws {
         try Host.requireNetworkPrivileges()
         let daemon = try RunningDaemon(configuration: TestTopology.demo())
@@ -31,15 +44,8 @@ final class DemoTopologyTests: XCTestCase {
 
         // A TCP transfer in blue, with the kernel's TSO/GSO frames crossing the switch.
         if Host.which("iperf3") != nil {
-            // One-off server (-1) in the foreground of its own process: it exits after the test.
-            let server = Process()
-            server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            server.arguments = ["ip", "netns", "exec", ns("blue", "b"), "iperf3", "-s", "-1", "-B", "10.0.0.2"]
-            server.standardOutput = FileHandle.nullDevice
-            server.standardError = FileHandle.nullDevice
-            try server.run()
+            let server = try iperfServer(in: ns("blue", "b"), address: "10.0.0.2")
             defer { if server.isRunning { server.terminate() } }
-            Thread.sleep(forTimeInterval: 0.5)
             let client = try Host.inNamespace(ns("blue", "a"), ["iperf3", "-c", "10.0.0.2", "-t", "2", "-J"], timeout: 30)
             XCTAssertEqual(client.status, 0, "iperf3 failed: \(client.output)\(client.error)")
             let report = try JSONSerialization.jsonObject(with: Data(client.output.utf8)) as? [String: Any]
@@ -106,14 +112,8 @@ final class DemoTopologyTests: XCTestCase {
         let before = workerCPUMilliseconds(pid: switchPID)
         XCTAssertEqual(Set(before.keys), ["bulkhead-sw0", "bulkhead-sw1"])
 
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        server.arguments = ["ip", "netns", "exec", ns("blue", "b"), "iperf3", "-s", "-1", "-B", "10.0.0.2"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
+        let server = try iperfServer(in: ns("blue", "b"), address: "10.0.0.2")
         defer { if server.isRunning { server.terminate() } }
-        Thread.sleep(forTimeInterval: 0.5)
         // 16 flows: the chance that the flow hash puts all of them on one queue is 2^-15.
         let client = try Host.inNamespace(ns("blue", "a"), ["iperf3", "-c", "10.0.0.2", "-t", "3", "-P", "16", "-J"],
                                           timeout: 60)

@@ -53,7 +53,7 @@ final class SwitchGuestTests: XCTestCase {
     }
 }
 
-/// An HTTP server run by python3 in a namespace: GET /blob sends 4 MiB of pattern, POST /upload
+/// Tests/Tools/blob-server.py in a namespace: GET /blob sends 4 MiB of pattern, POST /upload
 /// answers the MD5 of what it received.
 final class HTTPBlobServer {
     private let process = Process()
@@ -61,21 +61,9 @@ final class HTTPBlobServer {
     private var result: (blob: String?, uploaded: Int)?
 
     init(namespace: String, address: String) throws {
-        let script = """
-            import hashlib, http.server
-            blob = bytes((i * 31 + (i >> 12)) & 0xFF for i in range(4 << 20))
-            print("blob", hashlib.md5(blob).hexdigest(), flush=True)
-            class H(http.server.BaseHTTPRequestHandler):
-                def do_GET(self):
-                    self.send_response(200); self.send_header("Content-Length", str(len(blob))); self.end_headers(); self.wfile.write(blob)
-                def do_POST(self):
-                    n = int(self.headers["Content-Length"]); body = self.rfile.read(n); digest = hashlib.md5(body).hexdigest().encode()
-                    print("upload", n, digest.decode(), flush=True)
-                    self.send_response(200); self.send_header("Content-Length", str(len(digest))); self.end_headers(); self.wfile.write(digest)
-            http.server.HTTPServer(("\(address)", 8080), H).serve_forever()
-            """
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["ip", "netns", "exec", namespace, "python3", "-c", script]
+        let script = TestTopology.repository.appendingPathComponent("Tests/Tools/blob-server.py").path
+        process.arguments = ["ip", "netns", "exec", namespace, "python3", script, address]
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -45,24 +45,12 @@ final class GuestNetTests: XCTestCase {
                         ["ip", "link", "set", "dev", tap.interfaceName, "up"]] {
             XCTAssertEqual(try run(["ip", "netns", "exec", namespace] + command), 0, "\(command)")
         }
-        // The HTTP side: GET /blob sends 4 MiB of pattern, POST /upload answers the body's MD5.
-        let server = directory + "/server.py"
-        try """
-        import hashlib, http.server, sys
-        blob = bytes((i * 31 + (i >> 12)) & 0xFF for i in range(4 << 20))
-        print("blob", hashlib.md5(blob).hexdigest(), flush=True)
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200); self.send_header("Content-Length", str(len(blob))); self.end_headers(); self.wfile.write(blob)
-            def do_POST(self):
-                n = int(self.headers["Content-Length"]); body = self.rfile.read(n); digest = hashlib.md5(body).hexdigest().encode()
-                print("upload", n, digest.decode(), flush=True)
-                self.send_response(200); self.send_header("Content-Length", str(len(digest))); self.end_headers(); self.wfile.write(digest)
-        http.server.HTTPServer(("10.77.0.1", 8080), H).serve_forever()
-        """.write(toFile: server, atomically: true, encoding: .utf8)
+        // The HTTP side (Tests/Tools/blob-server.py): GET /blob sends 4 MiB of pattern, POST
+        // /upload answers the body's MD5.
+        let server = repository.appendingPathComponent("Tests/Tools/blob-server.py").path
         let http = Process()
         http.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        http.arguments = ["netns", "exec", namespace, python, server]
+        http.arguments = ["netns", "exec", namespace, python, server, "10.77.0.1"]
         let httpOutput = Pipe()
         http.standardOutput = httpOutput
         try http.run()
