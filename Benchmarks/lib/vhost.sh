@@ -129,7 +129,7 @@ vhost_measure() {
     # the connection and never answers: NetLoad's vhost-user messages time out.
     if ! line=$(vhost_netload "$load" "$socket" "$pid" "probe" --direction guest-to-switch --frame-bytes 64 \
             --dst-mac "$tap_mac" --src-ip "$VHOST_GUEST_IP" --dst-ip "$VHOST_TAP_IP" --peer-counter "$rx"); then
-        why="nothing serves $socket ($(grep -m1 -i 'error' "$OUT_DIR/vhost-probe.txt" | cut -c1-160 || echo 'NetLoad printed no result'))"
+        why="nothing answers vhost-user on $socket (does the switch serve vhost-user ports yet?): $(grep -m1 -i 'error' "$OUT_DIR/vhost-probe.txt" | sed 's/.*cannot connect to [^:]*: //' | cut -c1-160 || echo 'NetLoad printed no result')"
         for name in udp64_pps_guest_to_tap udp1500_pps_guest_to_tap udp64_pps_tap_to_guest testpmd64_pps_guest_to_tap; do
             echo "# skipped: $prefix.$name: $why"
         done
