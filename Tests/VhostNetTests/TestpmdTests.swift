@@ -59,6 +59,29 @@ final class TestpmdTests: XCTestCase {
         XCTAssertNotEqual(features & NetFeatures.mergeableRxBuffers, 0, "MRG_RXBUF: \(String(features, radix: 16))")
     }
 
+    /// Two queue pairs (MQ): testpmd's virtio_user enables both (its control queue is its own)
+    /// and txonly sends on both transmit queues; a worker per pair.
+    func testTestpmdTxonlyOverTwoQueuePairs() throws {
+        let loop = try TapLoop(testCase: self, pairs: 2)
+        defer { loop.stop() }
+        let run = try Testpmd.run(socket: loop.port.socket, arguments: [
+            "--forward-mode=txonly", "--txpkts=64", "--eth-peer=0,\(loop.tapMAC)", "--rxq=2", "--txq=2",
+            "--tx-ip=\(TestpmdTests.testpmdAddress),\(TestpmdTests.tapAddress)",
+        ], queues: 2, seconds: 2)
+        loop.quiesce()
+        let perPair = loop.port.device.queuePairs.map(\.counters)
+        let total = loop.port.device.counters
+        let report = "\(run.tail)\n--- pairs: \(perPair.map(\.transmittedFrames))\n--- device: \(total)"
+        print("testpmd txonly, 2 pairs: sent \(run.txPackets), pairs took \(perPair.map(\.transmittedFrames))")
+        XCTAssertTrue(run.negotiated(loop), "testpmd started its port:\n\(report)")
+        XCTAssertNotEqual(loop.negotiatedFeatures & NetFeatures.multiQueue, 0, "MQ: \(String(loop.negotiatedFeatures, radix: 16))")
+        XCTAssertGreaterThan(perPair[0].transmittedFrames, 1_000, report)
+        XCTAssertGreaterThan(perPair[1].transmittedFrames, 1_000, "the second pair carried frames too: \(report)")
+        XCTAssertLessThanOrEqual(run.txPackets - total.transmittedFrames, 512, report)
+        XCTAssertEqual(UInt64(loop.written), total.transmittedFrames, report)
+        XCTAssertEqual(loop.malformed, 0, report)
+    }
+
     func testDatagramsFromTheTapReachTestpmdRxonly() throws {
         let loop = try TapLoop(testCase: self)
         defer { loop.stop() }
@@ -123,11 +146,11 @@ final class TapLoop {
     let tapMAC: String
     private let flags = LoopFlags()
     private let tap: TapQueue
-    private let worker: TestWorker
+    private let workers: [TestWorker]
     private let readerDone = DispatchSemaphore(value: 0)
     private let features: LockedFeatures
 
-    init(testCase: XCTestCase, mtu: Int = 1500) throws {
+    init(testCase: XCTestCase, mtu: Int = 1500, pairs: Int = 1) throws {
         guard getuid() == 0 else { throw XCTSkip("needs root (TAP device, network namespace)") }
         guard Testpmd.path != nil else { throw XCTSkip("needs dpdk-testpmd (Debian package dpdk-dev)") }
         let tag = String(UInt32.random(in: 0..<UInt32.max), radix: 16)
@@ -136,7 +159,7 @@ final class TapLoop {
         self.features = features
         var logger = Logger(label: "vhost-net-testpmd") { _ in FeatureCapture(features: features) }
         logger.logLevel = .info
-        port = try ServedPort(mac: [0x02, 0, 0, 0, 0x02, 0x01], mtu: mtu, pairs: 1, logger: logger)
+        port = try ServedPort(mac: [0x02, 0, 0, 0, 0x02, 0x01], mtu: mtu, pairs: pairs, logger: logger)
         tap = try TapQueue(interfaceName: "bhtp\(tag.prefix(8))")
         interface = tap.interfaceName
         try TapLoop.run(["ip", "netns", "add", namespace])
@@ -154,13 +177,16 @@ final class TapLoop {
 
         let tapFD = tap.rawValue
         let flags = self.flags
-        worker = TestWorker(pair: port.pair) { frame in
-            // txonly's frames: header, 64 bytes, IPv4, UDP. Other tests send nothing this way.
-            if frame.count != VirtioNetHeader.size + 64 || frame[24] != 0x08 || frame[25] != 0x00 || frame[35] != 17 {
-                flags.malformed.add(1, ordering: .relaxed)
+        // One worker per pair, all writing into the one TAP queue (each write is one frame).
+        workers = port.device.queuePairs.map { pair in
+            TestWorker(pair: pair) { frame in
+                // txonly's frames: header, 64 bytes, IPv4, UDP. Other tests send nothing this way.
+                if frame.count != VirtioNetHeader.size + 64 || frame[24] != 0x08 || frame[25] != 0x00 || frame[35] != 17 {
+                    flags.malformed.add(1, ordering: .relaxed)
+                }
+                if write(tapFD, frame.baseAddress, frame.count) == frame.count { flags.written.add(1, ordering: .relaxed) }
+                return []
             }
-            if write(tapFD, frame.baseAddress, frame.count) == frame.count { flags.written.add(1, ordering: .relaxed) }
-            return []
         }
         let pair = port.pair, readerDone = self.readerDone
         Thread {
@@ -195,7 +221,7 @@ final class TapLoop {
     func stop() {
         flags.stopReader.store(true, ordering: .relaxed)
         readerDone.wait()
-        worker.stop()
+        for worker in workers { worker.stop() }
         port.stop()
         _ = try? TapLoop.run(["ip", "netns", "delete", namespace])
     }
@@ -289,7 +315,7 @@ struct Testpmd {
     /// Runs testpmd with one `net_virtio_user` port on `socket` for `seconds`, calling `during`
     /// once its port forwards, then stops it with SIGINT. Skips when testpmd cannot start at all
     /// (EAL or memory); a port that fails against the device is a failure, not a skip.
-    static func run(socket: String, arguments: [String], queueSize: Int = 256, seconds: Double, during: (() throws -> Void)? = nil) throws -> Testpmd {
+    static func run(socket: String, arguments: [String], queues: Int = 1, queueSize: Int = 256, seconds: Double, during: (() throws -> Void)? = nil) throws -> Testpmd {
         guard let path else { throw XCTSkip("needs dpdk-testpmd (Debian package dpdk-dev)") }
         let prefix = "bhtp\(UInt32.random(in: 0..<UInt32.max))"
         let log = NSTemporaryDirectory() + "\(prefix).log"
@@ -298,7 +324,7 @@ struct Testpmd {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = ["--no-huge", "-m", "512", "--no-pci", "--file-prefix=\(prefix)", "--log-level=pmd.net.virtio.*:info",
-                             "--vdev", "net_virtio_user0,path=\(socket),queues=1,queue_size=\(queueSize),mac=\(TestpmdTests.testpmdMAC)",
+                             "--vdev", "net_virtio_user0,path=\(socket),queues=\(queues),queue_size=\(queueSize),mac=\(TestpmdTests.testpmdMAC)",
                              "--", "--total-num-mbufs=16384", "--stats-period=1", "--nb-cores=1"] + arguments
         // testpmd's --no-huge memory is a memfd it cannot seal; the device's backend maps only
         // memfds sealed against shrinking. The shim makes the memfd sealable and seals it.
