@@ -163,14 +163,12 @@ final class TapLoop {
         tap = try TapQueue(interfaceName: "bhtp\(tag.prefix(8))")
         interface = tap.interfaceName
         try TapLoop.run(["ip", "netns", "add", namespace])
-        for command in [["ip", "link", "set", "dev", interface, "netns", namespace]] { try TapLoop.run(command) }
-        for command in [["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], ["ip", "link", "set", "lo", "up"],
-                        ["ip", "link", "set", "dev", interface, "mtu", "\(mtu)"],
-                        ["ip", "addr", "add", "\(TestpmdTests.tapAddress)/24", "dev", interface],
-                        ["ip", "link", "set", "dev", interface, "up"],
-                        ["ip", "neigh", "replace", TestpmdTests.testpmdAddress, "lladdr", TestpmdTests.testpmdMAC,
-                         "dev", interface, "nud", "permanent"]] {
-            try TapLoop.run(["ip", "netns", "exec", namespace] + command)
+        let namespace = self.namespace
+        do {
+            try TapLoop.configure(namespace: namespace, interface: interface, mtu: mtu)
+        } catch {
+            _ = try? TapLoop.run(["ip", "netns", "delete", namespace])
+            throw error
         }
         tapMAC = try TapLoop.output(["ip", "netns", "exec", namespace, "cat", "/sys/class/net/\(interface)/address"])
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -262,6 +260,19 @@ final class TapLoop {
         let out = try TapLoop.output(["ip", "netns", "exec", namespace, "python3", "-c", script])
         guard Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) == count else {
             throw TestpmdFailure("the generator sent \(out) of \(count) datagrams")
+        }
+    }
+
+    /// Moves the TAP into the namespace and gives it its address, MTU and testpmd's neighbour entry.
+    static func configure(namespace: String, interface: String, mtu: Int) throws {
+        try run(["ip", "link", "set", "dev", interface, "netns", namespace])
+        for command in [["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], ["ip", "link", "set", "lo", "up"],
+                        ["ip", "link", "set", "dev", interface, "mtu", "\(mtu)"],
+                        ["ip", "addr", "add", "\(TestpmdTests.tapAddress)/24", "dev", interface],
+                        ["ip", "link", "set", "dev", interface, "up"],
+                        ["ip", "neigh", "replace", TestpmdTests.testpmdAddress, "lladdr", TestpmdTests.testpmdMAC,
+                         "dev", interface, "nud", "permanent"]] {
+            try run(["ip", "netns", "exec", namespace] + command)
         }
     }
 
