@@ -65,12 +65,13 @@ vhost_tools() {
 vhost_tap_counter() { ip netns exec "$VHOST_NS" cat "/sys/class/net/$VHOST_IF/statistics/$1" 2>/dev/null; }
 
 # vhost_netload NETLOAD_BIN SOCKET SERVER_PID NAME ARGS...: NetLoad inside the TAP's namespace
-# (so that its --peer-counter can name the TAP's sysfs counters); output in $OUT_DIR/vhost-NAME.txt.
-# Prints the "netload ..." result line; non-zero when there is none.
+# (so that its --peer-counter can name the TAP's sysfs counters) for VHOST_NETLOAD_SECONDS
+# (default DURATION); output in $OUT_DIR/vhost-NAME.txt. Prints the "netload ..." result line;
+# non-zero when there is none.
 vhost_netload() {
-    local load=$1 socket=$2 pid=$3 name=$4 base="$OUT_DIR/vhost-$4"
+    local load=$1 socket=$2 pid=$3 name=$4 base="$OUT_DIR/vhost-$4" seconds=${VHOST_NETLOAD_SECONDS:-$DURATION}
     shift 4
-    timeout $((DURATION + 30)) ip netns exec "$VHOST_NS" "$load" --socket "$socket" --seconds "$DURATION" --warmup 1 \
+    timeout $((seconds + 30)) ip netns exec "$VHOST_NS" "$load" --socket "$socket" --seconds "$seconds" --warmup 1 \
         --server-pid "$pid" "$@" >"$base.txt" 2>&1
     grep '^netload direction=' "$base.txt" | tail -n 1 | grep .
 }
@@ -127,7 +128,7 @@ vhost_measure() {
 
     # Does anything serve the socket? A daemon that binds it but does not serve it yet accepts
     # the connection and never answers: NetLoad's vhost-user messages time out.
-    if ! line=$(vhost_netload "$load" "$socket" "$pid" "probe" --direction guest-to-switch --frame-bytes 64 \
+    if ! line=$(VHOST_NETLOAD_SECONDS=1 vhost_netload "$load" "$socket" "$pid" "probe" --direction guest-to-switch --frame-bytes 64 \
             --dst-mac "$tap_mac" --src-ip "$VHOST_GUEST_IP" --dst-ip "$VHOST_TAP_IP" --peer-counter "$rx"); then
         why="nothing answers vhost-user on $socket (does the switch serve vhost-user ports yet?): $(grep -m1 -i 'error' "$OUT_DIR/vhost-probe.txt" | sed 's/.*cannot connect to [^:]*: //' | cut -c1-160 || echo 'NetLoad printed no result')"
         for name in udp64_pps_guest_to_tap udp1500_pps_guest_to_tap udp64_pps_tap_to_guest testpmd64_pps_guest_to_tap; do
@@ -177,6 +178,15 @@ vhost_measure() {
     fi
 }
 
+# vhost_server_pid: the process whose CPU time NetLoad reports as server_cpu_s: the daemon's
+# `bulkhead switch` child where there is one (issue 8 moves the switch out of the daemon), else
+# the daemon.
+vhost_server_pid() {
+    local child
+    child=$(ps -o pid=,args= --ppid "$VHOST_PID" 2>/dev/null | awk '$3 == "switch" || / switch( |$)/ { print $1; exit }')
+    echo "${child:-$VHOST_PID}"
+}
+
 # vhost_run BULKHEAD_BIN NETLOAD_BIN: the daemon's measurements (see the top of the file).
 vhost_run() {
     local bin=$1 load=$2 config log
@@ -200,7 +210,7 @@ vhost_run() {
         die "bulkhead did not start with a vhost-user port ($log)"
     fi
     step "vhost: NetLoad and testpmd through $socket, $DURATION s per measurement"
-    vhost_measure vhost "$socket" "$VHOST_PID" "$load"
+    vhost_measure vhost "$socket" "$(vhost_server_pid)" "$load"
     vhost_stop
 }
 
