@@ -129,7 +129,7 @@ vhost_measure() {
     # Does anything serve the socket? A daemon that binds it but does not serve it yet accepts
     # the connection and never answers: NetLoad's vhost-user messages time out.
     if ! line=$(VHOST_NETLOAD_SECONDS=1 vhost_netload "$load" "$socket" "$pid" "probe" --direction guest-to-switch --frame-bytes 64 \
-            --dst-mac "$tap_mac" --src-ip "$VHOST_GUEST_IP" --dst-ip "$VHOST_TAP_IP" --peer-counter "$rx"); then
+            --dst-mac "$tap_mac" --src-mac "$VHOST_GUEST_MAC" --src-ip "$VHOST_GUEST_IP" --dst-ip "$VHOST_TAP_IP" --peer-counter "$rx"); then
         why="nothing answers vhost-user on $socket (does the switch serve vhost-user ports yet?): $(grep -m1 -i 'error' "$OUT_DIR/vhost-probe.txt" | sed 's/.*cannot connect to [^:]*: //' | cut -c1-160 || echo 'NetLoad printed no result')"
         for name in udp64_pps_guest_to_tap udp1500_pps_guest_to_tap udp64_pps_tap_to_guest testpmd64_pps_guest_to_tap; do
             echo "# skipped: $prefix.$name: $why"
@@ -140,7 +140,7 @@ vhost_measure() {
 
     for bytes in 64 1500; do
         if line=$(vhost_netload "$load" "$socket" "$pid" "guest-to-tap-$bytes" --direction guest-to-switch --frame-bytes "$bytes" \
-                --dst-mac "$tap_mac" --src-ip "$VHOST_GUEST_IP" --dst-ip "$VHOST_TAP_IP" --peer-counter "$rx"); then
+                --dst-mac "$tap_mac" --src-mac "$VHOST_GUEST_MAC" --src-ip "$VHOST_GUEST_IP" --dst-ip "$VHOST_TAP_IP" --peer-counter "$rx"); then
             say "   vhost guest->tap $bytes: $line"
             value=$(vhost_value "$line" peer_pps)
             if [ -n "$value" ] && [ "$value" != na ] && ((value > 0)); then
