@@ -52,14 +52,14 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
-        // The switch's port drivers and engine loop (io_uring, TAP).
+        // The switch's port drivers and engine loop (io_uring; TAP and vhost-user-net ports).
         .target(name: "SwitchEngine", dependencies: [
-            "Switch", "Config", "Virtio", "HostOS", "URing", "Netlink",
+            "Switch", "Config", "Virtio", "HostOS", "URing", "Netlink", "VhostNet",
             .product(name: "Logging", package: "swift-log"),
         ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
+            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -74,7 +74,7 @@ let package = Package(
                                                      .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VhostNetTests", dependencies: ["VhostNet", "NetClient", "VhostUser", "Virtio", "HostOS",
                                                         .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS"]),
 
         .executableTarget(
             name: "SwitchBenchmarks",

@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# System benchmark: the same iperf3 traffic between two network namespaces, once through
-# Bulkhead's switch (TAP ports, io_uring) and once through a Linux bridge with veth pairs (the
-# peer), in one run, and the ratios Bulkhead / Linux bridge. Then the block part: 4 KiB random
-# reads and writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by
-# the BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through
-# fio (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
+# System benchmark: the same iperf3 traffic between two network namespaces, in one run on one
+# machine, through Bulkhead's switch (TAP ports, io_uring) and through three peers, each between
+# two namespaces of its own with the same MACs and addresses: the Linux bridge with veth pairs; a
+# plain C forwarder of our own (Benchmarks/PlainForwarder, built here with cc -O2: two TAPs with
+# virtio-net headers and TSO, each frame read from one and written to the other, no policy; the
+# cost floor of a user-space switch, so the distance to it is what Bulkhead's policy and engine
+# cost); and Open vSwitch with its userspace datapath (datapath_type=netdev, tap ports, userspace
+# TSO, started from a private run directory; skipped with a message when OVS is not installed).
+# Then the ratios Bulkhead / each peer, and the CPU time per forwarded frame of Bulkhead's switch
+# beside the plain forwarder's and OVS's. Then the switch's own lines (lib/switch.sh): 1 against N
+# packet workers (host.switch.workers), the time from kill -9 of the `bulkhead switch` process to
+# the first forwarded frame, and vhost-user port to TAP port frames/s, each skipped with the
+# reason where this bulkhead does not support it yet. Then the block part: 4 KiB random reads and
+# writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by the
+# BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through fio
+# (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
 #
 #   Benchmarks/run-system.sh [--short] [--out DIR] [--rounds N] [--duration S]
 #                            [--network-only | --block-only]
@@ -13,7 +23,7 @@
 #   --out DIR     where the raw iperf3 JSON, the daemon's logs and results.txt go (default: a new
 #                 temporary directory, printed)
 #   --rounds N    measurements per scenario and topology; the table shows the median
-#                 (default 2 with --short, 3 without). Rounds alternate which topology goes first.
+#                 (default 2 with --short, 3 without). Rounds rotate which topology goes first.
 #   --duration S  seconds per measurement, overriding --short's and the default
 #   --network-only, --block-only
 #                 run only that part (default: both, the network part first)
@@ -23,20 +33,38 @@
 # then taken from there), BLOCK_STATE_PARENT (where the block part's temporary state directory
 # goes; default /var/tmp; it must not be tmpfs: both sides use O_DIRECT).
 #
-# Needs root (namespaces, TAP devices), iperf3, iproute2 and /usr/bin/python3; installs nothing
-# (CI runs deploy/install-deps.sh first). Scenarios: TCP throughput (one stream, what the
-# receiver got) and UDP with 64-byte payloads at an unlimited send rate (datagrams/s delivered to
-# the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
-# also needs a core, leaving placement to the scheduler treats both sides alike.
+# Needs root (namespaces, TAP devices), iperf3, iproute2, cc and /usr/bin/python3, and for the
+# OVS peer openvswitch-switch; installs nothing (CI runs deploy/install-deps.sh first).
+# Scenarios: TCP throughput (one stream, what the receiver got) and UDP with 64-byte payloads at
+# an unlimited send rate (datagrams/s delivered to the receiving socket). Nothing is pinned: with two cores, where Bulkhead's dataplane thread
+# also needs a core, leaving placement to the scheduler treats every side alike. Each topology
+# is measured while the others are idle (Bulkhead's daemon and the plain forwarder stopped, OVS
+# paused with SIGSTOP). The plain forwarder gets as many queues per TAP as Bulkhead's ports had,
+# and it and ovs-vswitchd run at the niceness of Bulkhead's switch threads (-2 today: they
+# inherit it from the Swift runtime's user-initiated threads), so that on a busy machine the
+# scheduler favours no side.
 #
 # The block part needs fio and root as well (block-server drops its privileges after opening the
 # volume). Each Bulkhead block measurement: 1 s warm-up, then DURATION s; fio gets the same as
 # --ramp_time. 1 queue is compared with 1 fio job, 2 queues (server --queues 2) with 2 jobs.
 #
-# Exit status 0 when every measurement was taken (the ratios are reported, not judged),
-# non-zero with the reason otherwise. The network part's results end with the lines
+# Exit status 0 when every measurement was taken (the ratios are reported, not judged; a part
+# skipped for want of support or of OVS says so and does not fail), non-zero with the reason
+# otherwise. The network part's results end with the lines
 #   ratio.tcp_vs_linux_bridge=R
 #   ratio.udp64_pps_vs_linux_bridge=R
+#   ratio.tcp_vs_plain_forwarder=R
+#   ratio.udp64_pps_vs_plain_forwarder=R
+#   ratio.tcp_vs_ovs_netdev=R            (the two OVS lines only where OVS is installed)
+#   ratio.udp64_pps_vs_ovs_netdev=R
+#   switch.cpu_ns_per_frame.tcp=NS       (CPU time of the switch process per frame it forwarded;
+#   switch.cpu_ns_per_frame.udp64=NS      a TCP GSO super-frame counts once)
+#   plain_forwarder.cpu_ns_per_frame.tcp=NS, ...udp64=NS, ovs_netdev.cpu_ns_per_frame.tcp=NS, ...
+# then, each where supported (a "# SKIP ..." line saying why otherwise):
+#   switch.workersN=N, switch.workers1.tcp_gbps=, switch.workersN.tcp_gbps=,
+#   switch.workers1.udp64_kpps=, switch.workersN.udp64_kpps=,
+#   ratio.switch_workersN_vs_workers1.tcp=R, ratio.switch_workersN_vs_workers1.udp64_pps=R
+#   switch.restart_ms=MS, switch.restart_largest_gap_ms=MS
 # and the block part's (the last lines of the output when it runs) with
 #   ratio.randread4k_vs_fio=R        (1 queue, QD32, against 1 fio job)
 #   ratio.randwrite4k_vs_fio=R
@@ -51,6 +79,12 @@ source "$REPO/Benchmarks/lib/common.sh"
 source "$REPO/Benchmarks/lib/linux-bridge.sh"
 # shellcheck source=lib/bulkhead.sh
 source "$REPO/Benchmarks/lib/bulkhead.sh"
+# shellcheck source=lib/plain-forwarder.sh
+source "$REPO/Benchmarks/lib/plain-forwarder.sh"
+# shellcheck source=lib/ovs-netdev.sh
+source "$REPO/Benchmarks/lib/ovs-netdev.sh"
+# shellcheck source=lib/switch.sh
+source "$REPO/Benchmarks/lib/switch.sh"
 # shellcheck source=lib/block.sh
 source "$REPO/Benchmarks/lib/block.sh"
 
@@ -80,7 +114,7 @@ done
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices; block-server drops privileges)"
 missing=()
 if ((RUN_NETWORK)); then
-for tool in iperf3 ip ss top timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in iperf3 ip ss top timeout cc pgrep; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 fi
 if ((RUN_BLOCK)); then
 for tool in fio dd stat timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -136,6 +170,9 @@ cleanup() {
     kill_pidfile "$WORK_DIR/iperf3-server.pid"
     linux_bridge_teardown
     bulkhead_leftovers_remove
+    plain_forwarder_teardown
+    ovs_netdev_teardown
+    probe_cleanup
     block_cleanup
     rm -rf "$WORK_DIR"
     exit "$rc"
@@ -149,6 +186,8 @@ if ((RUN_NETWORK)); then
 step "removing what an earlier, aborted run may have left"
 linux_bridge_teardown
 bulkhead_leftovers_remove
+plain_forwarder_teardown
+ovs_netdev_teardown
 
 # --- topologies --------------------------------------------------------------------------------
 CONFIG=$WORK_DIR/bench.json
@@ -159,44 +198,111 @@ cp "$CONFIG" "$OUT_DIR/bulkhead-config.json"
 step "setting up the Linux bridge topology (brb-a, brb-b, bridge brb-br0)"
 linux_bridge_setup "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" || die "could not set up the Linux bridge topology"
 
-# Bridge runs take place while the daemon is stopped, so that it cannot take CPU from them;
-# Bulkhead runs while the bridge sits idle (no traffic, no cost).
+PFW_BIN=$WORK_DIR/plain-forwarder
+step "building the plain forwarder (cc -O2): Benchmarks/PlainForwarder/plain-forwarder.c"
+plain_forwarder_build "$REPO/Benchmarks/PlainForwarder/plain-forwarder.c" "$PFW_BIN" || die "could not build the plain forwarder"
+
+TOPOLOGY_ORDER=(bulkhead linux-bridge plain-forwarder)
+if ovs_netdev_available; then
+    step "setting up Open vSwitch, userspace datapath (ovs-a, ovs-b, bridge ovs-br0; run directory $WORK_DIR/ovs)"
+    ovs_netdev_setup "$WORK_DIR/ovs" "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" \
+        || { tail -n 20 "$WORK_DIR/ovs/ovs-vswitchd.log" 2>/dev/null | sed 's/^/    ovs-vswitchd: /' >&2; die "could not set up the Open vSwitch topology"; }
+    ovs_netdev_pause
+    TOPOLOGY_ORDER+=(ovs-netdev)
+else
+    say "SKIP ovs-netdev: Open vSwitch is not installed; its ratio lines are left out"
+fi
+
+# Each topology is measured while the others sit idle: the Bulkhead daemon and the plain
+# forwarder are stopped, OVS is paused (SIGSTOP), the Linux bridge has no traffic.
 measure_linux_bridge() {
     local round=$1
     SNAPSHOT_TOP=1 run_iperf linux-bridge tcp "$round" brb-a brb-b - || die "iperf3 TCP through the Linux bridge failed"
     SNAPSHOT_TOP= run_iperf linux-bridge udp64 "$round" brb-a brb-b - || die "iperf3 UDP through the Linux bridge failed"
 }
 
+# BHB_QUEUES: the queues per TAP port of the last Bulkhead run; the plain forwarder gets as
+# many (one worker per queue, as Bulkhead's workers). PEER_NICE: the niceness of Bulkhead's
+# switch threads in that run; the plain forwarder and ovs-vswitchd run at the same, so that on
+# a busy machine no side gets a larger share of the CPUs from the scheduler than the other.
+BHB_QUEUES="" PEER_NICE=0
+# measure_bulkhead ROUND [TOPOLOGY CONFIG]: TOPOLOGY (default bulkhead) names the rows.
 measure_bulkhead() {
-    local round=$1 log="$OUT_DIR/bulkhead-r$1.log"
-    bulkhead_start "$BIN" "$CONFIG" "$log" || die "bulkhead did not start (round $round)"
-    SNAPSHOT_TOP=1 run_iperf bulkhead tcp "$round" bhb-a bhb-b "$BHB_PID" \
+    local round=$1 topo=${2:-bulkhead} config=${3:-$CONFIG} log="$OUT_DIR/${2:-bulkhead}-r$1.log" spid process
+    bulkhead_start "$BIN" "$config" "$log" || die "bulkhead did not start (round $round)"
+    if spid=$(bulkhead_switch_pid); then process=bulkhead-switch; else process=bulkhead-daemon; fi
+    BHB_QUEUES=$(bulkhead_queue_count bhb-a)
+    [ "$topo" != bulkhead ] || PEER_NICE=$(bulkhead_switch_nice "$spid")
+    local snapshot=""; [ "$topo" != bulkhead ] || snapshot=1
+    SWITCH_PROCESS=$process SNAPSHOT_TOP=$snapshot run_iperf "$topo" tcp "$round" bhb-a bhb-b "$spid" \
         || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 TCP through Bulkhead failed"; }
     kill -0 "$BHB_PID" 2>/dev/null || { sed 's/^/    /' "$log" >&2; die "bulkhead exited during the TCP run"; }
-    SNAPSHOT_TOP= run_iperf bulkhead udp64 "$round" bhb-a bhb-b "$BHB_PID" \
+    SWITCH_PROCESS=$process SNAPSHOT_TOP= run_iperf "$topo" udp64 "$round" bhb-a bhb-b "$spid" \
         || { tail -n 20 "$log" | sed 's/^/    bulkhead: /' >&2; die "iperf3 UDP through Bulkhead failed"; }
     bulkhead_stop "$log" || die "bulkhead did not stop cleanly (round $round)"
 }
 
-step "measuring: $ROUNDS round(s), $DURATION s per measurement; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+measure_plain_forwarder() {
+    local round=$1 log="$OUT_DIR/plain-forwarder-r$1.log" queues=${BHB_QUEUES:-1}
+    ((queues >= 1)) || queues=1
+    plain_forwarder_start "$PFW_BIN" "$queues" "$log" "$MAC_A" "$IP_A" "$MAC_B" "$IP_B" \
+        || die "the plain forwarder did not start (round $round)"
+    SWITCH_PROCESS=plain-forwarder SNAPSHOT_TOP=1 run_iperf plain-forwarder tcp "$round" pfw-a pfw-b "$PFW_PID" \
+        || die "iperf3 TCP through the plain forwarder failed"
+    SWITCH_PROCESS=plain-forwarder SNAPSHOT_TOP= run_iperf plain-forwarder udp64 "$round" pfw-a pfw-b "$PFW_PID" \
+        || die "iperf3 UDP through the plain forwarder failed"
+    plain_forwarder_stop "$log" || die "the plain forwarder did not stop cleanly (round $round)"
+}
+
+measure_ovs_netdev() {
+    local round=$1
+    ovs_netdev_resume
+    ovs_netdev_renice "$PEER_NICE"
+    SWITCH_PROCESS=ovs-vswitchd SNAPSHOT_TOP=1 run_iperf ovs-netdev tcp "$round" ovs-a ovs-b "$OVS_VSWITCHD_PID" \
+        || { tail -n 20 "$OVS_DIR/ovs-vswitchd.log" | sed 's/^/    ovs-vswitchd: /' >&2; die "iperf3 TCP through OVS failed"; }
+    SWITCH_PROCESS=ovs-vswitchd SNAPSHOT_TOP= run_iperf ovs-netdev udp64 "$round" ovs-a ovs-b "$OVS_VSWITCHD_PID" \
+        || { tail -n 20 "$OVS_DIR/ovs-vswitchd.log" | sed 's/^/    ovs-vswitchd: /' >&2; die "iperf3 UDP through OVS failed"; }
+    kill -0 "$OVS_VSWITCHD_PID" 2>/dev/null || die "ovs-vswitchd exited during the run"
+    ovs_netdev_pause
+}
+
+step "measuring: $ROUNDS round(s), $DURATION s per measurement, topologies ${TOPOLOGY_ORDER[*]}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((round = 1; round <= ROUNDS; round++)); do
-    if ((round % 2)); then   # Bulkhead first in round 1: a daemon that fails, fails early
-        measure_bulkhead "$round"; measure_linux_bridge "$round"
-    else
-        measure_linux_bridge "$round"; measure_bulkhead "$round"
-    fi
+    # Round r starts with topology r (rotating), Bulkhead first in round 1: a daemon that fails,
+    # fails early, and the plain forwarder learns its queue count from it.
+    n=${#TOPOLOGY_ORDER[@]}
+    for ((k = 0; k < n; k++)); do
+        case ${TOPOLOGY_ORDER[$(((round - 1 + k) % n))]} in
+            bulkhead) measure_bulkhead "$round" ;;
+            linux-bridge) measure_linux_bridge "$round" ;;
+            plain-forwarder) measure_plain_forwarder "$round" ;;
+            ovs-netdev) measure_ovs_netdev "$round" ;;
+        esac
+    done
 done
 linux_bridge_teardown
+plain_forwarder_teardown
+ovs_netdev_teardown
+MAIN_QUEUES=$BHB_QUEUES  # the workers comparison below changes BHB_QUEUES
+
+# --- the switch's own lines: workers, restart, vhost-user ------------------------------------
+: >"$OUT_DIR/switch.txt"
+switch_workers_compare
+switch_restart_measure
+switch_vhost_user_measure
 
 # --- report --------------------------------------------------------------------------------------
 {
     echo "Bulkhead system benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $DURATION s per measurement, iperf3 $(iperf3 --version | awk 'NR==1 { print $2 }')"
+    echo "Queues per TAP: Bulkhead ${MAIN_QUEUES:-?}, plain forwarder the same. Niceness of Bulkhead's switch threads: $PEER_NICE;"
+    echo "the plain forwarder and ovs-vswitchd ran at the same."
     echo "TCP: one stream, end.sum_received.bits_per_second of the client's JSON (what the receiver got)."
     echo "UDP: 64-byte payloads, -b 0; delivered/s = (packets - lost_packets) / seconds of the receiver's"
     echo "     own JSON (server_output_json.end.sum_received)."
-    echo "Daemon CPU: the process's utime+stime over the run (100% = one core), and by thread name"
-    echo "(percent(threads)); link drops: tx_dropped of the sender's link, rx_dropped of the receiver's;"
+    echo "Switch CPU: utime+stime over the run (100% = one core), and by thread name (percent(threads)),"
+    echo "of the process that forwards: Bulkhead's \`bulkhead switch\` child, or the daemon where the switch"
+    echo "is its thread; plain-forwarder; ovs-vswitchd. Link drops: tx_dropped of the sender's link, rx_dropped of the receiver's;"
     echo "receiver out-of-order queued: TcpExt TCPOFOQueue in the receiver's namespace (reordering or loss)."
     echo
     for f in "$OUT_DIR"/*-tcp-r1.top.txt; do
@@ -206,6 +312,7 @@ linux_bridge_teardown
         echo
     done
     "$PYTHON" "$BENCH_LIB/iperf_json.py" summarize "$OUT_DIR/measurements.tsv"
+    cat "$OUT_DIR/switch.txt"
 } >"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the measurements"; }
 fi
 

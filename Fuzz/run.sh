@@ -145,6 +145,29 @@ if [[ "$target" == switch && -z "$(ls -A "$corpus")" ]]; then
   printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x86\xdd\x60\x00\x00\x00\x00\x20\x3a\xff\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x87\x00\x00\x00\x00\x00\x00\x00\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01\x01\x02\x00\x00\x00\x00\x01' > "$corpus/seed-ns"
   printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x86\xdd\x60\x00\x00\x00\x00\x28\x2c\xff\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x3a\x00\x00\x00\x00\x00\x00\x01\x87\x00\x00\x00\x00\x00\x00\x00\xfd\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01\x01\x02\x00\x00\x00\x00\x01' > "$corpus/seed-v6frag"
   printf '\x80\x01\x01\x36\x00\xe8\x03\x22\x00\x10\x00\x00\x00\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00\x45\x00\x0b\xe0\x12\x34\x00\x00\x40\x06\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02\x04\xd2\x00\x50\x00\x00\x00\x01\x00\x00\x00\x00\x50\x02\xff\xff\x00\x00\x00\x00' > "$corpus/seed-gso"; head -c 3000 /dev/zero >> "$corpus/seed-gso"
+  # Offloads as Linux sends them (TSO6, USO4, a partial UDP checksum), for the offload checks to
+  # mutate from: port 1 (blue/b, 10.0.0.2 / fd00::2: no rate limit to run dry) to blue/a.
+  python3 - "$corpus" <<'PY'
+import struct, sys
+def header(flags, gso, hdr_len, size, start, offset):
+    return bytes([1]) + struct.pack("<BBHHHHH", flags, gso, hdr_len, size, start, offset, 0)
+ether = lambda kind: bytes.fromhex("020000000001" "020000000002") + struct.pack("!H", kind)
+def ipv4(proto, payload):
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0, 64, proto, 0,
+                       bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1])) + payload
+def ipv6(nh, payload):
+    return struct.pack("!IHBB", 0x60000000, len(payload), nh, 64) + bytes.fromhex("fd00" + "00" * 13 + "02") \
+        + bytes.fromhex("fd00" + "00" * 13 + "01") + payload
+tcp = lambda data: struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x18, 65535, 0, 0) + data
+udp = lambda data: struct.pack("!HHHH", 40000, 443, 8 + len(data), 0) + data
+seeds = {
+    "tso6": header(1, 4, 74, 1428, 54, 16) + ether(0x86DD) + ipv6(6, tcp(bytes(200))),
+    "uso4": header(1, 5, 42, 1400, 34, 6) + ether(0x0800) + ipv4(17, udp(bytes(1600))),
+    "csum-udp": header(1, 0, 0, 0, 34, 6) + ether(0x0800) + ipv4(17, udp(bytes(64))),
+}
+for name, data in seeds.items():
+    open(f"{sys.argv[1]}/seed-{name}", "wb").write(data)
+PY
 fi
 
 if [[ "$target" == vhostuser && -z "$(ls -A "$corpus")" ]]; then

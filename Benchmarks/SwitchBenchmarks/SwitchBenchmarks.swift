@@ -67,7 +67,7 @@ private enum Topology {
 }
 
 private func decisions(_ benchmark: Benchmark, frame bytes: [UInt8], expecting expected: Int) {
-    var plane = ForwardingPlane(configuration: Topology.host())
+    let plane = ForwardingPlane(configuration: Topology.host())
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
     defer { buffer.deallocate() }
     buffer.copyBytes(from: bytes)

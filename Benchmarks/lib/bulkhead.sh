@@ -6,12 +6,16 @@
 BHB_NAMESPACES=(bhb-a bhb-b)
 BHB_PID=""
 
-# bulkhead_write_config FILE STATE_DIR MAC_A IP_A MAC_B IP_B
+# bulkhead_write_config FILE STATE_DIR MAC_A IP_A MAC_B IP_B [WORKERS]
+#   WORKERS, when given, sets host.switch.workers (the switch's packet workers; without it the
+#   daemon's default applies).
 bulkhead_write_config() {
-    local file=$1 state=$2
+    local file=$1 state=$2 host
+    host="\"stateDirectory\": \"$state\""
+    [ -z "${7:-}" ] || host+=", \"switch\": {\"workers\": $7}"
     cat >"$file" <<JSON
 {
-  "host": {"stateDirectory": "$state"},
+  "host": {$host},
   "tenants": [
     {
       "id": "bench",
@@ -80,4 +84,55 @@ bulkhead_stop() {
         tail -n 30 "$log" | sed 's/^/    /' >&2
     fi
     return "$problem"
+}
+
+# bulkhead_switch_pid: prints the id of the process that forwards the daemon's frames: its
+# `bulkhead switch` process, or the daemon itself where the switch is one of its threads (before
+# issue 8's switch process; returns 1 then). The switch process is a child of the daemon whose
+# second argument is `switch` (whatever its argv[0]: a path, /proc/self/exe), or any process
+# that pgrep -f 'bulkhead switch' finds with the daemon among its ancestors.
+bulkhead_switch_pid() {
+    local pid p
+    [ -n "$BHB_PID" ] || return 1
+    for pid in $(pgrep -P "$BHB_PID" 2>/dev/null); do
+        if [ "$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | sed -n 2p)" = switch ]; then
+            printf '%s\n' "$pid"; return 0
+        fi
+    done
+    for pid in $(pgrep -f 'bulkhead switch' 2>/dev/null); do
+        p=$pid
+        while [ -n "$p" ] && ((p > 1)); do
+            if [ "$p" = "$BHB_PID" ]; then printf '%s\n' "$pid"; return 0; fi
+            # /proc/PID/stat after the ") " that ends the command name: state, then the parent.
+            p=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$p/stat" 2>/dev/null)
+        done
+    done
+    printf '%s\n' "$BHB_PID"
+    return 1
+}
+
+# bulkhead_switch_nice PID: the niceness of the switch's threads in process PID: the lowest
+# among threads whose name contains "switch", else the process's own. (The daemon's switch
+# thread inherits the niceness of the thread that starts it; Swift's runtime runs
+# user-initiated work at nice -2, so it need not be 0.)
+bulkhead_switch_nice() {
+    local t line best="" own=""
+    for t in /proc/"$1"/task/*; do
+        # After the ") " that ends the name, field 17 is the niceness (stat(5)'s field 19).
+        line=$(awk '{ c = $0; sub(/^[^(]*\(/, "", c); sub(/\) [^)]*$/, "", c); sub(/^.*\) /, ""); print c "\t" $17 }' "$t/stat" 2>/dev/null) || continue
+        [ -n "$line" ] || continue
+        [ "${t##*/}" = "$1" ] && own=${line##*$'\t'}
+        case ${line%%$'\t'*} in
+            *switch*) if [ -z "$best" ] || ((${line##*$'\t'} < best)); then best=${line##*$'\t'}; fi ;;
+        esac
+    done
+    printf '%s\n' "${best:-${own:-0}}"
+}
+
+# bulkhead_queue_count NS: the number of queues the daemon attached to the TAP named NS in
+# namespace NS (its sysfs tx-N queue entries follow the attached queues).
+bulkhead_queue_count() {
+    local n
+    n=$(ip netns exec "$1" sh -c "ls /sys/class/net/$1/queues" 2>/dev/null | grep -c '^tx-')
+    printf '%s\n' "${n:-0}"
 }

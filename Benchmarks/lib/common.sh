@@ -18,6 +18,27 @@ netns_remove() {
     ip netns delete "$ns" 2>/dev/null || say "warning: could not delete namespace $ns"
 }
 
+# namespace_link_attach IFNAME MAC IP: moves link IFNAME (a TAP a peer switch holds) into the
+# namespace of the same name, created when missing, and gives it MAC and IP (with prefix
+# length), as the Bulkhead daemon does with its TAP ports. The peers' links are named like their
+# namespace, which link_counter relies on.
+namespace_link_attach() {
+    local ifname=$1 mac=$2 ip=$3
+    [ -e "/run/netns/$ifname" ] || ip netns add "$ifname" || return 1
+    ip link set "$ifname" netns "$ifname" || return 1
+    ip -n "$ifname" link set lo up || return 1
+    ip -n "$ifname" link set "$ifname" address "$mac" || return 1
+    ip -n "$ifname" addr add "$ip" dev "$ifname" || return 1
+    ip -n "$ifname" link set "$ifname" up || return 1
+}
+
+# wait_link IFNAME: waits up to 10 s until link IFNAME exists in this namespace.
+wait_link() {
+    local i
+    for ((i = 0; i < 100; i++)); do ip link show "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    return 1
+}
+
 # Ends the process whose id is in pidfile $1, if it is still running; waits up to 3 s.
 kill_pidfile() {
     local file=$1 pid i
@@ -100,11 +121,14 @@ stop_iperf_client() {
     IPERF_CLIENT_PID=""
 }
 
-# run_iperf TOPOLOGY KIND ROUND NS_CLIENT NS_SERVER DAEMON_PID
+# run_iperf TOPOLOGY KIND ROUND NS_CLIENT NS_SERVER SWITCH_PID
 #   KIND is tcp or udp64. Runs one iperf3 test of $DURATION seconds from NS_CLIENT to the server
 #   in NS_SERVER at $SERVER_IP; writes the client's JSON (with the server's JSON inside, from
 #   --get-server-output) to $OUT_DIR/TOPOLOGY-KIND-rROUND.json and appends a line to
-#   $OUT_DIR/measurements.tsv. DAEMON_PID (or -) is the process whose CPU use is recorded too.
+#   $MEASUREMENTS (default $OUT_DIR/measurements.tsv). SWITCH_PID (or - for the kernel's bridge) is the user-space
+#   process that forwards the frames: its CPU use is recorded, and its CPU time per forwarded
+#   frame, where the frames forwarded are those the two namespaces' links received
+#   (rx_packets: what the switch wrote into their TAPs, a GSO super-frame counting once).
 run_iperf() {
     local topo=$1 kind=$2 round=$3 ns_c=$4 ns_s=$5 dpid=$6
     local base="$OUT_DIR/$topo-$kind-r$round"
@@ -119,8 +143,9 @@ run_iperf() {
         || { say "iperf3 server did not start in $ns_s"; return 1; }
     wait_iperf_server "$ns_s" || { say "iperf3 server in $ns_s is not listening on :5201"; return 1; }
 
-    local udp_before cpu_before d_before="" txd_before rxd_before ofo_before
+    local udp_before cpu_before d_before="" txd_before rxd_before ofo_before fwd_before
     udp_before=$(udp_counters "$ns_s")
+    fwd_before=$(( $(link_counter "$ns_c" "$ns_c" rx_packets) + $(link_counter "$ns_s" "$ns_s" rx_packets) ))
     ofo_before=$(tcp_ofo_counter "$ns_s")
     txd_before=$(link_counter "$ns_c" "$ns_c" tx_dropped)
     rxd_before=$(link_counter "$ns_s" "$ns_s" rx_dropped)
@@ -152,8 +177,9 @@ run_iperf() {
     end=$(date +%s.%N)
     [ -n "$snap_pid" ] && wait "$snap_pid" 2>/dev/null
 
-    local cpu_after udp_after d_after="" txd_after rxd_after ofo_after
+    local cpu_after udp_after d_after="" txd_after rxd_after ofo_after fwd_after
     cpu_after=$(machine_ticks)
+    fwd_after=$(( $(link_counter "$ns_c" "$ns_c" rx_packets) + $(link_counter "$ns_s" "$ns_s" rx_packets) ))
     udp_after=$(udp_counters "$ns_s")
     ofo_after=$(tcp_ofo_counter "$ns_s")
     txd_after=$(link_counter "$ns_c" "$ns_c" tx_dropped)
@@ -174,7 +200,7 @@ PY
         return 1
     fi
 
-    local hz wall machine_busy daemon_cpu=- daemon_threads=-
+    local hz wall machine_busy daemon_cpu=- daemon_threads=- ns_per_frame=- forwarded=$((fwd_after - fwd_before))
     hz=$(getconf CLK_TCK)
     wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
     machine_busy=$(awk -v b="$cpu_before" -v a="$cpu_after" 'BEGIN { split(b, x, " "); split(a, y, " ");
@@ -184,6 +210,8 @@ PY
             'BEGIN { printf "%.0f", 100 * (a - b) / hz / w }')
         daemon_threads=$(thread_usage "$WORK_DIR/threads.before" "$WORK_DIR/threads.after" "$hz" "$wall")
         [ -n "$daemon_threads" ] || daemon_threads=-
+        ns_per_frame=$(awk -v b="$d_before" -v a="$d_after" -v hz="$hz" -v f="$forwarded" \
+            'BEGIN { if (f > 0) printf "%.0f", (a - b) / hz * 1e9 / f; else print "-" }')
     fi
     local metrics
     metrics=$("$PYTHON" "$BENCH_LIB/iperf_json.py" "$kind" "$base.json") \
@@ -192,10 +220,10 @@ PY
     local rcvbuf_errors
     rcvbuf_errors=$(awk -v b="$udp_before" -v a="$udp_after" 'BEGIN { split(b, x, " "); split(a, y, " "); print y[2] - x[2] }')
     # Drops on the sender's link (a TAP whose reader falls behind drops here) and the receiver's.
-    printf '%s\t%s\t%s\t%s\tmachine_busy_pct=%s\tdaemon_cpu_pct=%s\tdaemon_threads=%s\trcvbuf_errors=%s\ttcp_ofo_queued=%s\tsender_link_tx_dropped=%s\treceiver_link_rx_dropped=%s\n' \
+    printf '%s\t%s\t%s\t%s\tmachine_busy_pct=%s\tswitch_cpu_pct=%s\tswitch_threads=%s\trcvbuf_errors=%s\ttcp_ofo_queued=%s\tsender_link_tx_dropped=%s\treceiver_link_rx_dropped=%s\tforwarded_frames=%s\tswitch_cpu_ns_per_frame=%s\tswitch_process=%s\n' \
         "$round" "$topo" "$kind" "$metrics" "$machine_busy" "$daemon_cpu" "$daemon_threads" "$rcvbuf_errors" "$((ofo_after - ofo_before))" \
-        "$((txd_after - txd_before))" "$((rxd_after - rxd_before))" >>"$OUT_DIR/measurements.tsv"
-    say "   $(printf '%-13s %-6s round %s: ' "$topo" "$kind" "$round")$("$PYTHON" "$BENCH_LIB/iperf_json.py" describe "$kind" "$metrics") (machine busy ${machine_busy}%$([ "$dpid" = - ] || echo ", daemon ${daemon_cpu}%"))"
+        "$((txd_after - txd_before))" "$((rxd_after - rxd_before))" "$forwarded" "$ns_per_frame" "${SWITCH_PROCESS:--}" >>"${MEASUREMENTS:-$OUT_DIR/measurements.tsv}"
+    say "   $(printf '%-15s %-6s round %s: ' "$topo" "$kind" "$round")$("$PYTHON" "$BENCH_LIB/iperf_json.py" describe "$kind" "$metrics") (machine busy ${machine_busy}%$([ "$dpid" = - ] || echo ", ${SWITCH_PROCESS:-switch} ${daemon_cpu}%, ${ns_per_frame} ns/frame"))"
 }
 
 # wait_ready PID LOG TEXT NAME [SOCKET]: waits up to 30 s until the log LOG of process PID (NAME

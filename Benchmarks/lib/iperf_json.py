@@ -5,6 +5,8 @@
   iperf_json.py udp64 FILE           the same for the UDP 64-byte test
   iperf_json.py describe KIND LINE   those metrics in words, for the progress log
   iperf_json.py summarize TSV        the table and the ratio lines, from measurements.tsv
+  iperf_json.py median TSV TOPO KIND [KEY]
+                                     the median of KEY (default value) over TOPO's KIND rows
 """
 import json
 import statistics
@@ -86,12 +88,21 @@ def describe(kind, line):
         m["value"] / 1e3, m.get("sender_pps", 0) / 1e3, loss, m.get("out_of_order", 0))
 
 
-TOPOLOGIES = ("bulkhead", "linux-bridge")
-SCENARIOS = (
-    # kind, table label, scale, unit, ratio key
-    ("tcp", "TCP throughput", 1e9, "Gbit/s", "ratio.tcp_vs_linux_bridge"),
-    ("udp64", "UDP 64 B delivered", 1e3, "kpps", "ratio.udp64_pps_vs_linux_bridge"),
+# topology, table label, key in the ratio lines, required (a topology that may be skipped, with
+# a message from run-system.sh, leaves its ratios out instead of failing the summary)
+TOPOLOGIES = (
+    ("bulkhead", "Bulkhead", None, True),
+    ("linux-bridge", "Linux bridge", "linux_bridge", True),
+    ("plain-forwarder", "plain fwd", "plain_forwarder", True),
+    ("ovs-netdev", "OVS netdev", "ovs_netdev", False),
 )
+SCENARIOS = (
+    # kind, table label, scale, unit, ratio key prefix
+    ("tcp", "TCP throughput", 1e9, "Gbit/s", "ratio.tcp_vs_"),
+    ("udp64", "UDP 64 B delivered", 1e3, "kpps", "ratio.udp64_pps_vs_"),
+)
+# Keys of the CPU-per-frame lines, by topology (the kernel's bridge has no process of its own).
+CPU_KEYS = {"bulkhead": "switch", "plain-forwarder": "plain_forwarder", "ovs-netdev": "ovs_netdev"}
 
 
 def summarize(path):
@@ -107,26 +118,47 @@ def summarize(path):
         vals = [r[key] for r in rows.get((topo, kind), []) if isinstance(r.get(key), float)]
         return statistics.median(vals) if vals else None
 
+    present = [t for t in TOPOLOGIES if any(k[0] == t[0] for k in rows)]
     out = []
     rounds = max((len(v) for v in rows.values()), default=0)
-    out.append("Median of %d round(s) per cell; the rounds alternate which topology goes first." % rounds)
+    out.append("Median of %d round(s) per cell; the rounds rotate which topology goes first." % rounds)
+    out.append("Ratios: Bulkhead / the column's peer. CPU per frame: the switch process's utime+stime")
+    out.append("over the frames the two namespaces' links received (a TCP GSO super-frame counts once).")
     out.append("")
-    out.append("%-28s %14s %14s %7s" % ("scenario", "Bulkhead", "Linux bridge", "ratio"))
-    out.append("%-28s %14s %14s %7s" % ("-" * 28, "-" * 14, "-" * 14, "-" * 7))
+    head = "%-28s" % "scenario" + "".join(" %12s" % t[1] for t in present)
+    peers = [t for t in present if t[2]]
+    head += "".join(" %12s" % ("/" + t[1].split()[0]) for t in peers)
+    out.append(head)
+    out.append("-" * len(head))
     ratios = []
     for kind, label, scale, unit, key in SCENARIOS:
-        b, l = med("bulkhead", kind), med("linux-bridge", kind)
-        ratio = b / l if b is not None and l else None
-        out.append("%-28s %14s %14s %7s" % (
-            "%s (%s)" % (label, unit),
-            "%.2f" % (b / scale) if b is not None else "-",
-            "%.2f" % (l / scale) if l is not None else "-",
-            "%.2f" % ratio if ratio is not None else "-"))
-        ratios.append((key, ratio))
+        b = med("bulkhead", kind)
+        cells = ["%-28s" % ("%s (%s)" % (label, unit))]
+        for t in present:
+            v = med(t[0], kind)
+            cells.append(" %12s" % ("%.2f" % (v / scale) if v is not None else "-"))
+        for t in peers:
+            p = med(t[0], kind)
+            ratio = b / p if b is not None and p else None
+            cells.append(" %12s" % ("%.2f" % ratio if ratio is not None else "-"))
+        out.append("".join(cells))
+    cpu_cells = []
+    for kind, label, scale, unit, key in SCENARIOS:
+        cells = ["%-28s" % ("CPU/frame, %s (ns)" % kind)]
+        for t in present:
+            v = med(t[0], kind, "switch_cpu_ns_per_frame")
+            cells.append(" %12s" % ("%.0f" % v if v is not None else "-"))
+        cpu_cells.append("".join(cells))
+    out.extend(cpu_cells)
+    for t in TOPOLOGIES:
+        if t[2]:
+            for kind, label, scale, unit, key in SCENARIOS:
+                b, p = med("bulkhead", kind), med(t[0], kind)
+                ratios.append((key + t[2], b / p if b is not None and p else None, t[3] or t in present))
     out.append("")
     out.append("Per run:")
     for kind, label, scale, unit, key in SCENARIOS:
-        for topo in TOPOLOGIES:
+        for topo, _, _, _ in TOPOLOGIES:
             for r in rows.get((topo, kind), []):
                 extra = []
                 if kind == "tcp":
@@ -142,16 +174,23 @@ def summarize(path):
                 if any(isinstance(d, float) and d > 0 for d in drops):
                     extra.append("link drops tx %s / rx %s" % tuple(fmtnum(d) for d in drops))
                 extra.append("machine busy %s%%" % fmtnum(r.get("machine_busy_pct")))
-                if topo == "bulkhead":
-                    extra.append("daemon CPU %s%%" % fmtnum(r.get("daemon_cpu_pct")))
-                    if r.get("daemon_threads") not in (None, "-"):
-                        extra.append("by thread %s" % r["daemon_threads"])
-                out.append("  %-6s %-13s %10.2f %-6s %s" % (kind, topo, r["value"] / scale, unit, ", ".join(extra)))
+                if topo in CPU_KEYS:
+                    extra.append("%s CPU %s%%, %s ns/frame over %s frames" % (
+                        r.get("switch_process", "switch"), fmtnum(r.get("switch_cpu_pct")),
+                        fmtnum(r.get("switch_cpu_ns_per_frame")), fmtnum(r.get("forwarded_frames"))))
+                    if r.get("switch_threads") not in (None, "-"):
+                        extra.append("by thread %s" % r["switch_threads"])
+                out.append("  %-6s %-15s %10.2f %-6s %s" % (kind, topo, r["value"] / scale, unit, ", ".join(extra)))
     out.append("")
-    missing = [k for k, r in ratios if r is None]
-    for key, ratio in ratios:
+    missing = [k for k, r, required in ratios if r is None and required]
+    for key, ratio, _ in ratios:
         if ratio is not None:
             out.append("%s=%.2f" % (key, ratio))
+    for topo, key in CPU_KEYS.items():
+        for kind, *_ in SCENARIOS:
+            v = med(topo, kind, "switch_cpu_ns_per_frame")
+            if v is not None:
+                out.append("%s.cpu_ns_per_frame.%s=%.0f" % (key, kind, v))
     print("\n".join(out))
     if missing:
         print("missing measurements for: " + ", ".join(missing), file=sys.stderr)
@@ -172,6 +211,18 @@ def main(argv):
         return 0
     if len(argv) == 4 and argv[1] == "describe":
         print(describe(argv[2], argv[3]))
+        return 0
+    if len(argv) in (5, 6) and argv[1] == "median":
+        vals = []
+        for line in open(argv[2]):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 4 and parts[1] == argv[3] and parts[2] == argv[4]:
+                v = parse(parts[3:]).get(argv[5] if len(argv) == 6 else "value")
+                if isinstance(v, float):
+                    vals.append(v)
+        if not vals:
+            return 1
+        print("%.6g" % statistics.median(vals))
         return 0
     if len(argv) == 3 and argv[1] == "summarize":
         return summarize(argv[2])

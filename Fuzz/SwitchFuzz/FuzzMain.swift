@@ -2,7 +2,10 @@
 //
 // Input: byte 0 picks the ingress port, bytes 1...12 are the virtio-net header, the rest is the
 // Ethernet frame. Besides "does not crash or read out of bounds" (ASan), it checks the verdict's
-// invariants: a forward mask is non-empty, never holds the ingress port, and stays in its segment.
+// invariants: a forward mask is non-empty, never holds the ingress port, and stays in its segment;
+// a forwarded frame's offload header is one `OffloadCheck` allows (a defined GSO type with a sane
+// size, a checksum field inside the frame, `hdr_len` inside the frame), and the header the engine
+// writes out after `sanitizeForEgress` claims nothing but NEEDS_CSUM.
 import Config
 import Switch
 import Virtio
@@ -61,6 +64,33 @@ private func fuzzHeader(_ bytes: UnsafeRawBufferPointer) {
     withUnsafeMutableBytes(of: &copy) { raw in
         header.write(to: raw)
         precondition(VirtioNetHeader(parsing: UnsafeRawBufferPointer(raw)) == header)
+        // The egress header keeps NEEDS_CSUM and every field but num_buffers, and nothing else.
+        OffloadCheck.sanitizeForEgress(header: raw)
+        guard let clean = VirtioNetHeader(parsing: UnsafeRawBufferPointer(raw)) else { preconditionFailure("12 bytes") }
+        precondition(clean.flags == header.flags & VirtioNetHeader.flagNeedsCsum, "sanitised flags")
+        precondition(clean.numBuffers == 0, "sanitised num_buffers")
+        precondition(clean.gsoType == header.gsoType && clean.headerLength == header.headerLength
+                     && clean.gsoSize == header.gsoSize && clean.csumStart == header.csumStart
+                     && clean.csumOffset == header.csumOffset, "sanitising changed a checked field")
+    }
+}
+
+/// What a forwarded frame's header must satisfy (`OffloadCheck` and `isConsistent` together).
+private func checkForwardedHeader(_ header: VirtioNetHeader, frameLength: Int) {
+    precondition(Int(header.headerLength) <= frameLength, "forwarded hdr_len past the frame")
+    if header.flags & VirtioNetHeader.flagNeedsCsum != 0 {
+        precondition(header.csumOffset == 16 || header.csumOffset == 6, "forwarded checksum offset not TCP's or UDP's")
+        precondition(Int(header.csumStart) + Int(header.csumOffset) + 2 <= frameLength, "forwarded checksum past the frame")
+    }
+    if header.gsoType & VirtioNetHeader.gsoECN != 0 {
+        precondition(header.gso == .tcpv4 || header.gso == .tcpv6, "forwarded ECN without TCP segmentation")
+    }
+    if header.isGSO {
+        precondition(header.gso == .tcpv4 || header.gso == .tcpv6 || header.gso == .udpL4, "forwarded GSO type")
+        precondition(header.flags & VirtioNetHeader.flagNeedsCsum != 0, "forwarded GSO without a partial checksum")
+        precondition(header.gso == .udpL4 || header.gsoSize >= 88, "forwarded TCP gso_size below 88")
+        precondition(header.gso != .udpL4 || header.csumOffset == 6, "forwarded UDP_L4 without the UDP checksum")
+        precondition(header.gso == .udpL4 || header.csumOffset == 16, "forwarded TSO without the TCP checksum")
     }
 }
 
@@ -84,6 +114,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 
     let verdict = plane!.process(frame: frame, header: header, ingress: ingress, now: clock)
     if case .forward(let mask) = verdict {
+        checkForwardedHeader(header, frameLength: frame.count)
         precondition(!mask.isEmpty, "empty forward mask")
         precondition(!mask.contains(ingress), "frame sent back to its ingress port")
         let source = plane!.ports[ingress]

@@ -29,6 +29,8 @@
 #include <linux/io_uring.h>
 #include <linux/seccomp.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -372,6 +374,7 @@ static size_t common_rules(struct syscall_rule *rules, size_t capacity, int self
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GETFL),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_SETFL),
         ALLOW_IF(fcntl, ARG_EQUALS, 1, F_GET_SEALS),
+        ALLOW_IF(fcntl, ARG_EQUALS, 1, F_DUPFD_CLOEXEC),  // a queue's own copy of a frontend's kick eventfd
         // Memory: heap, thread stacks, guest memory (shared memfd mappings); never executable.
         ALLOW_IF(mmap, ARG_HAS_NONE_OF, 2, PROT_EXEC),
         ALLOW_IF(mprotect, ARG_HAS_NONE_OF, 2, PROT_EXEC),
@@ -517,4 +520,34 @@ int bh_memfd_seal_size(int fd) {
 int bh_is_sealed_against_shrinking(int fd) {
     int seals = fcntl(fd, F_GET_SEALS);
     return seals >= 0 && (seals & F_SEAL_SHRINK) ? 1 : 0;
+}
+
+extern char **environ;
+
+int bh_spawn(const char *path, char *const argv[], int stdin_fd, int *pid) {
+    posix_spawn_file_actions_t actions;
+    int r = posix_spawn_file_actions_init(&actions);
+    if (r != 0) return -r;
+    // dup2 onto 0 clears close-on-exec there; then everything from 3 up goes, including
+    // descriptors some library left without close-on-exec.
+    if ((r = posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0)) == 0) {
+        r = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+    }
+    if (r == 0) {
+        pid_t child = 0;
+        r = posix_spawn(&child, path, &actions, NULL, argv, environ);
+        if (r == 0) *pid = child;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    return -r;
+}
+
+int bh_wait_child(int pid, int *exited, int *code) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return -errno;
+    }
+    if (WIFEXITED(status)) { *exited = 1; *code = WEXITSTATUS(status); }
+    else { *exited = 0; *code = WIFSIGNALED(status) ? WTERMSIG(status) : 0; }
+    return 0;
 }

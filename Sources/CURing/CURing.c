@@ -111,6 +111,14 @@ int bh_ring_prep_poll_multishot(bh_ring *r, int fd, int fixed, unsigned mask, ui
     return 0;
 }
 
+int bh_ring_prep_poll(bh_ring *r, int fd, int fixed, unsigned mask, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, mask);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
 int bh_ring_prep_nop(bh_ring *r, uint64_t ud) {
     struct io_uring_sqe *sqe = sqe_for(r);
     if (!sqe) return -EBUSY;
@@ -122,8 +130,8 @@ int bh_ring_prep_nop(bh_ring *r, uint64_t ud) {
 int bh_ring_prep_timeout(bh_ring *r, uint64_t ns, uint64_t ud) {
     struct io_uring_sqe *sqe = sqe_for(r);
     if (!sqe) return -EBUSY;
-    // The kernel reads the timespec when the timeout is armed at submission; keep one per ring,
-    // valid until then (one timer in flight per ring at a time).
+    // The kernel reads the timespec when the timeout is armed at submission; one per ring,
+    // valid until then (Ring.prepareTimeout submits at once, so timers never share it).
     r->timeout.tv_sec = (long long)(ns / 1000000000ull);
     r->timeout.tv_nsec = (long long)(ns % 1000000000ull);
     io_uring_prep_timeout(sqe, &r->timeout, 0, 0);

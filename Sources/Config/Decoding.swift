@@ -385,9 +385,17 @@ struct DocumentDecoder {
         let controlSocket = r.optional("controlSocket", context.string)
         let auditLog = r.optional("auditLog", context.string)
         let jailUidBase = r.optional("jailUidBase", context.uint32)
+        let switchSettings = r.optional("switch", default: SwitchSettings(), switchSettings)
         guard r.isValid, let stateDirectory else { return nil }
         return HostSettings(stateDirectory: stateDirectory, controlSocket: controlSocket, auditLog: auditLog,
-                            jailUidBase: jailUidBase ?? HostSettings.defaultJailUidBase)
+                            jailUidBase: jailUidBase ?? HostSettings.defaultJailUidBase, switchSettings: switchSettings)
+    }
+
+    func switchSettings(_ value: JSONValue, _ path: String) -> SwitchSettings? {
+        guard let r = context.object(value, path, type: "SwitchSettings") else { return nil }
+        let workers = r.optional("workers", context.int)
+        guard r.isValid else { return nil }
+        return SwitchSettings(workers: workers)
     }
 
     func principal(_ value: JSONValue, _ path: String) -> Principal? {

@@ -27,6 +27,8 @@ public struct HostSettings: Sendable, Equatable {
     /// `JailUidRecord`), so no two tenants' servers share a uid (and can signal or trace each
     /// other), and adding, removing or reordering tenants changes no tenant's uid.
     public var jailUidBase: UInt32
+    /// The switch's engine settings (`host.switch`).
+    public var switchSettings: SwitchSettings
 
     /// Far above the uids of accounts and of the usual subordinate-uid ranges of containers.
     public static let defaultJailUidBase: UInt32 = 900_000_000
@@ -58,11 +60,32 @@ public struct HostSettings: Sendable, Equatable {
     }
 
     public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil,
-                jailUidBase: UInt32 = HostSettings.defaultJailUidBase) {
+                jailUidBase: UInt32 = HostSettings.defaultJailUidBase, switchSettings: SwitchSettings = .init()) {
         self.stateDirectory = stateDirectory
         self.controlSocket = controlSocket
         self.auditLog = auditLog
         self.jailUidBase = jailUidBase
+        self.switchSettings = switchSettings
+    }
+}
+
+/// How the switch runs on this host (`host.switch`).
+public struct SwitchSettings: Sendable, Equatable {
+    /// Packet worker threads, each with its own ring and one queue of every TAP port; nil for
+    /// one per online core (the engine resolves it with `resolvedWorkers(onlineCores:)`).
+    public var workers: Int?
+
+    /// The most workers a switch runs (one queue per worker on each TAP port; the kernel allows
+    /// 256 queues per TAP device).
+    public static let workerLimit = 256
+
+    public init(workers: Int? = nil) {
+        self.workers = workers
+    }
+
+    /// `workers`, or `onlineCores` clamped to 1...workerLimit when it is not set.
+    public func resolvedWorkers(onlineCores: Int) -> Int {
+        workers ?? min(max(1, onlineCores), SwitchSettings.workerLimit)
     }
 }
 

@@ -6,7 +6,8 @@ public enum ConfigurationSchema {
     /// Allowed and required keys per object type, keyed by the schema's `$defs` name.
     public static let objects: [String: (allowed: Set<String>, required: Set<String>)] = [
         "HostConfiguration": (["host", "principals", "tenants"], ["host"]),
-        "HostSettings": (["stateDirectory", "controlSocket", "auditLog", "jailUidBase"], ["stateDirectory"]),
+        "HostSettings": (["stateDirectory", "controlSocket", "auditLog", "jailUidBase", "switch"], ["stateDirectory"]),
+        "SwitchSettings": (["workers"], []),
         "Principal": (["name", "uid", "role", "tenant"], ["name", "uid", "role"]),
         "Tenant": (["id", "segments", "ports", "volumes", "partitions", "acl"], ["id"]),
         "Segment": (["id", "vni", "mtu", "macTable"], ["id"]),

@@ -41,6 +41,9 @@ struct Validator {
     // MARK: Host
 
     private mutating func validateHost(_ host: HostSettings) {
+        if let workers = host.switchSettings.workers {
+            checkRange(workers, 1...SwitchSettings.workerLimit, path: "$.host.switch.workers", what: "workers")
+        }
         let path = "$.host.stateDirectory"
         let directory = host.stateDirectory
         guard directory.hasPrefix("/") else {
@@ -239,11 +242,11 @@ struct Validator {
 
     private mutating func validatePort(_ port: Port, path: String, tenantIndex: Int, tenant: DecodedTenant) {
         let tenantName = tenant.id ?? "#\(tenantIndex)"
-        if port.kind == .tap {
-            tapPorts += 1
-            if tapPorts == Validator.maximumTapPorts + 1 {
-                report(path, "the host has more than \(Validator.maximumTapPorts) ports of kind \"tap\"; this is number \(tapPorts)")
-            }
+        // Every port, TAP or vhost-user, is a port of the one switch, which has room for 256.
+        tapPorts += 1
+        if tapPorts == Validator.maximumTapPorts + 1 {
+            report(path, "the host has more than \(Validator.maximumTapPorts) ports (of kinds \"tap\" and \"vhost-user\" together; "
+                + "the switch has room for \(Validator.maximumTapPorts)); this is number \(tapPorts)")
         }
         let segmentKnown = checkReference(port.segment, path: path + ".segment", kind: "segment", user: "a port",
                                           tenantIndex: tenantIndex, ids: \.segmentIDs)

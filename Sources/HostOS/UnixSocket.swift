@@ -37,6 +37,8 @@ private func newStreamSocket(_ what: String) throws(SystemError) -> FileDescript
 public struct UnixListener: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
     public let path: String
+    /// Whether going away removes the socket file (not for a listener another process bound).
+    private let removesFile: Bool
 
     /// Binds and listens at `path`. A stale socket left there by an earlier process (nobody
     /// accepts on it) is removed first; a socket someone still listens on is EADDRINUSE, and
@@ -45,6 +47,15 @@ public struct UnixListener: ~Copyable, Sendable {
     public init(listeningAt path: String, backlog: Int32 = 4) throws(SystemError) {
         descriptor = try UnixListener.bindListening(path, backlog: backlog)
         self.path = path
+        removesFile = true
+    }
+
+    /// A listening socket another process bound at `path` and handed over (the daemon binds
+    /// the switch's vhost-user sockets); its file stays when this value goes away.
+    public init(adopting descriptor: consuming FileDescriptor, path: String) {
+        self.descriptor = descriptor
+        self.path = path
+        removesFile = false
     }
 
     /// The socket behind `init(listeningAt:backlog:)`, mode 0600.
@@ -72,7 +83,7 @@ public struct UnixListener: ~Copyable, Sendable {
         return socket
     }
 
-    deinit { _ = unlink(path) }
+    deinit { if removesFile { _ = unlink(path) } }
 
     /// Waits for the next connection. The corresponding C function is `accept4`.
     public func accept() throws(SystemError) -> UnixStream {

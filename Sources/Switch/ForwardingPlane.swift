@@ -1,5 +1,6 @@
 import Config
 import Metering
+import Synchronization
 import Virtio
 
 /// One switch port as the engine sees it.
@@ -13,52 +14,42 @@ public struct PortDescriptor: Sendable {
     public let configuration: Port
 }
 
-struct PortCounters: Sendable {
-    var rxFrames: UInt64 = 0
-    var rxBytes: UInt64 = 0
-    var txFrames: UInt64 = 0
-    var txBytes: UInt64 = 0
-    var learned: UInt64 = 0
-    var refused: UInt64 = 0
-}
+/// A port's ingress policers: rate limit (bits and packets) and storm control, as indexes into
+/// `SwitchState.policers` (-1: none). Shared by every worker that serves one of the port's
+/// queues, so the port's limits hold across all of them (see `SharedTokenBucket`).
+struct PortPolicers: Sendable {
+    var bits: Int32 = -1
+    var packets: Int32 = -1
+    var broadcast: Int32 = -1
+    var multicast: Int32 = -1
 
-/// A port's ingress policers: rate limit (bits and packets) and storm control.
-struct PortLimiter: Sendable {
-    var bits: TokenBucket?
-    var packets: TokenBucket?
-    var broadcast: TokenBucket?
-    var multicast: TokenBucket?
+    var isUnlimited: Bool { bits < 0 && packets < 0 && broadcast < 0 && multicast < 0 }
 
-    init(_ port: Port) {
+    /// Appends the port's buckets (rate, burst) to `buckets` and returns their indexes.
+    static func compile(_ port: Port, into buckets: inout [(rate: UInt64, burst: UInt64)]) -> PortPolicers {
+        func add(_ rate: UInt64, _ burst: UInt64) -> Int32 {
+            buckets.append((rate, burst))
+            return Int32(buckets.count - 1)
+        }
+        var policers = PortPolicers()
         if let limit = port.rateLimit {
-            if let rate = limit.bitsPerSecond, let burst = limit.effectiveBurstBits {
-                bits = TokenBucket(rate: rate, burst: burst)
-            }
-            if let rate = limit.packetsPerSecond, let burst = limit.effectiveBurstPackets {
-                packets = TokenBucket(rate: rate, burst: burst)
-            }
+            if let rate = limit.bitsPerSecond, let burst = limit.effectiveBurstBits { policers.bits = add(rate, burst) }
+            if let rate = limit.packetsPerSecond, let burst = limit.effectiveBurstPackets { policers.packets = add(rate, burst) }
         }
         if let storm = port.stormControl {
             // A one-second burst: storm control bounds sustained floods, not short bursts.
-            if let rate = storm.broadcastPacketsPerSecond { broadcast = TokenBucket(rate: rate, burst: rate) }
-            if let rate = storm.multicastPacketsPerSecond { multicast = TokenBucket(rate: rate, burst: rate) }
+            if let rate = storm.broadcastPacketsPerSecond { policers.broadcast = add(rate, rate) }
+            if let rate = storm.multicastPacketsPerSecond { policers.multicast = add(rate, rate) }
         }
+        return policers
     }
-
-    var isUnlimited: Bool { bits == nil && packets == nil && broadcast == nil && multicast == nil }
 }
 
-/// The switch's forwarding state and pipeline. Single-threaded: owned by the engine thread.
-///
-/// Per frame, `process` runs: virtio-net header and length checks; Ethernet type; port security
-/// (source MAC, source IP, ARP, ND, DHCP server, router guard); MAC learning; the tenant's ingress
-/// ACL; rate limit and storm control; the segment's forwarding table; the egress ACL of each
-/// target port. All state lives in flat arrays of plain structs built at `init`: a frame causes
-/// no allocation, no reference counting and no string work.
-public struct ForwardingPlane: Sendable {
-    /// The ports, indexed in configuration order: tenants in order, their TAP ports in order.
-    public let ports: [PortDescriptor]
-
+/// What every packet worker shares: the configuration compiled at init (immutable), the MAC
+/// tables (`SegmentTable`, lock-free lookups) and the policers (`SharedTokenBucket`, lock-free
+/// takes), and the list of the workers' counters that `statistics()` sums.
+final class SwitchState: Sendable {
+    let ports: [PortDescriptor]
     let portSegment: [Int]
     let portTenant: [Int]
     let segmentMTU: [Int]
@@ -66,17 +57,15 @@ public struct ForwardingPlane: Sendable {
     let segmentNames: [(tenant: String, segment: String)]
     let security: PortSecurity
     let acl: AccessControl
-    var table: SegmentTable
-    var counters: [PortCounters]
-    /// Drops per port and reason: `port * DropReason.allCases.count + reason.rawValue`.
-    var drops: [UInt64]
-    var limiters: [PortLimiter]
+    let table: SegmentTable
+    let policers: SharedTokenBuckets
+    let portPolicers: [PortPolicers]
     let limited: [Bool]
+    /// Every worker's counters; appended to when a worker is made, read when statistics are.
+    /// Never touched per frame.
+    let workerCounters = Mutex<[WorkerCounters]>([])
 
-    static let reasonCount = DropReason.allCases.count
-
-    /// Builds the switch for a validated configuration. Traps if it has more than 256 ports.
-    public init(configuration: HostConfiguration) {
+    init(configuration: HostConfiguration) {
         var segmentIndex: [String: Int] = [:]  // "tenant\0segment"
         var segmentNames: [(tenant: String, segment: String)] = []
         var segmentSettings: [Segment] = []
@@ -91,7 +80,7 @@ public struct ForwardingPlane: Sendable {
         var portSegment: [Int] = [], portTenant: [Int] = [], portConfigs: [Port] = []
         var portIndex: [String: Int] = [:]  // "tenant\0port"
         for (tenantIndex, tenant) in configuration.tenants.enumerated() {
-            for port in tenant.ports where port.kind == .tap {
+            for port in tenant.ports {
                 let key = "\(tenant.id)\0\(port.segment)"
                 // Validation rejects a port on a missing segment; give it a segment of its own
                 // rather than trapping or joining it to another one.
@@ -131,11 +120,52 @@ public struct ForwardingPlane: Sendable {
         }
         self.table = SegmentTable(segments: zip(segmentSettings, statics).map { ($0.macTable, $1) },
                                   portCount: ports.count)
-        self.counters = Array(repeating: PortCounters(), count: ports.count)
-        self.drops = Array(repeating: 0, count: ports.count * ForwardingPlane.reasonCount)
-        self.limiters = portConfigs.map(PortLimiter.init)
-        self.limited = limiters.map { !$0.isUnlimited }
+        var buckets: [(rate: UInt64, burst: UInt64)] = []
+        let portPolicers = portConfigs.map { PortPolicers.compile($0, into: &buckets) }
+        self.policers = SharedTokenBuckets(buckets)
+        self.portPolicers = portPolicers
+        self.limited = portPolicers.map { !$0.isUnlimited }
     }
+}
+
+/// One packet worker's handle on the switch: the forwarding pipeline over the state all workers
+/// share, counting into this worker's own counters.
+///
+/// Per frame, `process` runs: virtio-net header and length checks; Ethernet type; the offload
+/// header against the parsed headers (`OffloadCheck`); port security (source MAC, source IP,
+/// ARP, ND, DHCP server, router guard); MAC learning; the tenant's ingress
+/// ACL; rate limit and storm control; the segment's forwarding table; the egress ACL of each
+/// target port. The compiled configuration lives in flat arrays of plain structs built at `init`:
+/// a frame causes no allocation, no reference counting and no string work, and takes no lock.
+///
+/// Threads: `init(configuration:)` makes the first worker's handle, `makeWorker()` another one
+/// sharing the same MAC tables and policers. Use each handle from one thread at a time (its
+/// counters have a single writer). `statistics()`, `expire`, `lookup` and `learnedEntries` may be
+/// called from any thread while workers forward.
+public struct ForwardingPlane: Sendable {
+    let state: SwitchState
+    let counters: WorkerCounters
+
+    /// The ports, indexed in configuration order: tenants in order, their ports (TAP and
+    /// vhost-user) in order.
+    public var ports: [PortDescriptor] { state.ports }
+
+    static let reasonCount = DropReason.allCases.count
+
+    /// Builds the switch for a validated configuration and returns its first worker's handle.
+    /// Traps if it has more than 256 ports.
+    public init(configuration: HostConfiguration) {
+        self.init(state: SwitchState(configuration: configuration))
+    }
+
+    private init(state: SwitchState) {
+        self.state = state
+        counters = WorkerCounters(portCount: state.ports.count)
+        state.workerCounters.withLock { $0.append(counters) }
+    }
+
+    /// A handle for another worker: same switch, counters of its own (summed by `statistics()`).
+    public func makeWorker() -> ForwardingPlane { ForwardingPlane(state: state) }
 
     /// Runs the ingress pipeline on one frame received from `ingress`. `frame` excludes the
     /// virtio-net header.
@@ -145,39 +175,43 @@ public struct ForwardingPlane: Sendable {
     /// `ingress` or a port of another segment, and has passed the egress ACLs. When the egress
     /// ACLs remove every target the verdict is `.drop(.aclEgress)` (already counted per egress
     /// port). `ingress` must be a port index (the engine's invariant; traps otherwise).
-    public mutating func process(frame: UnsafeRawBufferPointer, header: VirtioNetHeader, ingress: Int,
-                                 now: UInt64) -> Verdict {
-        precondition(ingress >= 0 && ingress < counters.count, "ingress is not a port index")
-        counters[ingress].rxFrames &+= 1
-        counters[ingress].rxBytes &+= UInt64(frame.count)
+    public func process(frame: UnsafeRawBufferPointer, header: VirtioNetHeader, ingress: Int,
+                        now: UInt64) -> Verdict {
+        precondition(ingress >= 0 && ingress < state.ports.count, "ingress is not a port index")
+        counters.add(WorkerCounters.index(port: ingress, .rxFrames))
+        counters.add(WorkerCounters.index(port: ingress, .rxBytes), UInt64(frame.count))
         let verdict = decide(frame: frame, header: header, ingress: ingress, now: now)
         if case .drop(let reason) = verdict, reason != .aclEgress {
-            drops[ingress &* ForwardingPlane.reasonCount &+ reason.rawValue] &+= 1
+            counters.add(WorkerCounters.index(port: ingress, drop: reason))
         }
         return verdict
     }
 
-    mutating func decide(frame bytes: UnsafeRawBufferPointer, header: VirtioNetHeader, ingress: Int,
-                         now: UInt64) -> Verdict {
+    func decide(frame bytes: UnsafeRawBufferPointer, header: VirtioNetHeader, ingress: Int,
+                now: UInt64) -> Verdict {
+        let state = self.state
         let frame = FrameBytes(bytes)
         guard header.isConsistent(frameLength: frame.count) else { return .drop(.malformedVnetHeader) }
         guard frame.count >= Wire.ethernetHeaderLength else { return .drop(.malformedRunt) }
-        let segment = portSegment[ingress]
-        let maxLength = header.isGSO ? Wire.maxGSOFrameLength : Wire.ethernetHeaderLength + segmentMTU[segment]
+        let segment = state.portSegment[ingress]
+        let maxLength = header.isGSO ? Wire.maxGSOFrameLength : Wire.ethernetHeaderLength + state.segmentMTU[segment]
         guard frame.count <= maxLength else { return .drop(.malformedGiant) }
 
         var parsed = ParsedFrame()
         if let reason = FrameParser.parse(frame, isGSO: header.isGSO, into: &parsed) { return .drop(reason) }
-        if let reason = security.check(frame, parsed, port: ingress) { return .drop(reason) }
+        if let reason = OffloadCheck.check(header, parsed, frameLength: frame.count, mtu: state.segmentMTU[segment]) {
+            return .drop(reason)
+        }
+        if let reason = state.security.check(frame, parsed, port: ingress) { return .drop(reason) }
 
-        switch table.learn(segment: segment, mac: parsed.source, port: ingress, now: now) {
-        case .learned, .moved: counters[ingress].learned &+= 1
-        case .refused: counters[ingress].refused &+= 1
-        case .refreshed: break
+        switch state.table.learn(segment: segment, mac: parsed.source, port: ingress, now: now) {
+        case .learned, .moved: counters.add(WorkerCounters.index(port: ingress, .learned))
+        case .refused: counters.add(WorkerCounters.index(port: ingress, .refused))
+        case .refreshed, .busy: break
         }
 
         // ACLs see IP packets; ARP and neighbor discovery keep the segment working whatever they say.
-        let tenant = portTenant[ingress]
+        let tenant = state.portTenant[ingress]
         let isND = parsed.layer == .ipv6 && parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
             && parsed.icmpType >= 133 && parsed.icmpType <= 137
         let filtered = parsed.isIP && !isND
@@ -186,35 +220,35 @@ public struct ForwardingPlane: Sendable {
                                destinationHigh: parsed.destinationHigh, destinationLow: parsed.destinationLow,
                                hasPorts: parsed.hasPorts, isNonFirstFragment: parsed.isNonFirstFragment,
                                sourcePort: parsed.sourcePort, destinationPort: parsed.destinationPort)
-        if filtered && acl.hasIngressRules[tenant]
-            && !acl.allows(tenant: tenant, port: ingress, egress: false, packet: packet) {
+        if filtered && state.acl.hasIngressRules[tenant]
+            && !state.acl.allows(tenant: tenant, port: ingress, egress: false, packet: packet) {
             return .drop(.aclIngress)
         }
 
-        if limited[ingress], let reason = police(frame: frame, parsed: parsed, header: header, port: ingress, now: now) {
+        if state.limited[ingress], let reason = police(frame: frame, parsed: parsed, header: header, port: ingress, now: now) {
             return .drop(reason)
         }
 
         var targets: PortMask
         if MACAddress(rawValue: parsed.destination).isMulticast {
-            targets = segmentMembers[segment]
-        } else if let port = table.lookup(segment: segment, mac: parsed.destination, now: now) {
+            targets = state.segmentMembers[segment]
+        } else if let port = state.table.lookup(segment: segment, mac: parsed.destination, now: now) {
             if port == ingress { return .drop(.noDestination) }
             targets = PortMask()
             targets.insert(port)
         } else {
-            targets = segmentMembers[segment]  // unknown unicast floods
+            targets = state.segmentMembers[segment]  // unknown unicast floods
         }
         targets.remove(ingress)
         if targets.isEmpty { return .drop(.noDestination) }
 
-        if filtered && acl.hasEgressRules[tenant] {
+        if filtered && state.acl.hasEgressRules[tenant] {
             var remaining = targets
             while let port = remaining.first {
                 remaining.remove(port)
-                if !acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
+                if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
                     targets.remove(port)
-                    drops[port &* ForwardingPlane.reasonCount &+ DropReason.aclEgress.rawValue] &+= 1
+                    counters.add(WorkerCounters.index(port: port, drop: .aclEgress))
                 }
             }
             if targets.isEmpty { return .drop(.aclEgress) }
@@ -223,17 +257,15 @@ public struct ForwardingPlane: Sendable {
     }
 
     /// Storm control, then the rate limit. A frame dropped by one takes no tokens from the other.
-    mutating func police(frame: FrameBytes, parsed: ParsedFrame, header: VirtioNetHeader, port: Int,
-                         now: UInt64) -> DropReason? {
+    func police(frame: FrameBytes, parsed: ParsedFrame, header: VirtioNetHeader, port: Int,
+                now: UInt64) -> DropReason? {
+        let policers = state.policers
+        let limiter = state.portPolicers[port]
         let destination = MACAddress(rawValue: parsed.destination)
         if destination.isBroadcast {
-            if limiters[port].broadcast != nil, !limiters[port].broadcast!.consume(1, now: now) {
-                return .stormBroadcast
-            }
+            if limiter.broadcast >= 0, !policers.consume(Int(limiter.broadcast), 1, now: now) { return .stormBroadcast }
         } else if destination.isMulticast {
-            if limiters[port].multicast != nil, !limiters[port].multicast!.consume(1, now: now) {
-                return .stormMulticast
-            }
+            if limiter.multicast >= 0, !policers.consume(Int(limiter.multicast), 1, now: now) { return .stormMulticast }
         }
         // A GSO super-frame becomes ceil(payload / gsoSize) packets on the wire, each with a copy
         // of the headers.
@@ -249,66 +281,63 @@ public struct ForwardingPlane: Sendable {
             }
         }
         let bits = wireBytes * 8
-        if limiters[port].bits != nil {
-            limiters[port].bits!.refill(now: now)
-            guard limiters[port].bits!.canTake(bits) else { return .rateLimit }
+        if limiter.bits >= 0, !policers.consume(Int(limiter.bits), bits, now: now) { return .rateLimit }
+        if limiter.packets >= 0, !policers.consume(Int(limiter.packets), packets, now: now) {
+            if limiter.bits >= 0 { policers.giveBack(Int(limiter.bits), bits) }
+            return .rateLimit
         }
-        if limiters[port].packets != nil {
-            limiters[port].packets!.refill(now: now)
-            guard limiters[port].packets!.canTake(packets) else { return .rateLimit }
-        }
-        if limiters[port].bits != nil { limiters[port].bits!.take(bits) }
-        if limiters[port].packets != nil { limiters[port].packets!.take(packets) }
         return nil
     }
 
     /// Counts a frame the engine wrote to `port`.
-    public mutating func recordTransmitted(port: Int, bytes: Int) {
-        guard port >= 0 && port < counters.count else { return }
-        counters[port].txFrames &+= 1
-        counters[port].txBytes &+= UInt64(max(0, bytes))
+    public func recordTransmitted(port: Int, bytes: Int) {
+        guard port >= 0 && port < state.ports.count else { return }
+        counters.add(WorkerCounters.index(port: port, .txFrames))
+        counters.add(WorkerCounters.index(port: port, .txBytes), UInt64(max(0, bytes)))
     }
 
     /// Counts a drop the engine decided on (for example `.txError`).
-    public mutating func recordDrop(_ reason: DropReason, port: Int) {
-        guard port >= 0 && port < counters.count else { return }
-        drops[port * ForwardingPlane.reasonCount + reason.rawValue] &+= 1
+    public func recordDrop(_ reason: DropReason, port: Int) {
+        guard port >= 0 && port < state.ports.count else { return }
+        counters.add(WorkerCounters.index(port: port, drop: reason))
     }
 
-    /// Ages out MAC entries and frees their slots; call it about once a second.
-    public mutating func expire(now: UInt64) {
-        table.expire(now: now)
+    /// Ages out MAC entries and frees their slots; call it about once a second, from any thread.
+    public func expire(now: UInt64) {
+        state.table.expire(now: now)
     }
 
     /// The port `mac` is known on in `port`'s segment (static or learned), if any.
-    public mutating func lookup(mac: MACAddress, segmentOf port: Int, now: UInt64) -> Int? {
-        table.lookup(segment: portSegment[port], mac: mac.rawValue, now: now)
+    public func lookup(mac: MACAddress, segmentOf port: Int, now: UInt64) -> Int? {
+        state.table.lookup(segment: state.portSegment[port], mac: mac.rawValue, now: now)
     }
 
     /// Learned entries `port` holds now.
-    public func learnedEntries(port: Int) -> Int { table.learnedEntries(port: port) }
+    public func learnedEntries(port: Int) -> Int { state.table.learnedEntries(port: port) }
 
     /// Slots in the MAC table of `port`'s segment: the bound on its memory.
-    public func macTableCapacity(segmentOf port: Int) -> Int { table.capacity(segment: portSegment[port]) }
+    public func macTableCapacity(segmentOf port: Int) -> Int { state.table.capacity(segment: state.portSegment[port]) }
 
-    /// Snapshot for the status file.
+    /// The counters of every worker of this switch, summed. Any thread, any time: a snapshot
+    /// taken while workers forward may count a frame's rx and not yet its tx.
     public func statistics() -> SwitchStatistics {
-        let portStatistics = ports.map { port -> PortStatistics in
-            let counter = counters[port.index]
+        let workers = state.workerCounters.withLock { $0 }
+        let reasons = DropReason.allCases
+        let portStatistics = state.ports.map { port -> PortStatistics in
+            func sum(_ index: Int) -> UInt64 { workers.reduce(0) { $0 &+ $1.load(index) } }
+            func field(_ field: WorkerCounters.Field) -> UInt64 { sum(WorkerCounters.index(port: port.index, field)) }
             var drops: [String: UInt64] = [:]
-            for reason in DropReason.allCases {
-                drops[reason.name] = self.drops[port.index * ForwardingPlane.reasonCount + reason.rawValue]
-            }
+            for reason in reasons { drops[reason.name] = sum(WorkerCounters.index(port: port.index, drop: reason)) }
             return PortStatistics(index: port.index, tenant: port.tenant, port: port.port, segment: port.segment,
                                   interface: port.interfaceName,
-                                  rx: TrafficCounters(frames: counter.rxFrames, bytes: counter.rxBytes),
-                                  tx: TrafficCounters(frames: counter.txFrames, bytes: counter.txBytes),
+                                  rx: TrafficCounters(frames: field(.rxFrames), bytes: field(.rxBytes)),
+                                  tx: TrafficCounters(frames: field(.txFrames), bytes: field(.txBytes)),
                                   drops: drops,
-                                  macLearning: MACLearningStatistics(learned: counter.learned, refused: counter.refused))
+                                  macLearning: MACLearningStatistics(learned: field(.learned), refused: field(.refused)))
         }
-        let segmentStatistics = segmentNames.indices.map {
-            SegmentStatistics(tenant: segmentNames[$0].tenant, segment: segmentNames[$0].segment,
-                              macEntries: table.entryCount(segment: $0))
+        let segmentStatistics = state.segmentNames.indices.map {
+            SegmentStatistics(tenant: state.segmentNames[$0].tenant, segment: state.segmentNames[$0].segment,
+                              macEntries: state.table.entryCount(segment: $0))
         }
         return SwitchStatistics(ports: portStatistics, segments: segmentStatistics)
     }

@@ -90,6 +90,14 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case malformedHeader
     /// The virtio-net header is inconsistent with the frame.
     case malformedVnetHeader
+    /// A GSO type that does not match the parsed packet (`OffloadCheck`).
+    case offloadGSOMismatch
+    /// NEEDS_CSUM pointing anywhere but the parsed TCP or UDP checksum field (`OffloadCheck`).
+    case offloadChecksumMismatch
+    /// A GSO segment size too small, too large for the MTU, or too many UDP segments (`OffloadCheck`).
+    case offloadGSOSize
+    /// A virtio-net `hdr_len` past the frame or, with GSO, short of its headers (`OffloadCheck`).
+    case offloadHeaderLength
     /// An 802.1Q / 802.1ad / QinQ tag.
     case vlanTagged
     /// Anything but IPv4, ARP and IPv6.
@@ -123,6 +131,10 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .malformedGiant: "malformed-giant"
         case .malformedHeader: "malformed-header"
         case .malformedVnetHeader: "malformed-vnet-header"
+        case .offloadGSOMismatch: "offload-gso-mismatch"
+        case .offloadChecksumMismatch: "offload-csum-mismatch"
+        case .offloadGSOSize: "offload-gso-size"
+        case .offloadHeaderLength: "offload-hdr-len"
         case .vlanTagged: "vlan-tagged"
         case .ethertypeNotAllowed: "ethertype-not-allowed"
         case .sourceMACInvalid: "source-mac-invalid"

@@ -3,106 +3,235 @@ import Foundation
 import HostOS
 import Logging
 import Switch
-import Synchronization
 import URing
+import VhostNet
 import Virtio
 
-/// The switch's packet loop: one thread, one io_uring, every TAP queue of every port.
-///
-/// Each TAP queue has a multishot poll armed and a pool of frame buffers. While a queue is
-/// readable, reads into its free buffers are kept in flight (the fds are non-blocking, so a read
-/// on an empty queue completes at once with EAGAIN and the queue waits for its next poll
-/// wake-up). A completed read is run through the `ForwardingPlane`; the same buffer is then
-/// written to every egress port the verdict names (no copy in userspace) and goes back to its
-/// pool when the last of those writes completes. Everything a batch of completions asks for goes
-/// to the kernel in one `io_uring_enter`. Writes carry exactly the length that was read, so a
-/// buffer never passes on bytes of an earlier, longer frame.
-public final class Dataplane: @unchecked Sendable {
-    // @unchecked Sendable: after `start()` every member below is touched only by the engine
-    // thread, except `wakeup`, whose `signal()` is a single write(2) on an eventfd, and
-    // `finished`, a semaphore.
+/// How one switch port is attached to the dataplane.
+public enum PortAttachment: Sendable {
+    /// TAP queue fds (owned by the caller; they must outlive `stop()`). Worker `w` reads queues
+    /// `w, w + workers, ...` and writes every frame it forwards to queue `w % count`.
+    case tap(queues: [Int32])
+    /// A vhost-user-net device: worker `w` serves queue pairs `w, w + workers, ...` (transmit:
+    /// frames copied out of guest memory into the worker's buffers) and delivers every frame it
+    /// forwards to the port into pair `w % pairs` (copied into the guest's receive buffers).
+    case vhostUser(VhostNetDevice)
+}
 
+/// The switch's packet engine: `workers` threads, each with its own io_uring, serving its share
+/// of every port's queues.
+///
+/// Worker `w` owns queue `w` of every TAP port (and `w + workers`, ... when a port has more
+/// queues than there are workers) and writes what it forwards to queue `w` (modulo the port's
+/// queue count) of each egress port, so with one queue per worker, as `PortNetwork` sets up,
+/// no two workers ever read or write the same queue. Within a worker: each queue has a
+/// multishot poll armed and a pool of frame buffers; while a queue is readable, reads into its
+/// free buffers are kept in flight (the fds are non-blocking, so a read on an empty queue
+/// completes at once with EAGAIN and the queue waits for its next poll wake-up). A completed
+/// read is run through the `ForwardingPlane`; the same buffer is then written to every egress
+/// port the verdict names (no copy in userspace) and goes back to its pool when the last of
+/// those writes completes. Everything a batch of completions asks for goes to the kernel in one
+/// `io_uring_enter`. Writes carry exactly the length that was read, so a buffer never passes on
+/// bytes of an earlier, longer frame.
+///
+/// Shared state: the MAC tables and policers are shared lock-free (see `SegmentTable`,
+/// `SharedTokenBucket`); counters are per worker, summed by `statistics()`. Worker 0 ages the
+/// MAC tables once a second. Every ring is created (disabled, single issuer) in `init`: no
+/// ring is set up after it, so a process may forbid io_uring_setup once the dataplane exists.
+/// Each worker enables its own ring on its thread.
+public final class Dataplane: Sendable {
     public struct Options: Sendable {
-        /// Frame buffers per TAP queue (each holds a 64 KB GSO frame plus its virtio-net header).
-        /// Untouched buffers cost address space only; pools are reused last-in first-out.
+        /// Packet worker threads (1...256).
+        public var workers: Int
+        /// Frame buffers per queue and worker (each holds a 64 KB GSO frame plus its
+        /// virtio-net header). Untouched buffers cost address space only; pools are reused
+        /// last-in first-out.
         public var buffersPerQueue: Int
         /// Reads kept in flight per readable queue.
         public var readsInFlight: Int
-        public init(buffersPerQueue: Int = 64, readsInFlight: Int = 16) {
+
+        public init(workers: Int = 1, buffersPerQueue: Int = 64, readsInFlight: Int = 16) {
+            self.workers = workers
             self.buffersPerQueue = buffersPerQueue
             self.readsInFlight = readsInFlight
         }
     }
 
-    /// 12-byte virtio-net header + the largest GSO frame the kernel builds (65535 + 14).
-    static let bufferSize = 65_600
+    private let workers: [PacketWorker]
+    private let plane: ForwardingPlane
+    private let wakeup: EventFD
+
+    /// Sets up every worker's ring and buffers. `ports[i]` attaches `plane.ports[i]`; `plane`
+    /// becomes worker 0's handle and the others get handles of their own (`makeWorker()`).
+    public init(plane: ForwardingPlane, ports: [PortAttachment], options: Options, logger: Logger) throws(SystemError) {
+        precondition(ports.count == plane.ports.count, "one attachment per port")
+        precondition(options.workers >= 1 && options.workers <= 256, "1...256 workers")
+        precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
+        for case .tap(let queues) in ports { precondition(!queues.isEmpty, "every TAP port has at least one queue") }
+        for case .vhostUser(let device) in ports { precondition(!device.queuePairs.isEmpty, "every vhost-user port has a queue pair") }
+        self.plane = plane
+        let wakeup = try EventFD()
+        var workers: [PacketWorker] = []
+        for index in 0..<options.workers {
+            workers.append(try PacketWorker(index: index, of: options.workers, plane: index == 0 ? plane : plane.makeWorker(),
+                                            ports: ports, wakeup: wakeup.rawValue, options: options, logger: logger))
+        }
+        self.workers = workers
+        self.wakeup = wakeup
+    }
+
+    /// The same with TAP ports only: `queues[port]` lists the raw fds of that port's TAP queues.
+    public convenience init(plane: ForwardingPlane, queues: [[Int32]], options: Options, logger: Logger) throws(SystemError) {
+        try self.init(plane: plane, ports: queues.map { .tap(queues: $0) }, options: options, logger: logger)
+    }
+
+    /// Number of packet workers.
+    public var workerCount: Int { workers.count }
+
+    /// Starts every worker on a thread of its own; they run until `stop()`.
+    public func start() {
+        for worker in workers { worker.start() }
+    }
+
+    /// Asks every worker to stop and waits until they have.
+    public func stop() {
+        wakeup.signal()
+        for worker in workers { worker.finished.wait() }
+    }
+
+    /// The counters of all workers, summed. Any thread, any time (not a packet worker's: it
+    /// allocates); a snapshot taken while frames move may count a frame's rx and not yet its tx.
+    public func statistics() -> SwitchStatistics { plane.statistics() }
+}
+
+/// One packet worker: a thread, its ring, its share of the queues and its frame buffers. After
+/// `start()` every member is touched only by the worker's thread, except `finished`.
+private final class PacketWorker: @unchecked Sendable {
+    // @unchecked Sendable: see above; the ring is enabled and used by the worker thread only.
 
     private enum Operation: UInt64 {
         case read = 1, write = 2, poll = 3, wake = 4, tick = 5
+        /// A vhost-user queue pair's rings changed (its change signal), its transmit kick fired,
+        /// or the pause of an idle kick ended; the generation of the kick is in the port field.
+        case change = 6, kick = 7, resume = 8
+        /// Completions of cancellations, ignored.
+        case cancelled = 9
     }
 
-    private var plane: ForwardingPlane
+    /// 12-byte virtio-net header + the largest GSO frame the kernel builds (65535 + 14).
+    static let bufferSize = 65_600
+    /// Frames one vhost-user queue pair hands over per turn before the worker looks at its ring
+    /// again.
+    static let driverBudget = 64
+
+    let index: Int
+    let finished = DispatchSemaphore(value: 0)
+    private let workerCount: Int
+    private let plane: ForwardingPlane
     private let ring: Ring
     private let logger: Logger
     private let options: Options
-    private let wakeup: EventFD
-    private let finished = DispatchSemaphore(value: 0)
+    private let wakeup: Int32
+    typealias Options = Dataplane.Options
 
-    /// Per queue (index = fixed-file slot): its port, whether it may hold frames, reads in
-    /// flight, and its pool of free buffers (a stack: `free[q * buffersPerQueue ..< + freeCount[q]]`).
+    /// This worker's queues (TAP queues it reads and vhost-user queue pairs), indexed by
+    /// local queue number: port, fixed-file slot (-1 for a queue pair), whether it may hold frames,
+    /// reads in flight, and its pool of free buffers (a stack:
+    /// `free[q * buffersPerQueue ..< + freeCount[q]]`).
     private let queueCount: Int
     private let queuePort: UnsafeMutableBufferPointer<Int32>
+    private let queueSlot: UnsafeMutableBufferPointer<Int32>
     private let queueReadable: UnsafeMutableBufferPointer<Bool>
     private let queueReads: UnsafeMutableBufferPointer<Int32>
     private let freeCount: UnsafeMutableBufferPointer<Int32>
     private let free: UnsafeMutableBufferPointer<Int32>
-    /// Queues whose reads should be topped up after the current batch, each listed once.
+    /// TAP queues whose reads should be topped up after the current batch, each listed once.
     private var refill: [Int32] = []
     private let refillPending: UnsafeMutableBufferPointer<Bool>
-    /// First queue (fixed-file slot) of each port; egress writes go there.
-    private let portFirstQueue: [Int32]
+    /// Per port: the fixed-file slot this worker writes to, or -1 for a vhost-user port.
+    private let egressSlot: [Int32]
+    /// Per port: for a vhost-user port, the queue pair this worker delivers into, and whether
+    /// it delivered since its last flush.
+    private let egressPair: [VhostNetQueuePair?]
+    private var egressDirty: [Bool]
+    /// Per local queue: the vhost-user queue pair it is (nil for a TAP queue), its transmit kick
+    /// fd (-1: none; owned by the pair) and the generation of that fd's poll.
+    private let queuePair: [VhostNetQueuePair?]
+    private var kickFD: [Int32]
+    private var kickGeneration: [UInt16]
+    /// Local queues that are vhost-user queue pairs.
+    private let driverQueues: [Int]
     private var portFailed: [Bool]
 
     private let buffers: UnsafeMutableRawPointer
     private let bufferCount: Int
     /// Writes in flight per buffer.
     private let pendingWrites: UnsafeMutableBufferPointer<Int32>
-    private var wakeBuffer: UInt64 = 0
-    /// The counters as of the last tick, for `statistics()`.
-    private let published: Mutex<SwitchStatistics?>
 
-    /// Sets up the ring and buffers. `queues[port]` lists the raw fds of that port's TAP queues
-    /// (ports indexed like `plane.ports`); the fds stay owned by the caller and must outlive `run`.
-    public init(plane: ForwardingPlane, queues: [[Int32]], options: Options, logger: Logger) throws(SystemError) {
-        precondition(queues.count == plane.ports.count, "one queue list per port")
-        precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
+    init(index: Int, of workerCount: Int, plane: ForwardingPlane, ports: [PortAttachment], wakeup: Int32,
+         options: Options, logger: Logger) throws(SystemError) {
+        self.index = index
+        self.workerCount = workerCount
         self.plane = plane
-        self.published = Mutex(plane.statistics())
         self.options = options
         self.logger = logger
-        self.wakeup = try EventFD()
+        self.wakeup = wakeup
 
+        // Every TAP queue is a fixed file of every ring (writes go to any port); a worker reads
+        // only its own.
         var files: [Int32] = []
-        var ports: [Int32] = []
-        var first: [Int32] = []
-        for (port, portQueues) in queues.enumerated() {
-            precondition(!portQueues.isEmpty, "every port has at least one queue")
-            first.append(Int32(files.count))
-            files += portQueues
-            ports += Array(repeating: Int32(port), count: portQueues.count)
+        var localPort: [Int32] = [], localSlot: [Int32] = []
+        var egress: [Int32] = []
+        var egressPair: [VhostNetQueuePair?] = []
+        var queuePair: [VhostNetQueuePair?] = []
+        var driverQueues: [Int] = []
+        for (port, attachment) in ports.enumerated() {
+            switch attachment {
+            case .tap(let queues):
+                let first = files.count
+                files += queues
+                for q in stride(from: index, to: queues.count, by: workerCount) {
+                    localPort.append(Int32(port))
+                    localSlot.append(Int32(first + q))
+                    queuePair.append(nil)
+                }
+                egress.append(Int32(first + index % queues.count))
+                egressPair.append(nil)
+            case .vhostUser(let device):
+                let pairs = device.queuePairs
+                for p in stride(from: index, to: pairs.count, by: workerCount) {
+                    driverQueues.append(localPort.count)
+                    localPort.append(Int32(port))
+                    localSlot.append(-1)
+                    queuePair.append(pairs[p])
+                }
+                egress.append(-1)
+                egressPair.append(pairs[index % pairs.count])
+            }
         }
-        portFirstQueue = first
-        portFailed = Array(repeating: false, count: queues.count)
-        queueCount = files.count
+        egressSlot = egress
+        self.egressPair = egressPair
+        egressDirty = Array(repeating: false, count: ports.count)
+        self.queuePair = queuePair
+        kickFD = Array(repeating: -1, count: queuePair.count)
+        kickGeneration = Array(repeating: 0, count: queuePair.count)
+        self.driverQueues = driverQueues
+        portFailed = Array(repeating: false, count: ports.count)
+        queueCount = localPort.count
         bufferCount = queueCount * options.buffersPerQueue
 
-        let entries = Ring.entries(atLeast: queueCount * options.readsInFlight * 4, minimum: 256, maximum: 16_384)
-        // Created disabled and enabled by the engine thread, which then is its only submitter.
+        let entries = Ring.entries(atLeast: max(1, queueCount) * options.readsInFlight * 4, minimum: 256, maximum: 16_384)
+        // Created disabled and enabled by the worker's thread, which then is its only submitter.
         ring = try Ring(entries: entries, setup: [.disabled, .singleIssuer, .submitAll])
         if !files.isEmpty { try ring.registerFiles(files) }
+        // io_uring operations bypass seccomp: the ring may only read, write, poll, time out and
+        // cancel (no openat, socket, connect, ...), and no register operation is left once it
+        // is enabled. Kick and wake-up eventfds are not registered files, so fixed files are
+        // not required; the TAP queues are.
+        try ring.restrict(to: [.read, .write, .pollAdd, .timeout, .asyncCancel], requireFixedFiles: false)
 
         // Anonymous mappings start zeroed: no buffer ever holds bytes from before this process.
-        let total = max(1, bufferCount) * Dataplane.bufferSize
+        let total = max(1, bufferCount) * PacketWorker.bufferSize
         guard let memory = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               memory != MAP_FAILED else {
             throw SystemError("mmap(\(total) bytes of frame buffers)", errno: errno)
@@ -111,6 +240,7 @@ public final class Dataplane: @unchecked Sendable {
 
         let queueSlots = max(1, queueCount)
         queuePort = .allocate(capacity: queueSlots)
+        queueSlot = .allocate(capacity: queueSlots)
         queueReadable = .allocate(capacity: queueSlots)
         queueReads = .allocate(capacity: queueSlots)
         freeCount = .allocate(capacity: queueSlots)
@@ -119,7 +249,8 @@ public final class Dataplane: @unchecked Sendable {
         pendingWrites = .allocate(capacity: max(1, bufferCount))
         refill.reserveCapacity(queueSlots)
         for q in 0..<queueCount {
-            queuePort[q] = ports[q]
+            queuePort[q] = localPort[q]
+            queueSlot[q] = localSlot[q]
             queueReadable[q] = true  // until a read says otherwise
             queueReads[q] = 0
             refillPending[q] = false
@@ -133,33 +264,22 @@ public final class Dataplane: @unchecked Sendable {
     }
 
     deinit {
-        munmap(buffers, max(1, bufferCount) * Dataplane.bufferSize)
-        for pointer in [UnsafeMutableRawPointer(queuePort.baseAddress!), UnsafeMutableRawPointer(queueReadable.baseAddress!),
-                        UnsafeMutableRawPointer(queueReads.baseAddress!), UnsafeMutableRawPointer(freeCount.baseAddress!),
-                        UnsafeMutableRawPointer(refillPending.baseAddress!), UnsafeMutableRawPointer(free.baseAddress!),
-                        UnsafeMutableRawPointer(pendingWrites.baseAddress!)] {
-            pointer.deallocate()
-        }
+        munmap(buffers, max(1, bufferCount) * PacketWorker.bufferSize)
+        queuePort.deallocate(); queueSlot.deallocate(); queueReadable.deallocate(); queueReads.deallocate()
+        freeCount.deallocate(); refillPending.deallocate(); free.deallocate(); pendingWrites.deallocate()
     }
 
-    /// Runs the loop on a thread of its own until `stop()`.
-    public func start() {
+    func start() {
         let thread = Thread { [self] in
-            setCurrentThreadName("bulkhead-switch")
+            setCurrentThreadName("bulkhead-sw\(index)")
             do {
                 try self.run()
             } catch {
-                self.logger.critical("switch loop stopped", metadata: ["error": "\(error)"])
+                self.logger.critical("switch worker stopped", metadata: ["worker": "\(self.index)", "error": "\(error)"])
             }
             self.finished.signal()
         }
         thread.start()
-    }
-
-    /// Asks the loop to stop and waits until it has.
-    public func stop() {
-        wakeup.signal()
-        finished.wait()
     }
 
     @inline(__always)
@@ -169,7 +289,7 @@ public final class Dataplane: @unchecked Sendable {
 
     @inline(__always)
     private func buffer(_ index: Int) -> UnsafeMutableRawPointer {
-        buffers + index * Dataplane.bufferSize
+        buffers + index &* PacketWorker.bufferSize
     }
 
     @inline(__always)
@@ -184,62 +304,150 @@ public final class Dataplane: @unchecked Sendable {
     }
 
     @inline(__always)
+    private func takeBuffer(queue q: Int) -> Int {
+        freeCount[q] -= 1
+        return Int(free[q * options.buffersPerQueue + Int(freeCount[q])])
+    }
+
+    @inline(__always)
     private func scheduleRefill(_ q: Int) {
-        if !refillPending[q] {
+        if !refillPending[q] && queueSlot[q] >= 0 {
             refillPending[q] = true
             refill.append(Int32(q))
         }
     }
 
-    /// Tops up the reads of every queue that asked for it and may hold frames.
+    /// Tops up the reads of every TAP queue that asked for it and may hold frames.
     private func refillReads() throws(SystemError) {
         for q32 in refill {
             let q = Int(q32)
             refillPending[q] = false
             guard queueReadable[q], !portFailed[Int(queuePort[q])] else { continue }
             while queueReads[q] < options.readsInFlight && freeCount[q] > 0 {
-                freeCount[q] -= 1
-                let index = Int(free[q * options.buffersPerQueue + Int(freeCount[q])])
-                try ring.prepareRead(fd: Int32(q), fixed: true, buffer: buffer(index), length: UInt32(Dataplane.bufferSize),
-                                     userData: Dataplane.userData(.read, index))
+                let index = takeBuffer(queue: q)
+                try ring.prepareRead(fd: queueSlot[q], fixed: true, buffer: buffer(index),
+                                     length: UInt32(PacketWorker.bufferSize), userData: PacketWorker.userData(.read, index))
                 queueReads[q] += 1
             }
         }
         refill.removeAll(keepingCapacity: true)
     }
 
-    private func armWakeup() throws(SystemError) {
-        try withUnsafeMutableBytes(of: &wakeBuffer) { (raw) throws(SystemError) in
-            try ring.prepareRead(fd: wakeup.rawValue, fixed: false, buffer: raw.baseAddress!, length: 8,
-                                 userData: Dataplane.userData(.wake, 0))
+    /// Takes up to `driverBudget` frames from each kicked vhost-user queue pair, then publishes
+    /// what it used. Returns whether one of them may hold more (then the worker must not sleep
+    /// in the kernel: the guest is not asked to kick meanwhile).
+    private func pullFromDrivers(now: UInt64) throws(SystemError) -> Bool {
+        var more = false
+        for q in driverQueues where queueReadable[q] {
+            let port = Int(queuePort[q])
+            guard !portFailed[port], let pair = queuePair[q] else { continue }
+            var budget = PacketWorker.driverBudget
+            while budget > 0 && freeCount[q] > 0 {
+                budget -= 1
+                let index = takeBuffer(queue: q)
+                guard let length = pair.transmit(into: UnsafeMutableRawBufferPointer(start: buffer(index),
+                                                                                     count: PacketWorker.bufferSize)) else {
+                    queueReadable[q] = false
+                    release(buffer: index)
+                    break
+                }
+                try forward(buffer: index, length: min(length, PacketWorker.bufferSize), port: port, now: now)
+            }
+            pair.flush()
+            // Out of budget, or every buffer is still being written: come back after the ring.
+            if queueReadable[q] { more = true }
+        }
+        return more
+    }
+
+    /// Publishes the frames delivered into vhost-user queue pairs since the last flush (one
+    /// interrupt per batch, where the guest asked for one).
+    private func flushDeliveries() {
+        for port in egressDirty.indices where egressDirty[port] {
+            egressDirty[port] = false
+            egressPair[port]?.flush()
         }
     }
 
+    /// The rings of queue pair `q` changed (or the worker starts): takes its current transmit
+    /// kick fd, cancels the poll on the previous one and polls the new one. A ring that just
+    /// started may hold frames already: the pair is looked at once without waiting for a kick.
+    private func refreshKick(queue q: Int) throws(SystemError) {
+        guard let pair = queuePair[q] else { return }
+        if kickFD[q] >= 0 {
+            try ring.prepareCancel(target: PacketWorker.userData(.kick, q, port: Int(kickGeneration[q])),
+                                   userData: PacketWorker.userData(.cancelled, q))
+            try ring.prepareCancel(target: PacketWorker.userData(.resume, q, port: Int(kickGeneration[q])),
+                                   userData: PacketWorker.userData(.cancelled, q))
+        }
+        kickGeneration[q] &+= 1
+        kickFD[q] = pair.refresh() ?? -1
+        if kickFD[q] >= 0 {
+            try armKick(queue: q)
+            queueReadable[q] = true
+        } else {
+            queueReadable[q] = false
+        }
+    }
+
+    private func armKick(queue q: Int) throws(SystemError) {
+        try ring.preparePoll(fd: kickFD[q], fixed: false, events: UInt32(POLLIN),
+                             userData: PacketWorker.userData(.kick, q, port: Int(kickGeneration[q])))
+    }
+
+    /// The transmit kick of queue pair `q` fired: the pair takes the kick and says when to poll
+    /// it again (at once, or after a pause when kicks keep bringing nothing).
+    private func kickCompleted(queue q: Int, generation: UInt16, result: Int32, now: UInt64) throws(SystemError) {
+        guard generation == kickGeneration[q], kickFD[q] >= 0, result >= 0, let pair = queuePair[q] else { return }
+        queueReadable[q] = true
+        switch pair.kicked(now: now) {
+        case .now:
+            try armKick(queue: q)
+        case .at(let time):
+            try ring.prepareTimeout(nanoseconds: time > now ? time - now : 0,
+                                    userData: PacketWorker.userData(.resume, q, port: Int(generation)))
+        }
+    }
+
+    private func arm() throws(SystemError) {
+        try ring.preparePollMultishot(fd: wakeup, fixed: false, events: UInt32(POLLIN), userData: PacketWorker.userData(.wake, 0))
+        if index == 0 {
+            try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: PacketWorker.userData(.tick, 0))
+        }
+        for q in 0..<queueCount { try armPoll(queue: q) }
+    }
+
     private func armPoll(queue q: Int) throws(SystemError) {
-        try ring.preparePollMultishot(fd: Int32(q), fixed: true, events: UInt32(POLLIN), userData: Dataplane.userData(.poll, q))
+        if queueSlot[q] >= 0 {
+            try ring.preparePollMultishot(fd: queueSlot[q], fixed: true, events: UInt32(POLLIN),
+                                          userData: PacketWorker.userData(.poll, q))
+            scheduleRefill(q)
+        } else if let pair = queuePair[q] {
+            try ring.preparePollMultishot(fd: pair.changeSignal, fixed: false, events: UInt32(POLLIN),
+                                          userData: PacketWorker.userData(.change, q))
+            try refreshKick(queue: q)
+        }
     }
 
     private func run() throws(SystemError) {
         try ring.enable()
-        for q in 0..<queueCount {
-            try armPoll(queue: q)
-            scheduleRefill(q)
-        }
+        try arm()
         try refillReads()
-        try armWakeup()
-        try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: Dataplane.userData(.tick, 0))
 
         let completions = UnsafeMutableBufferPointer<Completion>.allocate(capacity: 1024)
         defer { completions.deallocate() }
-        logger.debug("switch loop running", metadata: ["queues": "\(queueCount)", "buffers": "\(bufferCount)"])
+        logger.debug("switch worker running", metadata: [
+            "worker": "\(index)", "queues": "\(queueCount)", "buffers": "\(bufferCount)",
+        ])
 
+        var driversBusy = false
         while true {
-            try ring.submitAndWait(1)
+            if driversBusy { try ring.submit() } else { try ring.submitAndWait(1) }
             // Drain everything that is ready before going back to the kernel: one
             // io_uring_enter then carries the whole batch's reads and writes.
+            var now = monotonicNanoseconds()
             var count = ring.reap(into: completions)
             while count > 0 {
-                let now = monotonicNanoseconds()
                 for i in 0..<count {
                     let completion = completions[i]
                     let index = Int(completion.user_data & 0xFFFF_FFFF)
@@ -249,30 +457,51 @@ public final class Dataplane: @unchecked Sendable {
                     case .write:
                         writeCompleted(buffer: index, port: Int(completion.user_data >> 32 & 0xFFFF), result: completion.res)
                     case .poll:
-                        pollCompleted(queue: index, result: completion.res, flags: completion.flags)
+                        pollCompleted(queue: index, result: completion.res)
                         if completion.flags & Ring.moreFlag == 0, !portFailed[Int(queuePort[index])] {
                             try armPoll(queue: index)
                         }
                     case .wake:
-                        logger.debug("switch loop stopping")
-                        publishStatistics()
+                        logger.debug("switch worker stopping", metadata: ["worker": "\(self.index)"])
                         return
                     case .tick:
                         plane.expire(now: now)
-                        publishStatistics()
-                        try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: Dataplane.userData(.tick, 0))
+                        try ring.prepareTimeout(nanoseconds: 1_000_000_000, userData: PacketWorker.userData(.tick, 0))
+                    case .change:
+                        try refreshKick(queue: index)
+                        if completion.flags & Ring.moreFlag == 0 {
+                            try ring.preparePollMultishot(fd: queuePair[index]?.changeSignal ?? -1, fixed: false,
+                                                          events: UInt32(POLLIN), userData: PacketWorker.userData(.change, index))
+                        }
+                    case .kick:
+                        try kickCompleted(queue: index, generation: UInt16(truncatingIfNeeded: completion.user_data >> 32),
+                                          result: completion.res, now: now)
+                    case .resume:
+                        // The pause of an idle kick ended (-ETIME); a cancelled one is stale.
+                        if UInt16(truncatingIfNeeded: completion.user_data >> 32) == kickGeneration[index], kickFD[index] >= 0,
+                           completion.res == -ETIME {
+                            queueReadable[index] = true
+                            try armKick(queue: index)
+                        }
+                    case .cancelled:
+                        break
                     case nil:
                         logger.error("unexpected io_uring completion", metadata: ["user_data": "\(completion.user_data)"])
                     }
                 }
                 try refillReads()
+                flushDeliveries()
                 count = ring.reap(into: completions)
+                if count > 0 { now = monotonicNanoseconds() }
             }
+            driversBusy = driverQueues.isEmpty ? false : try pullFromDrivers(now: now)
+            flushDeliveries()
+            try refillReads()
         }
     }
 
     @inline(__always)
-    private func pollCompleted(queue q: Int, result: Int32, flags: UInt32) {
+    private func pollCompleted(queue q: Int, result: Int32) {
         if result < 0 {
             failPort(Int(queuePort[q]), error: SystemError("poll", errno: -result))
             return
@@ -284,8 +513,9 @@ public final class Dataplane: @unchecked Sendable {
     private func failPort(_ port: Int, error: SystemError) {
         guard !portFailed[port] else { return }
         portFailed[port] = true
-        logger.error("port stops receiving: its TAP queue failed", metadata: [
-            "port.index": "\(port)", "port.interface": "\(plane.ports[port].interfaceName)", "error": "\(error)",
+        logger.error("port stops receiving on this worker: its queue failed", metadata: [
+            "worker": "\(index)", "port.index": "\(port)", "port.interface": "\(plane.ports[port].interfaceName)",
+            "error": "\(error)",
         ])
     }
 
@@ -304,7 +534,13 @@ public final class Dataplane: @unchecked Sendable {
             return release(buffer: index)
         }
         scheduleRefill(q)
-        let length = Int(result)
+        try forward(buffer: index, length: Int(result), port: port, now: now)
+    }
+
+    /// Runs the frame in `buffer` (virtio-net header included) from `port` through the pipeline
+    /// and hands it to every egress port; the buffer goes back to its pool after the last write.
+    @inline(__always)
+    private func forward(buffer index: Int, length: Int, port: Int, now: UInt64) throws(SystemError) {
         let base = buffer(index)
         guard length >= VirtioNetHeader.size,
               let header = VirtioNetHeader(parsing: UnsafeRawBufferPointer(start: base, count: VirtioNetHeader.size)) else {
@@ -316,17 +552,33 @@ public final class Dataplane: @unchecked Sendable {
               !targets.isEmpty else {
             return release(buffer: index)
         }
+        // The header goes out with the frame: only what the switch checked may reach another port.
+        OffloadCheck.sanitizeForEgress(header: UnsafeMutableRawBufferPointer(start: base, count: VirtioNetHeader.size))
         var failure: SystemError?
         targets.forEach { target in
             guard failure == nil else { return }
+            let slot = egressSlot[target]
+            if slot < 0 {
+                // A vhost-user port: copied into the guest's receive buffers now, published
+                // with the batch (flushDeliveries).
+                let delivered = egressPair[target]?.deliver(UnsafeRawBufferPointer(start: base, count: length)) ?? false
+                if delivered {
+                    egressDirty[target] = true
+                    plane.recordTransmitted(port: target, bytes: length - VirtioNetHeader.size)
+                } else {
+                    plane.recordDrop(.txError, port: target)
+                }
+                return
+            }
             do throws(SystemError) {
-                try ring.prepareWrite(fd: portFirstQueue[target], fixed: true, buffer: base, length: UInt32(length),
-                                      userData: Dataplane.userData(.write, index, port: target))
+                try ring.prepareWrite(fd: slot, fixed: true, buffer: base, length: UInt32(length),
+                                      userData: PacketWorker.userData(.write, index, port: target))
                 pendingWrites[index] += 1
             } catch {
                 failure = error
             }
         }
+        if pendingWrites[index] == 0 { release(buffer: index) }
         if let failure { throw failure }
     }
 
@@ -339,15 +591,5 @@ public final class Dataplane: @unchecked Sendable {
         }
         pendingWrites[index] -= 1
         if pendingWrites[index] == 0 { release(buffer: index) }
-    }
-
-    private func publishStatistics() {
-        let snapshot = plane.statistics()
-        published.withLock { $0 = snapshot }
-    }
-
-    /// The counters as of the engine's last tick (about once a second); callable from any thread.
-    public func statistics() -> SwitchStatistics {
-        published.withLock { $0 } ?? SwitchStatistics(ports: [], segments: [])
     }
 }

@@ -61,15 +61,18 @@ public struct PortNetwork: ~Copyable {
         try StateFiles.remove(journalPath)
     }
 
-    /// Sets up every TAP port of `configuration`. On failure, what was already set up is removed
-    /// before the error is thrown.
-    public mutating func provision(_ configuration: HostConfiguration) throws {
+    /// Sets up every TAP port of `configuration`, each with `max(port.queues, workers)` queues:
+    /// one per packet worker, so that no two workers share a queue (`Dataplane`), or more when
+    /// the port asks for more (worker `w` then reads queues `w, w + workers, ...`). On failure,
+    /// what was already set up is removed before the error is thrown.
+    public mutating func provision(_ configuration: HostConfiguration, workers: Int = 1) throws {
         do {
             let host = try RouteSocket()
             for tenant in configuration.tenants {
                 let mtus = Dictionary(uniqueKeysWithValues: tenant.segments.map { ($0.id, $0.mtu) })
                 for port in tenant.ports where port.kind == .tap {
-                    try provision(port, tenant: tenant.id, mtu: mtus[port.segment] ?? 1500, host: host)
+                    try provision(port, tenant: tenant.id, mtu: mtus[port.segment] ?? 1500, queues: max(port.queues, workers),
+                                  host: host)
                 }
             }
         } catch {
@@ -78,7 +81,7 @@ public struct PortNetwork: ~Copyable {
         }
     }
 
-    private mutating func provision(_ port: Port, tenant: String, mtu: Int, host: borrowing RouteSocket) throws {
+    private mutating func provision(_ port: Port, tenant: String, mtu: Int, queues: Int, host: borrowing RouteSocket) throws {
         let name = port.interfaceName(tenant: tenant)
         // TUNSETIFF on an existing multiqueue TAP would attach to it; refuse to touch a device
         // that is not ours.
@@ -88,7 +91,7 @@ public struct PortNetwork: ~Copyable {
         var fds: [Int32] = []
         var owned: TapQueues?
         defer { if owned == nil { for fd in fds { _ = close(fd) } } }
-        for _ in 0..<max(1, port.queues) {
+        for _ in 0..<max(1, queues) {
             let queue = try TapQueue(interfaceName: name)
             fds.append(queue.rawValue)
             discardOwnership(of: queue)

@@ -47,21 +47,3 @@ extension UnixStream {
         try send(message.encoded(), fds: fds)
     }
 }
-
-/// What `<stateDirectory>/status.json` holds: the daemon writes it from the switch's reports.
-public struct DaemonStatus: Codable, Sendable {
-    public var pid: Int32
-    public var updatedAt: Date
-    public var switchStatistics: SwitchStatistics
-
-    public init(pid: Int32, updatedAt: Date, switchStatistics: SwitchStatistics) {
-        self.pid = pid
-        self.updatedAt = updatedAt
-        self.switchStatistics = switchStatistics
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case pid, updatedAt
-        case switchStatistics = "switch"
-    }
-}

@@ -96,6 +96,11 @@ public struct Ring: ~Copyable {
         while bh_ring_prep_poll_multishot(ring, fd, fixed ? 1 : 0, events, userData) == -EBUSY_ { try submit() }
     }
 
+    /// Queues a one-shot poll for `events`: one completion when the file is ready.
+    public func preparePoll(fd: Int32, fixed: Bool, events: UInt32, userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_poll(ring, fd, fixed ? 1 : 0, events, userData) == -EBUSY_ { try submit() }
+    }
+
     /// Completion flag: the operation stays armed and will complete again.
     public static var moreFlag: UInt32 { BH_CQE_F_MORE }
 
@@ -185,9 +190,12 @@ public struct Ring: ~Copyable {
         while bh_ring_prep_cancel(ring, target, userData) == -EBUSY_ { try submit() }
     }
 
-    /// Queues a timer that completes after `nanoseconds`; one timer in flight per ring.
+    /// Queues a timer that completes after `nanoseconds` (with -ETIME), and submits it at once:
+    /// the kernel reads its duration at submission from storage the ring's timers share, so any
+    /// number of timers may be in flight.
     public func prepareTimeout(nanoseconds: UInt64, userData: UInt64) throws(SystemError) {
         while bh_ring_prep_timeout(ring, nanoseconds, userData) == -EBUSY_ { try submit() }
+        try submit()
     }
 
     /// Submits queued operations. The corresponding C function is `io_uring_submit`.

@@ -179,7 +179,14 @@ public final class VhostUserBackend: Sendable {
         control.withLock { $0.bound = box }
     }
 
-    /// Listens at `path` (unless `listen()` already did; frontends may connect once this
+    /// Serves on `listener`, a socket already bound and listening (handed over by a process that
+    /// may create files where this one cannot), once `start()` is called.
+    public func adopt(_ listener: consuming UnixListener) {
+        let box = ListenerBox(listener)
+        control.withLock { $0.bound = box }
+    }
+
+    /// Listens at `path` (unless `listen()` or `adopt(_:)` already did; frontends may connect once this
     /// returns) and serves on a new thread.
     public func start() throws(SystemError) {
         let bound = control.withLock { state -> ListenerBox? in

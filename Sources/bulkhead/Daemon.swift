@@ -46,36 +46,39 @@ struct Daemon {
             throw DaemonError("\(error)")
         }
 
+        // One TAP queue per packet worker of the switch (PortNetwork, Dataplane).
+        let workers = configuration.host.switchSettings.resolvedWorkers(onlineCores: onlineProcessorCount())
         var network = PortNetwork(stateDirectory: state, logger: logger)
         do {
             try network.recoverFromUncleanExit()
-            try network.provision(configuration)
+            try network.provision(configuration, workers: workers)
         } catch {
             throw DaemonError("setting up ports failed: \(error)")
         }
 
-        var handles = Dictionary(uniqueKeysWithValues: network.ports.map { ($0.interfaceName, SwitchPortHandle.tap($0)) })
+        // Keyed by "tenant/port": a vhost-user port claims no interface name.
+        var handles = Dictionary(uniqueKeysWithValues: network.ports.map { ("\($0.tenant)/\($0.port)", SwitchPortHandle.tap($0)) })
         do {
-            for (name, listener) in try VhostUserSockets.listen(configuration, jailUids: jailUids, logger: logger) {
-                handles[name] = .vhostUser(listener)
+            for (key, listener) in try VhostUserSockets.listen(configuration, jailUids: jailUids, logger: logger) {
+                handles[key] = .vhostUser(listener)
             }
         } catch {
             network.teardown()
             throw DaemonError("setting up vhost-user ports failed: \(error)")
         }
         let plane = ForwardingPlane(configuration: configuration)
-        let switchPorts = plane.ports.compactMap { port in handles[port.interfaceName].map { (port.interfaceName, $0) } }
+        let switchPorts = plane.ports.compactMap { port in handles["\(port.tenant)/\(port.port)"].map { (port.interfaceName, $0) } }
         guard switchPorts.count == plane.ports.count else {
             network.teardown()
             throw DaemonError("a switch port has no TAP device or socket; this is a bug")
         }
-        let statusPath = state + "/status.json"
+        let status = StatusFile(path: state + "/status.json", logger: logger)
         let counters = SwitchCounters()
         var children = [ChildSpec(
             name: "switch", metadata: [:],
-            arguments: ["switch", "--config", configPath, "--log-level", logLevel],
+            arguments: ["switch", "--config", configPath, "--workers", "\(workers)", "--log-level", logLevel],
             attach: { control, pid in
-                SwitchAttachment(ports: switchPorts, statusPath: statusPath, counters: counters, logger: logger).run(control, pid: pid)
+                SwitchAttachment(ports: switchPorts, status: status, counters: counters, logger: logger).run(control, pid: pid)
             })]
         for tenant in configuration.tenants where !tenant.volumes.isEmpty {
             children.append(ChildSpec(
@@ -84,7 +87,8 @@ struct Daemon {
                 attach: nil))
         }
         logger.info("bulkhead ready", metadata: [
-            "tenants": "\(configuration.tenants.count)", "ports": "\(plane.ports.count)", "status": "\(statusPath)",
+            "tenants": "\(configuration.tenants.count)", "ports": "\(plane.ports.count)", "switch.workers": "\(workers)",
+            "status": "\(status.path)",
         ])
         let group = ServiceGroup(
             services: [ChildSupervisor(children: children, logger: logger)],
@@ -106,7 +110,7 @@ struct Daemon {
 /// the counters it reports to `status.json` until it exits.
 struct SwitchAttachment {
     let ports: [(interface: String, handle: SwitchPortHandle)]
-    let statusPath: String
+    let status: StatusFile
     let counters: SwitchCounters
     let logger: Logger
 
@@ -125,7 +129,6 @@ struct SwitchAttachment {
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChildSupervisor.controlBufferBytes, alignment: 8)
         defer { buffer.deallocate() }
-        var statusFailing = false
         while true {
             let byteCount: Int
             do { byteCount = try control.receive(into: buffer, maxFDs: 0).byteCount } catch {
@@ -142,27 +145,12 @@ struct SwitchAttachment {
             case .ready(let workers):
                 logger.info("switch forwarding", metadata: ["switch.workers": "\(workers)"])
             case .statistics(let statistics):
-                let failed = !writeStatus(counters.report(statistics))
-                if failed && !statusFailing {
-                    logger.error("cannot write the status file", metadata: ["path": "\(statusPath)"])
-                }
-                statusFailing = failed
+                status.write(counters.report(statistics))
             case .port, .start:
                 logger.error("the switch sent a daemon's message; stopping it", metadata: ["message": "\(message)"])
                 return
             }
         }
-    }
-
-    /// Rewrites the status file; false when that failed. Counters are for operators: a failure
-    /// is logged and forwarding goes on.
-    private func writeStatus(_ statistics: SwitchStatistics) -> Bool {
-        let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: statistics)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        guard let data = try? encoder.encode(status) else { return false }
-        return (try? StateFiles.writeAtomically(statusPath, contents: String(decoding: data, as: UTF8.self))) != nil
     }
 }
 
@@ -186,7 +174,7 @@ enum SwitchPortHandle: Sendable {
 /// by root and the tenant's jail group, in a directory only root and that group can enter: the
 /// daemon and the tenant's own VMM can connect, no other tenant's process can.
 enum VhostUserSockets {
-    /// Interface name (the switch's port key) to listener, for every vhost-user port.
+    /// "tenant/port" to listener, for every vhost-user port.
     static func listen(_ configuration: HostConfiguration, jailUids: JailUidRecord, logger: Logger) throws -> [String: SharedListener] {
         var listeners: [String: SharedListener] = [:]
         let state = configuration.host.stateDirectory
@@ -201,7 +189,7 @@ enum VhostUserSockets {
             try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
             for port in ports {
                 let path = port.vhostUserSocketPath(stateDirectory: state, tenant: tenant.id)
-                listeners[port.interfaceName(tenant: tenant.id)] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
+                listeners["\(tenant.id)/\(port.id)"] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
                 logger.info("vhost-user port ready", metadata: [
                     "tenant.id": "\(tenant.id)", "port.id": "\(port.id)", "socket": "\(path)",
                 ])

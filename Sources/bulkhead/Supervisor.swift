@@ -39,26 +39,31 @@ struct ChildSupervisor: Service {
 
     /// The running processes and whether shutdown has begun, shared with the shutdown handler.
     final class Running: Sendable {
-        private let state = Mutex<(processes: [Int: Process], stopping: Bool)>(([:], false))
+        // A child is in `processes` from its start until it has been reaped: a pid is never
+        // signalled after it could have been reused.
+        private let state = Mutex<(processes: [Int: ChildProcess], stopping: Bool)>(([:], false))
 
         var stopping: Bool { state.withLock { $0.stopping } }
 
-        /// Records a started child; returns false (and stops it) when shutdown already began.
-        func register(_ slot: Int, _ process: Process) -> Bool {
+        /// Records a started child; stops it at once when shutdown already began.
+        func register(_ slot: Int, _ child: ChildProcess) {
             let stopping = state.withLock { s -> Bool in
-                s.processes[slot] = process
+                s.processes[slot] = child
                 return s.stopping
             }
-            if stopping, process.isRunning { process.terminate() }
-            return !stopping
+            if stopping { child.signal(SIGTERM) }
+        }
+
+        /// The child of `slot` has been reaped.
+        func unregister(_ slot: Int) {
+            state.withLock { _ = $0.processes.removeValue(forKey: slot) }
         }
 
         func stopAll() {
-            let processes = state.withLock { s -> [Process] in
+            state.withLock { s in
                 s.stopping = true
-                return Array(s.processes.values)
+                for child in s.processes.values { child.signal(SIGTERM) }
             }
-            for process in processes where process.isRunning { process.terminate() }
         }
     }
 
@@ -110,15 +115,9 @@ struct ChildSupervisor: Service {
         } catch {
             return "could not get a control socket: \(error)"
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = child.arguments
-        // Process dup2s the child's end onto its fd 0 (clearing close-on-exec there only).
-        process.standardInput = FileHandle(fileDescriptor: childEnd, closeOnDealloc: false)
-        let exit = ExitWaiter()
-        process.terminationHandler = { exit.finish(($0.terminationReason, $0.terminationStatus)) }
+        let started: ChildProcess
         do {
-            try process.run()
+            started = try ChildProcess.spawn(executable, arguments: child.arguments, stdin: childEnd)
         } catch {
             _ = close(childEnd)
             _ = close(daemonEnd)
@@ -126,63 +125,40 @@ struct ChildSupervisor: Service {
         }
         // Only the child may hold its end: the daemon's end then sees end of file when it exits.
         _ = close(childEnd)
-        _ = running.register(slot, process)
-        let pid = process.processIdentifier
+        running.register(slot, started)
+        let pid = started.pid
+        // Reaped on a thread of its own (waitpid blocks).
+        async let ending: ChildProcess.Ending? = withCheckedContinuation { continuation in
+            Thread {
+                setCurrentThreadName("wait-\(pid)")
+                continuation.resume(returning: try? started.wait())
+            }.start()
+        }
         if let attach = child.attach {
             // The thread owns the daemon's end and closes it when `attach` returns (at the
             // child's end of file, or on a failure, which makes the child stop and restart).
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                let thread = Thread {
+                Thread {
                     setCurrentThreadName("attach-\(pid)")
                     let control = UnixStream(FileDescriptor(taking: daemonEnd))
                     attach(control, pid)
                     done.resume()
-                }
-                thread.start()
+                }.start()
             }
-            let status = await exit.wait()
-            return ChildSupervisor.describe(status.reason, status.code)
         }
-        let status = await exit.wait()
-        _ = close(daemonEnd)
-        return ChildSupervisor.describe(status.reason, status.code)
+        let ended = await ending
+        running.unregister(slot)
+        if child.attach == nil { _ = close(daemonEnd) }
+        return ended.map(ChildSupervisor.describe) ?? "could not be waited for"
     }
 
-    static func describe(_ reason: Process.TerminationReason, _ code: Int32) -> String {
-        switch reason {
-        case .exit: return "status \(code)"
-        case .uncaughtSignal:
-            switch code {
-            case SIGSYS: return "killed by its seccomp policy: SIGSYS, a system call outside its allowlist"
-            case SIGKILL: return "killed by SIGKILL: from outside, or the kernel's OOM killer"
-            default: return "killed by signal \(code)"
-            }
-        @unknown default: return "reason \(code)"
+    static func describe(_ ending: ChildProcess.Ending) -> String {
+        switch ending {
+        case .exited(let status): "status \(status)"
+        case .killed(SIGSYS): "killed by its seccomp policy: SIGSYS, a system call outside its allowlist"
+        case .killed(SIGKILL): "killed by SIGKILL: from outside, or the kernel's OOM killer"
+        case .killed(let signal): "killed by signal \(signal)"
         }
     }
 }
 
-/// A child's termination, awaited once.
-final class ExitWaiter: Sendable {
-    typealias Status = (reason: Process.TerminationReason, code: Int32)
-    private let state = Mutex<(status: Status?, waiter: CheckedContinuation<Status, Never>?)>((nil, nil))
-
-    func finish(_ status: Status) {
-        let waiter = state.withLock { s -> CheckedContinuation<Status, Never>? in
-            s.status = status
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume(returning: status)
-    }
-
-    func wait() async -> Status {
-        await withCheckedContinuation { continuation in
-            let status = state.withLock { s -> Status? in
-                if s.status == nil { s.waiter = continuation }
-                return s.status
-            }
-            if let status { continuation.resume(returning: status) }
-        }
-    }
-}

@@ -5,6 +5,8 @@ import HostOS
 import Logging
 import Switch
 import SwitchEngine
+import VhostNet
+import VhostUser
 
 /// `bulkhead switch`: the tenant-segmented switch as a jailed process of its own. `bulkhead run`
 /// starts it with one end of a socket pair as its stdin and hands it every port's TAP queues over
@@ -21,10 +23,14 @@ struct SwitchCommand: ParsableCommand {
     @Flag(help: "Skip the jail (namespaces, empty root, privilege drop, system-call allowlist). For debugging only.")
     var noJail = false
 
+    @Option(help: "Packet worker threads (the daemon passes host.switch.workers, resolved; each TAP port has a queue per worker).")
+    var workers: Int = 1
+
     @Option(help: "Log level.")
     var logLevel: String = "info"
 
     func validate() throws {
+        guard (1...256).contains(workers) else { throw ValidationError("--workers must be 1...256") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
     }
 
@@ -45,9 +51,23 @@ struct SwitchCommand: ParsableCommand {
         let plane = ForwardingPlane(configuration: configuration)
         let dataplane: Dataplane
         let queues: ReceivedQueues
+        var backends: [VhostUserBackend] = []
         do {
             queues = try SwitchProcess.receivePorts(from: control, plane: plane)
-            dataplane = try Dataplane(plane: plane, queues: queues.byPort, options: .init(), logger: logger)
+            var attachments: [PortAttachment] = []
+            for (index, port) in plane.ports.enumerated() {
+                switch port.configuration.kind {
+                case .tap:
+                    attachments.append(.tap(queues: queues.byPort[index]))
+                case .vhostUser:
+                    let (device, backend) = try SwitchProcess.vhostUserPort(port, configuration: configuration,
+                                                                           listener: queues.takeListener(port: index),
+                                                                           logger: logger)
+                    attachments.append(.vhostUser(device))
+                    backends.append(backend)
+                }
+            }
+            dataplane = try Dataplane(plane: plane, ports: attachments, options: .init(workers: workers), logger: logger)
         } catch {
             logger.critical("switch could not start: \(error)")
             throw ExitCode(1)
@@ -57,7 +77,8 @@ struct SwitchCommand: ParsableCommand {
                 let mountPoint = configuration.host.stateDirectory + "/switch"
                 try StateFiles.makeDirectories(mountPoint, mode: 0o700)
                 try SwitchProcess.jail(mountPoint: mountPoint, user: jailUser,
-                                       limits: SwitchProcess.limits(ports: plane.ports.count, queues: queues.count, workers: 1))
+                                       limits: SwitchProcess.limits(queues: queues.count, vhostUserPorts: backends.count,
+                                                                    workers: workers))
             } catch {
                 logger.critical("switch jail failed; not forwarding: \(error)")
                 throw ExitCode(1)
@@ -65,14 +86,15 @@ struct SwitchCommand: ParsableCommand {
         }
         dataplane.start()
         do {
-            try control.send(.ready(workers: 1))
+            for backend in backends { try backend.start() }
+            try control.send(.ready(workers: workers))
             try control.send(.statistics(dataplane.statistics()))
         } catch {
             logger.critical("the daemon's control socket failed: \(error)")
             throw ExitCode(1)
         }
         logger.info("switch ready", metadata: [
-            "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "privileges.dropped": "\(!noJail)",
+            "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "switch.workers": "\(workers)", "privileges.dropped": "\(!noJail)",
             "jail.uid": "\(noJail ? "none" : String(jailUser))",
         ])
         SwitchProcess.stopWhenDaemonGoes(control: control.rawValue)
@@ -85,17 +107,30 @@ struct SwitchCommand: ParsableCommand {
             if received == nil { try? control.send(.statistics(dataplane.statistics())) }
         }
         logger.info("switch stopping", metadata: ["signal": "\(received ?? 0)"])
+        for backend in backends { backend.stop() }
         dataplane.stop()
         withExtendedLifetime(queues) {}
         logger.info("switch stopped")
     }
 }
 
-/// The TAP queue fds the switch received, per port; closed when this is released.
-final class ReceivedQueues: Sendable {
-    let byPort: [[Int32]]
+/// The descriptors the switch received, per port: a TAP port's queues, a vhost-user port's
+/// listening socket. Closed when this is released, except listeners taken by their backend.
+final class ReceivedQueues: @unchecked Sendable {
+    // @unchecked Sendable: used by the main thread only, before any other thread exists.
+    private(set) var byPort: [[Int32]]
     init(_ byPort: [[Int32]]) { self.byPort = byPort }
     var count: Int { byPort.reduce(0) { $0 + $1.count } }
+
+    /// Hands over the listening socket of vhost-user port `port` (its only descriptor).
+    func takeListener(port: Int) throws -> FileDescriptor {
+        guard byPort[port].count == 1 else {
+            throw SwitchControlError("vhost-user port \(port) came with \(byPort[port].count) descriptors, not its listening socket")
+        }
+        defer { byPort[port] = [] }
+        return FileDescriptor(taking: byPort[port][0])
+    }
+
     deinit { for fd in byPort.joined() { _ = close(fd) } }
 }
 
@@ -151,6 +186,23 @@ enum SwitchProcess {
         }
     }
 
+    /// The device and backend of a vhost-user-net port, serving on the socket the daemon bound.
+    /// The device is served by the packet workers; the backend's connection thread starts after
+    /// the jail.
+    static func vhostUserPort(_ port: PortDescriptor, configuration: HostConfiguration, listener: consuming FileDescriptor,
+                              logger: Logger) throws -> (VhostNetDevice, VhostUserBackend) {
+        let path = port.configuration.vhostUserSocketPath(stateDirectory: configuration.host.stateDirectory, tenant: port.tenant)
+        let mtu = configuration.tenants.first { $0.id == port.tenant }?.segments.first { $0.id == port.segment }?.mtu ?? 1500
+        var portLogger = logger
+        portLogger[metadataKey: "tenant.id"] = "\(port.tenant)"
+        portLogger[metadataKey: "port.id"] = "\(port.port)"
+        let device = try VhostNetDevice(mac: port.mac.octets, mtu: mtu, queuePairs: max(1, port.configuration.queues),
+                                        logger: portLogger)
+        let backend = VhostUserBackend(path: path, device: device, logger: portLogger)
+        backend.adopt(UnixListener(adopting: listener, path: path))
+        return (device, backend)
+    }
+
     /// Queues received, rings made, still one thread: from here on this process lives in its own
     /// namespaces with an empty, read-only root, as the switch's uid with no capabilities, making
     /// only the switch allowlist's system calls. Threads started later inherit all of it.
@@ -161,12 +213,16 @@ enum SwitchProcess {
         try Jail.restrictSystemCalls(.switch)
     }
 
-    /// Threads: main, control reader, one per worker; twice that plus room for the
-    /// runtime. Descriptors: the queues, a ring and a wake-up eventfd per worker, the control
-    /// socket and the standard streams; twice that plus room. The switch writes no file; its log
-    /// (stderr) may be one, so file size is capped, not zero.
-    static func limits(ports: Int, queues: Int, workers: Int) -> Jail.ResourceLimits {
-        Jail.ResourceLimits(threads: 16 + 2 * (3 + workers), files: 64 + 2 * (queues + 2 * workers + 4),
+    /// Threads: main, control reader, one per worker, a connection thread per vhost-user port;
+    /// twice that plus room for the runtime. Descriptors: the TAP queues, a ring and a wake-up
+    /// eventfd per worker, the control socket and the standard streams, and per vhost-user port
+    /// its listener, a connection, up to 8 guest memory regions and per queue pair (at most 16)
+    /// a change eventfd and two kick and two call eventfds (a copy of a kick each); twice that
+    /// plus room. The switch writes no file; its log (stderr) may be one, so file size is
+    /// capped, not zero.
+    static func limits(queues: Int, vhostUserPorts: Int, workers: Int) -> Jail.ResourceLimits {
+        Jail.ResourceLimits(threads: 16 + 2 * (2 + workers + vhostUserPorts),
+                            files: 64 + 2 * (queues + 2 * workers + 4 + vhostUserPorts * (10 + 16 * 7)),
                             fileBytes: 1 << 30)
     }
 

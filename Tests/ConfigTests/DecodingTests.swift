@@ -41,6 +41,24 @@ import Testing
         #expect(configuration.host.jailUids == 900_000_000 ..< 900_065_536)
     }
 
+    @Test func switchWorkers() throws {
+        let blue = "[" + tenant("blue") + "]"
+        let unset = try HostConfiguration.decode(document(tenants: blue))
+        #expect(unset.host.switchSettings == SwitchSettings())
+        #expect(unset.host.switchSettings.resolvedWorkers(onlineCores: 64) == 64, "one worker per online core")
+        #expect(unset.host.switchSettings.resolvedWorkers(onlineCores: 0) == 1)
+        #expect(unset.host.switchSettings.resolvedWorkers(onlineCores: 1000) == 256)
+        let set = try HostConfiguration.decode(document(
+            tenants: blue, host: #"{"stateDirectory": "/var/lib/bh", "switch": {"workers": 3}}"#))
+        #expect(set.host.switchSettings.workers == 3)
+        #expect(set.host.switchSettings.resolvedWorkers(onlineCores: 64) == 3)
+        let wrongType = problems(document(tenants: blue, host: #"{"stateDirectory": "/var/lib/bh", "switch": {"workers": "2"}}"#))
+        #expect(wrongType.map(\.path) == ["$.host.switch.workers"])
+        #expect(wrongType.first?.message.contains("expected an integer, found a string") == true)
+        let unknown = problems(document(tenants: blue, host: #"{"stateDirectory": "/var/lib/bh", "switch": {"threads": 2}}"#))
+        #expect(unknown.map(\.path) == ["$.host.switch.threads"])
+    }
+
     @Test func theJailUidRangeIsTheBasePlus65536() throws {
         // The highest base validation lets through: the range ends just below (uid_t)-2.
         let configuration = try HostConfiguration.decode(document(

@@ -87,6 +87,9 @@ let ruleCases: [RuleCase] = [
     RuleCase("sibling with the same prefix", host(#""stateDirectory": "/var/lib/bh", "auditLog": "/var/lib/bh2/audit.log""#), "$.host.auditLog", "outside the state directory"),
     RuleCase("the directory itself", host(#""stateDirectory": "/var/lib/bh", "auditLog": ".""#), "$.host.auditLog", "outside the state directory"),
     RuleCase("empty audit log", host(#""stateDirectory": "/var/lib/bh", "auditLog": """#), "$.host.auditLog", "must not be empty"),
+    // Switch
+    RuleCase("no workers", host(#""stateDirectory": "/var/lib/bh", "switch": {"workers": 0}"#), "$.host.switch.workers", "workers 0 is outside 1...256"),
+    RuleCase("more workers than TAP queues", host(#""stateDirectory": "/var/lib/bh", "switch": {"workers": 257}"#), "$.host.switch.workers", "workers 257 is outside 1...256"),
     // Jail uids
     RuleCase("jail uids among accounts", host(#""stateDirectory": "/var/lib/bh", "jailUidBase": 65534"#), "$.host.jailUidBase", "is below 65536"),
     RuleCase("jail uids past the top", host(#""stateDirectory": "/var/lib/bh", "jailUidBase": 4294901759"#), "$.host.jailUidBase", "4294901759 + 65536 (the jail uid range) passes 4294967294 ((uid_t)-2); use a base of at most 4294901758"),
@@ -199,7 +202,7 @@ let ruleCases: [RuleCase] = [
         #expect(problems(blue("\"ports\": [" + portList(256) + "]")).isEmpty)
         let found = problems(blue("\"ports\": [" + portList(257) + "]"))
         #expect(found.map(\.path) == ["$.tenants[0].ports[256]"])
-        #expect(found.first?.message.contains("more than 256 ports of kind \"tap\"") == true)
+        #expect(found.first?.message.contains("more than 256 ports (of kinds \"tap\" and \"vhost-user\" together") == true)
     }
 
     @Test func brokenElementsDoNotCauseFollowUpProblems() {

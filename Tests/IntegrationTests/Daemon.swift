@@ -96,6 +96,8 @@ enum TestTopology {
             var ports = tenants[t]["ports"] as? [[String: Any]] ?? []
             for p in ports.indices {
                 let port = ports[p]["id"] as? String ?? "x"
+                // A vhost-user port has no TAP device to name or move.
+                if ports[p]["kind"] as? String == "vhost-user" { continue }
                 ports[p]["netns"] = namespace(tenant, port)
                 ports[p]["ifname"] = interface(tenant, port)
             }

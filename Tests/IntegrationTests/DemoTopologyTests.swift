@@ -60,6 +60,80 @@ final class DemoTopologyTests: XCTestCase {
         XCTAssertEqual(daemon.stop(), 0, daemon.output)
     }
 
+    /// CPU time (ms) of each switch worker thread of `pid`, by thread name (`bulkhead-sw0`, ...).
+    private func workerCPUMilliseconds(pid: Int32) -> [String: Int] {
+        var result: [String: Int] = [:]
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        for task in tasks {
+            guard let comm = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines), comm.hasPrefix("bulkhead-sw"),
+                  let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
+            result[comm] = Int((user + system) / ticks * 1000)
+        }
+        return result
+    }
+
+    /// With two workers, each TAP port has two queues and each worker one of them: many parallel
+    /// TCP flows (the kernel spreads them over the queues by flow hash) keep both workers busy,
+    /// every flow completes, and nothing crosses into the other tenant.
+    func testTwoWorkersBothCarryTrafficAndIsolationHolds() throws {
+        try Host.requireNetworkPrivileges()
+        guard Host.which("iperf3") != nil else {
+            throw XCTSkip("needs iperf3 for the parallel TCP flows (deploy/install-deps.sh installs it)")
+        }
+        var config = try TestTopology.demo()
+        var host = config["host"] as? [String: Any] ?? [:]
+        host["switch"] = ["workers": 2]
+        config["host"] = host
+        let daemon = try RunningDaemon(configuration: config)
+        XCTAssertTrue(daemon.output.contains("switch.workers=2"), daemon.output)
+        for tenant in ["blue", "red"] {
+            for port in ["a", "b"] {
+                let link = try Host.inNamespace(ns(tenant, port), ["ls", "/sys/class/net/\(ifname(tenant, port))/queues"])
+                XCTAssertTrue(link.output.contains("rx-1") && link.output.contains("tx-1"),
+                              "\(tenant)-\(port) has no second queue: \(link.output)")
+            }
+        }
+        let intoRed = try captureForeignFrames(into: "red", ownMACs: redMACs)
+        try daemon.waitFor("switch forwarding", timeout: 30)
+        // The packet workers are threads of the switch process, the daemon's child.
+        let switchPID = try XCTUnwrap(SwitchHost.switches(config: daemon.configPath).first, daemon.output)
+        let before = workerCPUMilliseconds(pid: switchPID)
+        XCTAssertEqual(Set(before.keys), ["bulkhead-sw0", "bulkhead-sw1"])
+
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["ip", "netns", "exec", ns("blue", "b"), "iperf3", "-s", "-1", "-B", "10.0.0.2"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { if server.isRunning { server.terminate() } }
+        Thread.sleep(forTimeInterval: 0.5)
+        // 16 flows: the chance that the flow hash puts all of them on one queue is 2^-15.
+        let client = try Host.inNamespace(ns("blue", "a"), ["iperf3", "-c", "10.0.0.2", "-t", "3", "-P", "16", "-J"],
+                                          timeout: 60)
+        XCTAssertEqual(client.status, 0, "iperf3 failed: \(client.output)\(client.error)")
+        let report = try JSONSerialization.jsonObject(with: Data(client.output.utf8)) as? [String: Any]
+        let received = ((report?["end"] as? [String: Any])?["sum_received"] as? [String: Any])?["bytes"] as? NSNumber
+        XCTAssertGreaterThan(received?.intValue ?? 0, 10_000_000, "TCP transfer moved too little: \(client.output)")
+
+        let after = workerCPUMilliseconds(pid: switchPID)
+        for worker in ["bulkhead-sw0", "bulkhead-sw1"] {
+            let busy = (after[worker] ?? 0) - (before[worker] ?? 0)
+            XCTAssertGreaterThan(busy, 100, "\(worker) did almost nothing (\(busy) ms of CPU): its queues carried no traffic")
+        }
+        XCTAssertEqual(try intoRed.map { try $0.stop() }, [0, 0], "frames from blue reached red")
+        let blueB = try daemon.portStatus(tenant: "blue", port: "b")
+        let rx = (blueB["rx"] as? [String: Any])?["frames"] as? NSNumber
+        XCTAssertGreaterThan(rx?.intValue ?? 0, 1000, "status counts the ACKs of blue/b")
+        XCTAssertEqual(daemon.stop(), 0, daemon.output)
+    }
+
     func testShutdownRemovesLinksAndNamespaces() throws {
         try Host.requireNetworkPrivileges()
         let daemon = try RunningDaemon(configuration: TestTopology.demo())

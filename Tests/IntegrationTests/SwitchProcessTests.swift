@@ -28,10 +28,14 @@ final class SwitchProcessTests: XCTestCase {
             XCTAssertNotEqual(try BlockHost.jailUid(stateDirectory: daemon.stateDirectory, tenant: tenant), uid,
                               "tenant \(tenant)'s processes run as another uid than the switch")
         }
-        // It holds the TAP queues it was handed and its ring, and no file of the host.
+        // It holds the TAP queues it was handed (one per port and worker) and a ring per worker
+        // (one worker per online core by default), and no file of the host.
         let files = BlockHost.openFiles(pid)
-        XCTAssertEqual(files.filter { $0 == "/dev/net/tun" }.count, 4, "the four demo ports' TAP queues: \(files)")
-        XCTAssertGreaterThanOrEqual(BlockHost.descriptors(of: pid, linkingTo: "anon_inode:[io_uring]"), 1, "its rings: \(files)")
+        let workers = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        XCTAssertEqual(BlockHost.descriptors(of: pid, linkingTo: "anon_inode:[io_uring]"), workers, "a ring per worker: \(files)")
+        XCTAssertEqual(files.filter { $0 == "/dev/net/tun" }.count, 4 * workers, "the four demo TAP ports' queues: \(files)")
+        XCTAssertEqual(files.filter { $0.hasPrefix("socket:") }.count, 3,
+                       "the daemon's control socket and the listeners of the two vhost-user ports: \(files)")
         let hostFiles = files.filter { $0.hasPrefix("/") && $0 != "/dev/net/tun" && $0 != "/dev/null" && !$0.hasPrefix("/tmp/") }
         XCTAssertEqual(hostFiles, [], "no file of the host is open in the switch")
         XCTAssertFalse(files.contains { $0.hasPrefix("/tmp/") && $0.hasSuffix(".img") }, "no volume file")

@@ -116,7 +116,7 @@ final class LearningTests: XCTestCase {
     }
 
     func testSegmentTableDirectly() {
-        var table = SegmentTable(segments: [(MACTableSettings(maxEntries: 1000, maxEntriesPerPort: 1000, agingSeconds: 1), [])],
+        let table = SegmentTable(segments: [(MACTableSettings(maxEntries: 1000, maxEntriesPerPort: 1000, agingSeconds: 1), [])],
                                  portCount: 2, seed: 42)
         for i in 1...1000 { XCTAssertEqual(table.learn(segment: 0, mac: UInt64(i) << 8 | 0x02_0000_0000_00, port: i % 2, now: 0), .learned) }
         XCTAssertEqual(table.entryCount(segment: 0), 1000)

@@ -175,7 +175,7 @@ final class StatisticsTests: XCTestCase {
         XCTAssertEqual(rx["bytes"] as? Int, 2 * 46)
         let drops = try XCTUnwrap(a["drops"] as? [String: Any])
         XCTAssertEqual(Set(drops.keys), Set(DropReason.allCases.map(\.name)))
-        XCTAssertEqual(drops.count, 21)
+        XCTAssertEqual(drops.count, 25)
         XCTAssertEqual(drops["source-mac-spoofed"] as? Int, 1)
         XCTAssertEqual(drops["malformed-runt"] as? Int, 0)
         let learning = try XCTUnwrap(a["macLearning"] as? [String: Any])
@@ -195,7 +195,8 @@ final class StatisticsTests: XCTestCase {
 
     func testDropReasonNames() {
         XCTAssertEqual(DropReason.allCases.map(\.name), [
-            "malformed-runt", "malformed-giant", "malformed-header", "malformed-vnet-header", "vlan-tagged",
+            "malformed-runt", "malformed-giant", "malformed-header", "malformed-vnet-header", "offload-gso-mismatch",
+            "offload-csum-mismatch", "offload-gso-size", "offload-hdr-len", "vlan-tagged",
             "ethertype-not-allowed", "source-mac-invalid", "source-mac-spoofed", "source-ip-spoofed", "arp-spoofed",
             "nd-spoofed", "dhcp-server", "router-advertisement", "fragment-invalid", "acl-ingress", "acl-egress",
             "rate-limit", "storm-broadcast", "storm-multicast", "no-destination", "tx-error",

@@ -4,7 +4,8 @@
 Run inside the sending tenant's network namespace (ip netns exec NS /usr/bin/python3 frames.py ...):
 
   send --iface IF --attack NAME [--count N] [--marker HEX]
-      Crafts one attack's frames (ATTACKS below) and sends them raw at layer 2 with scapy's sendp.
+      Crafts one attack's frames (ATTACKS below) and sends them raw at layer 2 with scapy's sendp
+      (offload attacks: behind a virtio-net header, on a PACKET_VNET_HDR socket).
       Prints one JSON line: the attack, the drop reason the switch should count on the ingress
       port, and how many frames must be dropped ("dropped") and how many harmless companion
       frames were sent alongside ("companions", e.g. the allowed first fragment of an overlap).
@@ -43,6 +44,8 @@ import time
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
 
 # Demo topology (configs/demo.json), seen from tenant blue's port a.
 DEFAULTS = {
@@ -407,6 +410,90 @@ def build_ethertype_unknown(c, s):
     return frames + [(lldp, True), (bpdu, True)]
 
 
+# --- Offload headers (virtio-net header via PACKET_VNET_HDR) -----------------------------------
+# The kernel turns the header a packet socket gives (virtio_net_hdr_to_skb) into the skb's offload
+# state, and the TAP device turns that back into the header the switch reads. Some lies do not
+# survive the trip, so they are not here: a GSO type for another IP version, ECN without TCP GSO
+# and a TCP csum_offset other than 16 under GSO are refused (EINVAL); GSO on UDP, ICMP or another
+# protocol and a GSO csum_start off the transport header are dropped by the kernel on transmit;
+# hdr_len is rewritten (the TAP reports its linear head, which holds every header: Linux pulls
+# them in); DATA_VALID is ignored on send. Those cases are covered by OffloadCheckTests.
+
+NEEDS_CSUM = 1
+GSO_TCPV4, GSO_TCPV6, GSO_ECN = 1, 4, 0x80
+
+
+class Offloaded:
+    """A frame to be sent behind a virtio-net header: the offloads the tenant claims for it."""
+
+    def __init__(self, frame, flags=NEEDS_CSUM, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0):
+        self.frame = frame
+        self.header = struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+    def __len__(self):
+        return len(self.frame)
+
+
+def _tcp_frame(c, s, payload, v6=False, **ip):
+    l3 = s.IPv6(src=c.own_ip6, dst=c.peer_ip6) if v6 else s.IP(src=c.own_ip, dst=c.peer_ip, **ip)
+    return s.raw(s.Ether(src=c.own_mac, dst=c.peer_mac) / l3 / s.TCP(sport=40000, dport=80, flags="PA")
+                 / s.Raw(payload))
+
+
+def _udp_frame(c, s, payload, **ip):
+    return s.raw(s.Ether(src=c.own_mac, dst=c.peer_mac) / s.IP(src=c.own_ip, dst=c.peer_ip, **ip)
+                 / s.UDP(sport=40000, dport=9) / s.Raw(payload))
+
+
+def build_offload_csum(c, s):
+    data, good = c.marker + b"\x00" * 32, c.companion + b"\x00" * 32
+    tcp, udp = _tcp_frame(c, s, data), _udp_frame(c, s, data)
+    icmp = s.raw(s.Ether(src=c.own_mac, dst=c.peer_mac) / s.IP(src=c.own_ip, dst=c.peer_ip) / s.ICMP() / s.Raw(data))
+    fragment = _udp_frame(c, s, data, flags="MF")
+    arp = s.raw(s.Ether(src=c.own_mac, dst="ff:ff:ff:ff:ff:ff")
+                / s.ARP(op=1, hwsrc=c.own_mac, psrc=c.own_ip, pdst=c.peer_ip)) + c.marker
+    return [
+        # Over the TCP ports: a receiver that forwards would write the checksum there, after the ACL.
+        (Offloaded(tcp, csum_start=34, csum_offset=2), True),
+        (Offloaded(udp, csum_start=34, csum_offset=0), True),   # the UDP source port
+        (Offloaded(udp, csum_start=42, csum_offset=2), True),   # inside the payload
+        (Offloaded(udp, csum_start=24, csum_offset=4), True),   # the IP source address
+        (Offloaded(icmp, csum_start=34, csum_offset=2), True),  # ICMP: no stack offloads it
+        (Offloaded(fragment, csum_start=34, csum_offset=6), True),  # a fragment's checksum is not its own
+        (Offloaded(arp, csum_start=20, csum_offset=2), True),
+        # What Linux sends: the TCP and UDP checksum fields.
+        (Offloaded(_tcp_frame(c, s, good), csum_start=34, csum_offset=16), False),
+        (Offloaded(_udp_frame(c, s, good), csum_start=34, csum_offset=6), False),
+    ]
+
+
+def build_offload_gso_size(c, s):
+    data, good = c.marker + b"\x00" * 3000, c.companion + b"\x00" * 3000
+    tcp4, tcp6 = _tcp_frame(c, s, data), _tcp_frame(c, s, data, v6=True)
+
+    def tso4(frame, size):
+        return Offloaded(frame, gso_type=GSO_TCPV4, hdr_len=54, gso_size=size, csum_start=34, csum_offset=16)
+    return [
+        (tso4(tcp4, 1), True),     # 3000 segments of one byte each
+        (tso4(tcp4, 87), True),    # below Linux's TCP_MIN_MSS
+        (tso4(tcp4, 1461), True),  # 1501-byte segments on a 1500-byte segment MTU
+        (Offloaded(tcp6, gso_type=GSO_TCPV6, hdr_len=74, gso_size=1441, csum_start=54, csum_offset=16), True),
+        (tso4(_tcp_frame(c, s, good), 1448), False),
+    ]
+
+
+def build_offload_gso_mismatch(c, s):
+    data, good = c.marker + b"\x00" * 3000, c.companion + b"\x00" * 3000
+    fragment = _tcp_frame(c, s, data, flags="MF")  # TCP segments cut from a first fragment
+    return [
+        (Offloaded(fragment, gso_type=GSO_TCPV4, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16), True),
+        (Offloaded(fragment, gso_type=GSO_TCPV4 | GSO_ECN, hdr_len=54, gso_size=1448, csum_start=34,
+                   csum_offset=16), True),
+        (Offloaded(_tcp_frame(c, s, good), gso_type=GSO_TCPV4 | GSO_ECN, hdr_len=54, gso_size=1448,
+                   csum_start=34, csum_offset=16), False),
+    ]
+
+
 # The catalogue: name -> (drop reason counted on the ingress port, builder, what it is).
 ATTACKS = {
     "mac-spoof": ("source-mac-spoofed", build_mac_spoof, "source MAC of the neighbour, of another tenant, of nobody"),
@@ -437,11 +524,29 @@ ATTACKS = {
     "runt": ("malformed-runt", build_runt, "13-byte frame, shorter than an Ethernet header (sent on a raw socket, not sendp)"),
     "giant": ("malformed-giant", build_giant, "4000-byte non-GSO frame (needs the interface MTU raised)"),
     "ethertype-unknown": ("ethertype-not-allowed", build_ethertype_unknown, "ethertypes 0x88b5, 0x8863, 0x0842, LLDP; an 802.3/LLC STP BPDU"),
+    "offload-csum": ("offload-csum-mismatch", build_offload_csum, "NEEDS_CSUM at the TCP ports, the UDP source port, the payload, the IP header; on ICMP, a fragment, ARP (companions: TCP and UDP checksums as Linux sets them)"),
+    "offload-gso-size": ("offload-gso-size", build_offload_gso_size, "TSO4 gso_size 1 and 87; TSO4 and TSO6 segments of 1501 bytes (companion: TSO4 of 1448)"),
+    "offload-gso-mismatch": ("offload-gso-mismatch", build_offload_gso_mismatch, "TSO4, with and without ECN, on an IPv4 first fragment (companion: TSO4 with ECN on a whole packet)"),
 }
 
 
 def frame_bytes(s, frame):
-    return frame if isinstance(frame, (bytes, bytearray)) else s.raw(frame)
+    return frame if isinstance(frame, (bytes, bytearray, Offloaded)) else s.raw(frame)
+
+
+def send_offloaded(iface, frames):
+    """Sends each Offloaded frame behind its virtio-net header on a PACKET_VNET_HDR socket; returns
+    an error message when the kernel refuses one (virtio_net_hdr_to_skb says EINVAL)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    sock.bind((iface, 0))
+    for f in frames:
+        try:
+            sock.send(f.header + f.frame)
+        except OSError as e:
+            return "kernel refused a %d-byte frame behind virtio-net header %s on %s: %s" % (
+                len(f.frame), f.header.hex(), iface, e)
+    return None
 
 
 def command_send(args):
@@ -454,6 +559,13 @@ def command_send(args):
     c = Context(args, marker)
     built = [(frame_bytes(s, f), must_drop) for f, must_drop in build(c, s)]
     frames = [f for f, _ in built] * args.count
+    offloaded = [f for f in frames if isinstance(f, Offloaded)]
+    if offloaded:
+        refused = send_offloaded(args.iface, offloaded)
+        if refused:
+            print(refused, file=sys.stderr)
+            return 3
+    frames = [f for f in frames if not isinstance(f, Offloaded)]
     short = [f for f in frames if len(f) < 14]
     if short:
         # Not sendp: on EINVAL for a short frame scapy's L2Socket quietly pads it to 60 bytes and

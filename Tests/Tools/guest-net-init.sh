@@ -31,16 +31,26 @@ while [ ! -e /sys/class/net/eth0 ]; do
   sleep 0.1
 done
 echo "BH-FEATURES $(cat /sys/class/net/eth0/device/features)"
+# The addresses come from the kernel command line (bh.ip=ADDRESS/LENGTH bh.peer=ADDRESS), by
+# default those of the device test.
+address=10.77.0.2/24
+peer=10.77.0.1
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    bh.ip=*) address=${word#bh.ip=} ;;
+    bh.peer=*) peer=${word#bh.peer=} ;;
+  esac
+done
 ip link set lo up
 ip link set eth0 up
-ip addr add 10.77.0.2/24 dev eth0
-if ping -c 3 -W 5 10.77.0.1 >/tmp/ping 2>&1; then echo "BH-PING ok"; else cat /tmp/ping; echo "BH-PING fail"; fi
-down=$(wget -q -O - http://10.77.0.1:8080/blob | md5sum | cut -d' ' -f1)
+ip addr add "$address" dev eth0
+if ping -c 3 -W 5 "$peer" >/tmp/ping 2>&1; then echo "BH-PING ok"; else cat /tmp/ping; echo "BH-PING fail"; fi
+down=$(wget -q -O - "http://$peer:8080/blob" | md5sum | cut -d' ' -f1)
 echo "BH-DOWN $down"
 # busybox wget posts text (it stops at a NUL byte): 3 MiB of random bytes as base64, about 4 MiB.
 dd if=/dev/urandom bs=1024 count=3072 2>/dev/null | base64 >/tmp/up
 sent=$(md5sum /tmp/up | cut -d' ' -f1)
-got=$(wget -q -O - --post-file=/tmp/up http://10.77.0.1:8080/upload)
+got=$(wget -q -O - --post-file=/tmp/up "http://$peer:8080/upload")
 echo "BH-UP $sent $got"
 echo "BH-RESULT ok"
 poweroff -f

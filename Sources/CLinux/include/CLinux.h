@@ -104,6 +104,16 @@ int bh_memfd_seal_size(int fd);
 /// Whether `fd` is sealed against shrinking: 1 yes, 0 no (or not a sealable file).
 int bh_is_sealed_against_shrinking(int fd);
 
+/// Starts `path` with `argv` (NULL-terminated) and the caller's environment, with `stdin_fd` as
+/// its standard input, its standard output and error inherited, and every other descriptor
+/// closed in the child (whatever its close-on-exec flag says): a child gets nothing of the
+/// daemon's but what it is handed. Stores the pid. Returns 0 or -errno.
+int bh_spawn(const char *path, char *const argv[], int stdin_fd, int *pid);
+
+/// waitpid(pid, &status, 0), retried on EINTR. Returns 0 and sets *exited (1 normal exit, 0 a
+/// signal) and *code (exit status or signal number), or -errno.
+int bh_wait_child(int pid, int *exited, int *code);
+
 /// Names the calling thread (at most 15 bytes), as top and ps show it. Returns 0 or -errno.
 int bh_set_thread_name(const char *name);
 

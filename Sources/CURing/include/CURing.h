@@ -50,6 +50,8 @@ int bh_ring_prep_nop(bh_ring *ring, uint64_t user_data);
 /// Queues a multishot poll for `mask` (POLLIN...): one completion per wake-up, with
 /// BH_CQE_F_MORE set while the poll stays armed.
 int bh_ring_prep_poll_multishot(bh_ring *ring, int fd, int fixed_file, unsigned mask, uint64_t user_data);
+/// Queues a one-shot poll for `mask`: one completion, when the file is ready (or cancelled).
+int bh_ring_prep_poll(bh_ring *ring, int fd, int fixed_file, unsigned mask, uint64_t user_data);
 
 /// Completion flag: the operation will post more completions.
 extern const uint32_t BH_CQE_F_MORE;

@@ -1,0 +1,43 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process started with nothing of this process's but what it is handed: its stdin, the
+/// standard output and error it inherits, and the caller's environment. Every other descriptor is
+/// closed in the child, so a jailed child holds no channel back into its parent that the parent
+/// did not give it (Foundation's `Process` leaves one of its own sockets open in each child).
+public struct ChildProcess: Sendable {
+    public let pid: Int32
+
+    /// How a child ended.
+    public enum Ending: Sendable, Equatable {
+        case exited(status: Int32)
+        case killed(signal: Int32)
+    }
+
+    /// Starts `executable` with `arguments` (argv[1...]) and `stdin` as its standard input.
+    /// The corresponding C function is `posix_spawn`.
+    public static func spawn(_ executable: String, arguments: [String], stdin: Int32) throws(SystemError) -> ChildProcess {
+        let argv = ([executable] + arguments).map { strdup($0) }
+        defer { for pointer in argv { free(pointer) } }
+        var pid: Int32 = 0
+        let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn(executable, $0.baseAddress, stdin, &pid) }
+        if r < 0 { throw SystemError("posix_spawn(\(executable))", negated: r) }
+        return ChildProcess(pid: pid)
+    }
+
+    /// Waits until the child ends and reaps it. Blocks the calling thread.
+    /// The corresponding C function is `waitpid`.
+    public func wait() throws(SystemError) -> Ending {
+        var exited: Int32 = 0, code: Int32 = 0
+        let r = bh_wait_child(pid, &exited, &code)
+        if r < 0 { throw SystemError("waitpid(\(pid))", negated: r) }
+        return exited == 1 ? .exited(status: code) : .killed(signal: code)
+    }
+
+    /// Sends `signal` to the child. The corresponding C function is `kill`.
+    public func signal(_ signal: Int32) {
+        _ = kill(pid, signal)
+    }
+}

@@ -1,0 +1,48 @@
+import Foundation
+import HostOS
+import Logging
+import Switch
+
+/// What `<stateDirectory>/status.json` holds.
+public struct DaemonStatus: Codable, Sendable {
+    public var pid: Int32
+    public var updatedAt: Date
+    public var switchStatistics: SwitchStatistics
+
+    enum CodingKeys: String, CodingKey {
+        case pid, updatedAt
+        case switchStatistics = "switch"
+    }
+}
+
+/// Rewrites the daemon's status file from a control thread (never a packet worker: it encodes
+/// JSON and writes a file). A failure is logged once until it works again and changes nothing
+/// else: counters are for operators, frames are for tenants.
+public final class StatusFile: @unchecked Sendable {
+    // @unchecked Sendable: `failing` is touched only by the one task that calls `write`.
+    public let path: String
+    private let logger: Logger
+    private var failing = false
+
+    public init(path: String, logger: Logger) {
+        self.path = path
+        self.logger = logger
+    }
+
+    public func write(_ statistics: SwitchStatistics) {
+        let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: statistics)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        do {
+            let data = try encoder.encode(status)
+            try StateFiles.writeAtomically(path, contents: String(decoding: data, as: UTF8.self))
+            failing = false
+        } catch {
+            if !failing {
+                logger.error("cannot write the status file", metadata: ["path": "\(path)", "error": "\(error)"])
+            }
+            failing = true
+        }
+    }
+}
