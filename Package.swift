@@ -89,6 +89,11 @@ let package = Package(
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         // Closed-loop random I/O through a vhost-user-blk socket (Benchmarks/run-system.sh's block part).
+        // Frames per second through a vhost-user-net socket (Benchmarks/lib/vhost.sh).
+        .executableTarget(name: "NetLoad", dependencies: ["NetClient", "Virtio", "HostOS", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "Benchmarks/NetLoad"),
+        // A standalone vhost-user-net port looped to a TAP device: NetLoad's and testpmd's peer
+        // where the switch does not serve the socket (Benchmarks/lib/vhost.sh).
+        .executableTarget(name: "VhostTapLoop", dependencies: ["VhostNet", "VhostUser", "Virtio", "HostOS", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")], path: "Benchmarks/VhostTapLoop"),
         .executableTarget(name: "BlockLoad", dependencies: ["BlockClient", "Virtio", "HostOS", .product(name: "ArgumentParser", package: "swift-argument-parser")], path: "Benchmarks/BlockLoad"),
     ],
     swiftLanguageModes: [.v6]

@@ -10,6 +10,7 @@ packages=(
   qemu-system-x86                               # QEMU as an independent vhost-user-blk frontend
   linux-image-cloud-amd64 busybox-static        # a Linux guest (kernel, initramfs) under that QEMU
   python3-scapy python3-jsonschema              # crafted frames in attack tests; schema check
+  dpdk-dev                                      # dpdk-testpmd: an independent vhost-user-net frontend
 )
 missing=()
 for p in "${packages[@]}"; do

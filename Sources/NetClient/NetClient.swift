@@ -266,6 +266,34 @@ public final class NetClient {
         return count
     }
 
+    /// Counts the frames and bytes (without headers) in every used receive element now, without
+    /// copying them, and reposts the buffers: the NetLoad benchmark's receive side. With
+    /// mergeable buffers a frame's later buffers may arrive in a later call; `mergeRemaining`
+    /// carries the count across calls (start it at 0 per pair).
+    public func countReceived(pair: Int = 0, mergeRemaining: inout Int) -> (frames: Int, bytes: Int) {
+        var frames = 0, bytes = 0, popped = 0
+        while let used = rx[pair].popUsed() {
+            popped += 1
+            guard Int(used.head) < rxBuffer[pair].count else { continue }
+            let buffer = rxBuffer[pair][Int(used.head)]
+            rxFreeBuffers[pair].append(buffer)
+            let length = min(Int(used.length), receiveBufferBytes)
+            if mergeRemaining > 0 {
+                mergeRemaining -= 1
+                bytes += length
+                continue
+            }
+            frames += 1
+            bytes += max(0, length - headerLength)
+            if mergeable, length >= headerLength, let pointer = memory.pointer(at: buffer + 10, length: 2) {
+                let count = Int(pointer.loadUnaligned(as: UInt16.self).littleEndian)
+                mergeRemaining = max(0, count - 1)
+            }
+        }
+        if popped > 0 { postReceiveBuffers(pair: pair) }
+        return (frames, bytes)
+    }
+
     /// The bytes the device wrote into a used receive buffer, which goes back to the free list.
     private func read(pair: Int, _ used: (head: UInt16, length: UInt32)) -> [UInt8] {
         guard Int(used.head) < rxBuffer[pair].count else { return [] }
