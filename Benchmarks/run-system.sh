@@ -173,6 +173,7 @@ cleanup() {
     plain_forwarder_teardown
     ovs_netdev_teardown
     probe_cleanup
+    if declare -F vhost_stop >/dev/null; then vhost_stop; fi
     block_cleanup
     rm -rf "$WORK_DIR"
     exit "$rc"

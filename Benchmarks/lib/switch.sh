@@ -118,9 +118,10 @@ switch_restart_measure() {
 # by a NetLoad frontend, like BlockLoad for block) to a TAP port, and through DPDK testpmd where
 # it runs. Until a NetLoad tool exists this is skipped.
 switch_vhost_user_measure() {
-    if [ -d "$REPO/Benchmarks/NetLoad" ]; then
-        switch_note "SKIP vhost-user to TAP frames/s: Benchmarks/NetLoad exists but run-system.sh does not drive it yet"
-    else
-        switch_note "SKIP vhost-user to TAP frames/s: no NetLoad tool (a vhost-user-net frontend like BlockLoad) yet"
-    fi
+    # A vhost-user port and a TAP port of one tenant through the daemon (Benchmarks/lib/vhost.sh):
+    # NetLoad (our frontend) both ways, and dpdk-testpmd's txonly where it runs.
+    source "$REPO/Benchmarks/lib/vhost.sh"
+    local netload
+    netload=$(build_product NetLoad NETLOAD_BINARY)
+    vhost_run "$BIN" "$netload" >>"$OUT_DIR/switch.txt"
 }
