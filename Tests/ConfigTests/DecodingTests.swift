@@ -8,21 +8,23 @@ import Testing
         func mac(_ text: String) -> MACAddress { MACAddress(text) ?? .zero }
         func prefixes(_ texts: [String]) -> [IPPrefix] { texts.compactMap(IPPrefix.init) }
         let telnet = ACLRule(action: .deny, protocol: .tcp, destinationPort: PortRange(lower: 23, upper: 23))
-        func tenant(_ id: String, vni: UInt32, macs: (String, String), rateLimit: RateLimit?, qos: VolumeQoS?) -> Tenant {
+        func tenant(_ id: String, vni: UInt32, macs: (String, String, String), rateLimit: RateLimit?, qos: VolumeQoS?) -> Tenant {
             Tenant(id: id, segments: [Segment(id: "lan", vni: vni)], ports: [
                 Port(id: "a", kind: .tap, segment: "lan", mac: mac(macs.0),
                      ips: prefixes(["10.0.0.1/24", "fd00::1/64"]), netns: "\(id)-a", rateLimit: rateLimit),
                 Port(id: "b", kind: .tap, segment: "lan", mac: mac(macs.1),
                      ips: prefixes(["10.0.0.2/24", "fd00::2/64"]), netns: "\(id)-b"),
+                Port(id: "vm", kind: .vhostUser, segment: "lan", mac: mac(macs.2),
+                     ips: prefixes(["10.0.0.3/24", "fd00::3/64"])),
             ], volumes: [Volume(id: "data", sizeBytes: 1 << 30, qos: qos)], acl: [telnet])
         }
         let expected = HostConfiguration(
             host: HostSettings(stateDirectory: "/var/lib/bulkhead/demo"),
             principals: [Principal(name: "ops", uid: 0, role: .hostAdmin)],
             tenants: [
-                tenant("blue", vni: 5001, macs: ("02:00:00:00:01:01", "02:00:00:00:01:02"),
+                tenant("blue", vni: 5001, macs: ("02:00:00:00:01:01", "02:00:00:00:01:02", "02:00:00:00:01:03"),
                        rateLimit: RateLimit(bitsPerSecond: 20_000_000_000), qos: nil),
-                tenant("red", vni: 5002, macs: ("02:00:00:00:02:01", "02:00:00:00:02:02"), rateLimit: nil,
+                tenant("red", vni: 5002, macs: ("02:00:00:00:02:01", "02:00:00:00:02:02", "02:00:00:00:02:03"), rateLimit: nil,
                        qos: VolumeQoS(iops: 20_000, bytesPerSecond: 200 << 20)),
             ])
         #expect(expected.tenants.flatMap(\.ports).allSatisfy { !$0.mac.isZero && $0.ips.count == 2 })
