@@ -36,7 +36,7 @@ public final class StatusFile: @unchecked Sendable {
         encoder.dateEncodingStrategy = .iso8601
         do {
             let data = try encoder.encode(status)
-            try StateFiles.writeAtomically(path, contents: String(decoding: data, as: UTF8.self))
+            try StateFiles.writeAtomically(path, contents: String(decoding: data, as: UTF8.self), mode: 0o600)
             failing = false
         } catch {
             if !failing {

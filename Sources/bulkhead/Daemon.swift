@@ -172,7 +172,8 @@ enum SwitchPortHandle: Sendable {
 /// The listening sockets of the vhost-user-net ports: bound by the daemon (the jailed switch
 /// cannot create files) at `<stateDirectory>/tenants/<tenant>/net/<port>.sock`, mode 0660, owned
 /// by root and the tenant's jail group, in a directory only root and that group can enter: the
-/// daemon and the tenant's own VMM can connect, no other tenant's process can.
+/// daemon and the tenant's own VMM can connect, no other tenant's process can. (The status file
+/// is 0600: the state directory becomes passable by anyone.)
 enum VhostUserSockets {
     /// "tenant/port" to listener, for every vhost-user port.
     static func listen(_ configuration: HostConfiguration, jailUids: JailUidRecord, logger: Logger) throws -> [String: SharedListener] {
@@ -184,8 +185,14 @@ enum VhostUserSockets {
             guard let group = jailUids.uid(ofTenant: tenant.id) else {
                 throw DaemonError("tenant \(tenant.id) has no jail uid recorded")
             }
+            // The way in for a VMM running as the tenant's uid: the state directory and
+            // `tenants` may be passed through (not listed) by anyone, the tenant's directory
+            // only by its group, `net` read by its group; everything else there stays root's.
             let directory = "\(state)/tenants/\(tenant.id)/net"
-            try StateFiles.makeDirectories(directory, mode: 0o750)
+            try StateFiles.makeDirectories(directory, mode: 0o700)
+            try StateFiles.setOwner(state, uid: 0, gid: 0, mode: 0o711)
+            try StateFiles.setOwner("\(state)/tenants", uid: 0, gid: 0, mode: 0o711)
+            try StateFiles.setOwner("\(state)/tenants/\(tenant.id)", uid: 0, gid: group, mode: 0o710)
             try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
             for port in ports {
                 let path = port.vhostUserSocketPath(stateDirectory: state, tenant: tenant.id)

@@ -83,6 +83,32 @@ final class VhostUserPortAttackTests: XCTestCase {
         XCTAssertEqual(daemon.stop(), 0, daemon.output)
     }
 
+    /// blue's socket lets in a process of blue's uid (its VMM, unprivileged) and refuses red's.
+    func testOnlyTheTenantsOwnUidReachesItsPort() throws {
+        let daemon = try daemonWithVMPorts()
+        let socket = daemon.stateDirectory + "/tenants/blue/net/vm.sock"
+        func connect(as uid: UInt32) throws -> Host.Result {
+            try Host.run(["python3", "-c", """
+                import os, socket
+                os.setgroups([]); os.setgid(\(uid)); os.setuid(\(uid))
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect("\(socket)"); print("connected")
+                except OSError as e:
+                    print("refused", e.errno)
+                """])
+        }
+        let blue = try BlockHost.jailUid(stateDirectory: daemon.stateDirectory, tenant: "blue")
+        let red = try BlockHost.jailUid(stateDirectory: daemon.stateDirectory, tenant: "red")
+        XCTAssertEqual(try connect(as: blue).output.trimmingCharacters(in: .whitespacesAndNewlines), "connected")
+        XCTAssertEqual(try connect(as: red).output.trimmingCharacters(in: .whitespacesAndNewlines), "refused \(EACCES)")
+        XCTAssertEqual(try connect(as: 65534).output.trimmingCharacters(in: .whitespacesAndNewlines), "refused \(EACCES)",
+                       "nobody")
+        XCTAssertEqual(try BlockHost.owner(daemon.stateDirectory + "/status.json").mode, 0o600,
+                       "the state directory can be passed through: the status file is root's alone")
+        XCTAssertEqual(daemon.stop(), 0, daemon.output)
+    }
+
     func testHostileRingsAndAKickStormCostTheSwitchNothing() throws {
         let daemon = try daemonWithVMPorts()
         let switchPID = try XCTUnwrap(SwitchHost.switches(config: daemon.configPath).first)
