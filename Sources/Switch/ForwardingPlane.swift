@@ -199,10 +199,10 @@ public struct ForwardingPlane: Sendable {
 
         var parsed = ParsedFrame()
         if let reason = FrameParser.parse(frame, isGSO: header.isGSO, into: &parsed) { return .drop(reason) }
-        if let reason = OffloadCheck.check(header, parsed, frameLength: frame.count, mtu: state.segmentMTU[segment]) {
+        if let reason = OffloadCheck.check(header, &parsed, frameLength: frame.count, mtu: state.segmentMTU[segment]) {
             return .drop(reason)
         }
-        if let reason = state.security.check(frame, parsed, port: ingress) { return .drop(reason) }
+        if let reason = state.security.check(frame, &parsed, port: ingress) { return .drop(reason) }
 
         switch state.table.learn(segment: segment, mac: parsed.source, port: ingress, now: now) {
         case .learned, .moved: counters.add(WorkerCounters.index(port: ingress, .learned))
@@ -225,7 +225,7 @@ public struct ForwardingPlane: Sendable {
             return .drop(.aclIngress)
         }
 
-        if state.limited[ingress], let reason = police(frame: frame, parsed: parsed, header: header, port: ingress, now: now) {
+        if state.limited[ingress], let reason = police(frame: frame, parsed: &parsed, header: header, port: ingress, now: now) {
             return .drop(reason)
         }
 
@@ -257,7 +257,7 @@ public struct ForwardingPlane: Sendable {
     }
 
     /// Storm control, then the rate limit. A frame dropped by one takes no tokens from the other.
-    func police(frame: FrameBytes, parsed: ParsedFrame, header: VirtioNetHeader, port: Int,
+    func police(frame: FrameBytes, parsed: inout ParsedFrame, header: VirtioNetHeader, port: Int,
                 now: UInt64) -> DropReason? {
         let policers = state.policers
         let limiter = state.portPolicers[port]

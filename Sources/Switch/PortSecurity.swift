@@ -74,18 +74,18 @@ struct PortSecurity: Sendable {
     }
 
     /// Runs every check of `port`'s policy on a parsed, well-formed frame.
-    func check(_ frame: FrameBytes, _ parsed: ParsedFrame, port: Int) -> DropReason? {
+    func check(_ frame: FrameBytes, _ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let source = MACAddress(rawValue: parsed.source)
         if source.isMulticast || source.isZero { return .sourceMACInvalid }
         guard allowsMAC(parsed.source, port: port) else { return .sourceMACSpoofed }
         switch parsed.layer {
-        case .arp: return checkARP(parsed, port: port)
-        case .ipv4: return checkIPv4(parsed, port: port)
-        case .ipv6: return checkIPv6(frame, parsed, port: port)
+        case .arp: return checkARP(&parsed, port: port)
+        case .ipv4: return checkIPv4(&parsed, port: port)
+        case .ipv6: return checkIPv6(frame, &parsed, port: port)
         }
     }
 
-    func checkARP(_ parsed: ParsedFrame, port: Int) -> DropReason? {
+    func checkARP(_ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         // The Ethernet source was checked: the sender must be the same MAC.
         guard parsed.arpSenderMAC == parsed.source else { return .arpSpoofed }
         // 0.0.0.0 is an ARP probe (RFC 5227).
@@ -93,7 +93,7 @@ struct PortSecurity: Sendable {
         return nil
     }
 
-    func checkIPv4(_ parsed: ParsedFrame, port: Int) -> DropReason? {
+    func checkIPv4(_ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let policy = policies[port]
         let source = UInt32(truncatingIfNeeded: parsed.sourceLow)
         let isDHCPClient = parsed.proto == Wire.protoUDP && parsed.hasPorts && !parsed.isFragment
@@ -101,14 +101,14 @@ struct PortSecurity: Sendable {
         if !ownsIPv4(source, port: port) {
             guard source == 0, isDHCPClient, policy.allowDHCPClient else { return .sourceIPSpoofed }
         }
-        if isDHCPServerMessage(parsed, serverPort: 67, clientPort: 68) && !policy.dhcpServer { return .dhcpServer }
+        if isDHCPServerMessage(&parsed, serverPort: 67, clientPort: 68) && !policy.dhcpServer { return .dhcpServer }
         if parsed.hasTransportHeader && parsed.proto == Wire.protoICMP && parsed.icmpType == 5 && !policy.router {
             return .routerAdvertisement
         }
         return nil
     }
 
-    func checkIPv6(_ frame: FrameBytes, _ parsed: ParsedFrame, port: Int) -> DropReason? {
+    func checkIPv6(_ frame: FrameBytes, _ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let policy = policies[port]
         let isICMPv6 = parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
         let type = parsed.icmpType
@@ -121,7 +121,7 @@ struct PortSecurity: Sendable {
         } else if !ownsIPv6(high: parsed.sourceHigh, low: parsed.sourceLow, port: port) {
             return .sourceIPSpoofed
         }
-        if isDHCPServerMessage(parsed, serverPort: 547, clientPort: 546) && !policy.dhcpServer { return .dhcpServer }
+        if isDHCPServerMessage(&parsed, serverPort: 547, clientPort: 546) && !policy.dhcpServer { return .dhcpServer }
         guard isICMPv6, (133...137).contains(type) else { return nil }
         // RFC 6980: neighbor discovery never uses fragments.
         if parsed.isFragment { return .fragmentInvalid }
@@ -150,7 +150,7 @@ struct PortSecurity: Sendable {
     /// Clients accept a reply by its destination port alone (NetworkManager's n-dhcp4 never checks
     /// the source port; a DHCPv6 client's socket on 546 takes any), while their own messages go
     /// from the client port to the server port.
-    func isDHCPServerMessage(_ parsed: ParsedFrame, serverPort: UInt16, clientPort: UInt16) -> Bool {
+    func isDHCPServerMessage(_ parsed: inout ParsedFrame, serverPort: UInt16, clientPort: UInt16) -> Bool {
         parsed.hasPorts && parsed.proto == Wire.protoUDP
             && (parsed.sourcePort == serverPort || parsed.destinationPort == clientPort)
     }
