@@ -205,6 +205,10 @@ public struct ForwardingPlane: Sendable {
         return verdict
     }
 
+    // Inlined into `process`, its one caller: the verdict is then written once, into the caller's
+    // result. Returned from a call it was copied with 16-byte loads of the callee's 8-byte
+    // stores, which stall on store forwarding.
+    @inline(__always)
     func decide(frame bytes: UnsafeRawBufferPointer, header: VirtioNetHeader, ingress: Int,
                 now: UInt64) -> Verdict {
         let state = self.state
