@@ -42,9 +42,14 @@ struct PortSecurity: Sendable {
     }
 
     /// Whether `port` may send from `mac`: its own MAC or one of its allowed MACs.
+    @inline(__always)
     func allowsMAC(_ mac: UInt64, port: Int) -> Bool {
         let policy = policies[port]
-        if mac == policy.mac { return true }
+        return mac == policy.mac || allowsOtherMAC(mac, policy: policy)
+    }
+
+    /// Whether `mac` is one of `policy`'s allowed MACs.
+    func allowsOtherMAC(_ mac: UInt64, policy: PortPolicy) -> Bool {
         // Binary search: a port may list many MACs (a nested hypervisor, a container host).
         var low = policy.allowedMACs.lowerBound, high = policy.allowedMACs.upperBound
         while low < high {
@@ -56,6 +61,7 @@ struct PortSecurity: Sendable {
         return false
     }
 
+    @inline(__always)
     func ownsIPv4(_ address: UInt32, port: Int) -> Bool {
         let range = policies[port].ipv4
         for index in range.lowerBound..<range.upperBound where ipv4[index] == address { return true }
@@ -73,7 +79,9 @@ struct PortSecurity: Sendable {
         return allowsMAC(mac, port: port)
     }
 
-    /// Runs every check of `port`'s policy on a parsed, well-formed frame.
+    /// Runs every check of `port`'s policy on a parsed, well-formed frame. Inlined, with the IPv4
+    /// checks, into the pipeline: the common case is a few compares.
+    @inline(__always)
     func check(_ frame: FrameBytes, _ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let source = MACAddress(rawValue: parsed.source)
         if source.isMulticast || source.isZero { return .sourceMACInvalid }
@@ -93,6 +101,7 @@ struct PortSecurity: Sendable {
         return nil
     }
 
+    @inline(__always)
     func checkIPv4(_ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let policy = policies[port]
         let source = UInt32(truncatingIfNeeded: parsed.sourceLow)
