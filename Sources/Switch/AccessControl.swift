@@ -128,12 +128,14 @@ struct AccessControl: Sendable {
         return rules.withUnsafeBufferPointer { rules in
             // The runs are made at init from this array: checked once here, not per rule.
             precondition(run.lowerBound >= 0 && run.upperBound <= rules.count)
+            guard let first = rules.baseAddress else { return true }  // no rules at all
             let port = Int32(truncatingIfNeeded: port)
             let proto = Int16(packet.proto)
             let isNonFirstIPv6Fragment = packet.isNonFirstFragment && packet.family == 6
             let isTCPOrUDP = packet.proto == Wire.protoTCP || packet.proto == Wire.protoUDP
             for index in run {
-                let rule = rules.baseAddress.unsafelyUnwrapped + index
+                // Fields read in place: a copy of the whole rule per rule costs more than the test.
+                let rule = first + index
                 if rule.pointee.port != -1 && rule.pointee.port != port { continue }
                 if rule.pointee.family != 0 && rule.pointee.family != packet.family { continue }
                 let deny = rule.pointee.deny
