@@ -52,9 +52,9 @@ public final class SharedTokenBuckets: @unchecked Sendable {
     public static let refillGranularity: UInt64 = 1_000
 
     /// Per bucket: credit, last, then the constants rate, capacity and burst; 8 words (64 bytes).
-    private static let stride = 8
-    private let count: Int
-    private let words: UnsafeMutablePointer<Atomic<UInt64>>
+    @usableFromInline static let stride = 8
+    @usableFromInline let count: Int
+    @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt64>>
 
     /// Full buckets (rate and burst in tokens) whose refill clocks start at `now`.
     public init(_ parameters: [(rate: UInt64, burst: UInt64)], now: UInt64 = 0) {
@@ -79,7 +79,10 @@ public final class SharedTokenBuckets: @unchecked Sendable {
         UnsafeMutableRawPointer(words).deallocate()
     }
 
-    @inline(__always) private func base(_ bucket: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+    // The per-frame path (`consume`, `refill`, `take`) is @inlinable: the switch calls it from
+    // another module for every policed frame.
+    @inlinable @inline(__always)
+    func base(_ bucket: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
         precondition(bucket >= 0 && bucket < count, "no such bucket")
         return words + bucket &* SharedTokenBuckets.stride
     }
@@ -91,9 +94,13 @@ public final class SharedTokenBuckets: @unchecked Sendable {
     public func available(_ bucket: Int) -> UInt64 { base(bucket)[0].load(ordering: .relaxed) / TokenBucket.scale }
 
     /// Adds the credit `bucket` earned since its last refill, unless another thread just did.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func refill(_ bucket: Int, now: UInt64) {
-        let b = base(bucket)
+        refill(base(bucket), now: now)
+    }
+
+    @inlinable @inline(__always)
+    func refill(_ b: UnsafeMutablePointer<Atomic<UInt64>>, now: UInt64) {
         let previous = b[1].load(ordering: .relaxed)
         guard now > previous, now - previous >= SharedTokenBuckets.refillGranularity else { return }
         guard b[1].compareExchange(expected: previous, desired: now, ordering: .relaxed).exchanged else { return }
@@ -102,7 +109,7 @@ public final class SharedTokenBuckets: @unchecked Sendable {
     }
 
     /// Adds nano-tokens, saturating at the bucket's depth.
-    private func add(_ b: UnsafeMutablePointer<Atomic<UInt64>>, _ nanoTokens: UInt64) {
+    @usableFromInline func add(_ b: UnsafeMutablePointer<Atomic<UInt64>>, _ nanoTokens: UInt64) {
         let capacity = b[3].load(ordering: .relaxed)
         var current = b[0].load(ordering: .relaxed)
         while true {
@@ -115,9 +122,13 @@ public final class SharedTokenBuckets: @unchecked Sendable {
     }
 
     /// Takes `tokens` from `bucket` if they are all there; returns whether it did. Does not refill.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func take(_ bucket: Int, _ tokens: UInt64) -> Bool {
-        let b = base(bucket)
+        take(base(bucket), tokens)
+    }
+
+    @inlinable @inline(__always)
+    func take(_ b: UnsafeMutablePointer<Atomic<UInt64>>, _ tokens: UInt64) -> Bool {
         let (needed, overflow) = tokens.multipliedReportingOverflow(by: TokenBucket.scale)
         guard !overflow else { return false }
         var current = b[0].load(ordering: .relaxed)
@@ -138,9 +149,10 @@ public final class SharedTokenBuckets: @unchecked Sendable {
     }
 
     /// Refills `bucket`, then takes `tokens` if they are all there. Returns whether it did.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func consume(_ bucket: Int, _ tokens: UInt64, now: UInt64) -> Bool {
-        refill(bucket, now: now)
-        return take(bucket, tokens)
+        let b = base(bucket)
+        refill(b, now: now)
+        return take(b, tokens)
     }
 }

@@ -63,7 +63,8 @@ struct ACLPacket {
     var destinationPort: UInt16
 }
 
-/// The tenants' ACLs compiled at init into one flat rule array; evaluation reads only scalars.
+/// The tenants' ACLs compiled at init into one flat rule array, a run per tenant and direction;
+/// evaluation reads only scalars.
 ///
 /// First match wins; no match allows. A rule with port ranges applies only to TCP and UDP; a
 /// non-first fragment carries no ports, so such a rule never matches it when it allows and always
@@ -76,16 +77,17 @@ struct ACLPacket {
 /// first fragment's headers, so a lying fragment only adds payload to a datagram whose first
 /// fragment the ACL judged.
 struct AccessControl: Sendable {
+    /// Every tenant's rules, each direction's in its own run (in the ACL's order): a rule for both
+    /// directions is in both runs, so evaluation never looks at a rule of the other direction.
     var rules: [CompiledRule] = []
-    /// Per tenant: its rules in `rules`.
-    var ranges: [Range<Int>] = []
+    /// Run of tenant t's ingress rules at 2t, of its egress rules at 2t + 1.
+    var runs: [Range<Int>] = []
     var hasIngressRules: [Bool] = []
     var hasEgressRules: [Bool] = []
 
     init(tenants: [Tenant], portIndex: (_ tenant: Int, _ port: String) -> Int?) {
         for (tenantIndex, tenant) in tenants.enumerated() {
-            let start = rules.count
-            var ingress = false, egress = false
+            var compiledRules: [CompiledRule] = []
             for rule in tenant.acl {
                 var family: UInt8 = 0
                 for prefix in [rule.source, rule.destination].compactMap({ $0 }) {
@@ -108,42 +110,56 @@ struct AccessControl: Sendable {
                 if let range = rule.destinationPort {
                     compiled.destinationPortLower = range.lower; compiled.destinationPortUpper = range.upper
                 }
-                ingress = ingress || compiled.ingress
-                egress = egress || compiled.egress
-                rules.append(compiled)
+                compiledRules.append(compiled)
             }
-            ranges.append(start..<rules.count)
-            hasIngressRules.append(ingress)
-            hasEgressRules.append(egress)
+            for egress in [false, true] {
+                let start = rules.count
+                rules += compiledRules.filter { egress ? $0.egress : $0.ingress }
+                runs.append(start..<rules.count)
+            }
+            hasIngressRules.append(!runs[2 * tenantIndex].isEmpty)
+            hasEgressRules.append(!runs[2 * tenantIndex + 1].isEmpty)
         }
     }
 
     /// Whether `tenant`'s ACL allows `packet` at `port` in the given direction.
     func allows(tenant: Int, port: Int, egress: Bool, packet: ACLPacket) -> Bool {
-        let range = ranges[tenant]
-        for index in range.lowerBound..<range.upperBound {
-            let rule = rules[index]
-            if egress ? !rule.egress : !rule.ingress { continue }
-            if rule.port != -1 && rule.port != Int32(port) { continue }
-            if rule.family != 0 && rule.family != packet.family { continue }
-            let ignoresClaimedProtocol = rule.deny && rule.hasPortRanges && packet.isNonFirstFragment && packet.family == 6
-            if rule.proto >= 0 && rule.proto != Int16(packet.proto) && !ignoresClaimedProtocol { continue }
-            if !rule.source.contains(high: packet.sourceHigh, low: packet.sourceLow) { continue }
-            if !rule.destination.contains(high: packet.destinationHigh, low: packet.destinationLow) { continue }
-            if rule.hasPortRanges {
-                guard packet.proto == Wire.protoTCP || packet.proto == Wire.protoUDP || ignoresClaimedProtocol else { continue }
-                if packet.isNonFirstFragment {
-                    if !rule.deny { continue }
-                } else {
-                    guard packet.hasPorts,
-                          packet.sourcePort >= rule.sourcePortLower, packet.sourcePort <= rule.sourcePortUpper,
-                          packet.destinationPort >= rule.destinationPortLower,
-                          packet.destinationPort <= rule.destinationPortUpper
-                    else { continue }
+        let run = runs[2 * tenant + (egress ? 1 : 0)]
+        return rules.withUnsafeBufferPointer { rules in
+            // The runs are made at init from this array: checked once here, not per rule.
+            precondition(run.lowerBound >= 0 && run.upperBound <= rules.count)
+            guard let first = rules.baseAddress else { return true }  // no rules at all
+            let port = Int32(truncatingIfNeeded: port)
+            let proto = Int16(packet.proto)
+            let isNonFirstIPv6Fragment = packet.isNonFirstFragment && packet.family == 6
+            let isTCPOrUDP = packet.proto == Wire.protoTCP || packet.proto == Wire.protoUDP
+            for index in run {
+                // Fields read in place: a copy of the whole rule per rule costs more than the test.
+                let rule = first + index
+                if rule.pointee.port != -1 && rule.pointee.port != port { continue }
+                if rule.pointee.family != 0 && rule.pointee.family != packet.family { continue }
+                let deny = rule.pointee.deny
+                let hasPortRanges = rule.pointee.hasPortRanges
+                let ignoresClaimedProtocol = deny && hasPortRanges && isNonFirstIPv6Fragment
+                if rule.pointee.proto >= 0 && rule.pointee.proto != proto && !ignoresClaimedProtocol { continue }
+                if !rule.pointee.source.contains(high: packet.sourceHigh, low: packet.sourceLow) { continue }
+                if !rule.pointee.destination.contains(high: packet.destinationHigh, low: packet.destinationLow) { continue }
+                if hasPortRanges {
+                    guard isTCPOrUDP || ignoresClaimedProtocol else { continue }
+                    if packet.isNonFirstFragment {
+                        if !deny { continue }
+                    } else {
+                        guard packet.hasPorts,
+                              packet.sourcePort >= rule.pointee.sourcePortLower,
+                              packet.sourcePort <= rule.pointee.sourcePortUpper,
+                              packet.destinationPort >= rule.pointee.destinationPortLower,
+                              packet.destinationPort <= rule.pointee.destinationPortUpper
+                        else { continue }
+                    }
                 }
+                return !deny
             }
-            return !rule.deny
+            return true
         }
-        return true
     }
 }

@@ -56,22 +56,22 @@ public enum OffloadCheck {
     /// The drop reason for a header that does not describe `parsed`, a frame of `frameLength`
     /// bytes on a segment whose MTU is `mtu`; nil when it does.
     @inline(__always)
-    static func check(_ header: VirtioNetHeader, _ parsed: ParsedFrame, frameLength: Int, mtu: Int) -> DropReason? {
+    static func check(_ header: VirtioNetHeader, _ parsed: inout ParsedFrame, frameLength: Int, mtu: Int) -> DropReason? {
         // The common case: a plain frame with no offload asked for.
         if header.gsoType == 0 && header.flags & VirtioNetHeader.flagNeedsCsum == 0 && header.headerLength == 0 {
             return nil
         }
-        if let reason = checkGSOType(header, parsed) { return reason }
-        if header.flags & VirtioNetHeader.flagNeedsCsum != 0, let reason = checkChecksum(header, parsed) {
+        if let reason = checkGSOType(header, &parsed) { return reason }
+        if header.flags & VirtioNetHeader.flagNeedsCsum != 0, let reason = checkChecksum(header, &parsed) {
             return reason
         }
-        if header.isGSO, let reason = checkSegmentSize(header, parsed, frameLength: frameLength, mtu: mtu) {
+        if header.isGSO, let reason = checkSegmentSize(header, &parsed, frameLength: frameLength, mtu: mtu) {
             return reason
         }
-        return checkHeaderLength(header, parsed, frameLength: frameLength)
+        return checkHeaderLength(header, &parsed, frameLength: frameLength)
     }
 
-    static func checkGSOType(_ header: VirtioNetHeader, _ parsed: ParsedFrame) -> DropReason? {
+    static func checkGSOType(_ header: VirtioNetHeader, _ parsed: inout ParsedFrame) -> DropReason? {
         let ecn = header.gsoType & VirtioNetHeader.gsoECN != 0
         switch header.gso {
         case VirtioNetHeader.GSOType.none?:
@@ -90,7 +90,7 @@ public enum OffloadCheck {
         return nil
     }
 
-    static func checkChecksum(_ header: VirtioNetHeader, _ parsed: ParsedFrame) -> DropReason? {
+    static func checkChecksum(_ header: VirtioNetHeader, _ parsed: inout ParsedFrame) -> DropReason? {
         guard parsed.isIP, parsed.hasTransportHeader, !parsed.isFragment,
               Int(header.csumStart) == parsed.transportOffset
         else { return .offloadChecksumMismatch }
@@ -102,7 +102,7 @@ public enum OffloadCheck {
     }
 
     /// Called for GSO frames that passed `checkGSOType`: a parsed TCP or UDP header is present.
-    static func checkSegmentSize(_ header: VirtioNetHeader, _ parsed: ParsedFrame, frameLength: Int,
+    static func checkSegmentSize(_ header: VirtioNetHeader, _ parsed: inout ParsedFrame, frameLength: Int,
                                  mtu: Int) -> DropReason? {
         let size = Int(header.gsoSize)
         let headers = parsed.transportOffset + parsed.transportHeaderLength  // Ethernet included
@@ -117,7 +117,7 @@ public enum OffloadCheck {
         return nil
     }
 
-    static func checkHeaderLength(_ header: VirtioNetHeader, _ parsed: ParsedFrame, frameLength: Int) -> DropReason? {
+    static func checkHeaderLength(_ header: VirtioNetHeader, _ parsed: inout ParsedFrame, frameLength: Int) -> DropReason? {
         let length = Int(header.headerLength)
         guard length <= frameLength else { return .offloadHeaderLength }
         if header.isGSO && length < parsed.transportOffset + parsed.transportHeaderLength {

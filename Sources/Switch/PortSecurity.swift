@@ -42,9 +42,14 @@ struct PortSecurity: Sendable {
     }
 
     /// Whether `port` may send from `mac`: its own MAC or one of its allowed MACs.
+    @inline(__always)
     func allowsMAC(_ mac: UInt64, port: Int) -> Bool {
         let policy = policies[port]
-        if mac == policy.mac { return true }
+        return mac == policy.mac || allowsOtherMAC(mac, policy: policy)
+    }
+
+    /// Whether `mac` is one of `policy`'s allowed MACs.
+    func allowsOtherMAC(_ mac: UInt64, policy: PortPolicy) -> Bool {
         // Binary search: a port may list many MACs (a nested hypervisor, a container host).
         var low = policy.allowedMACs.lowerBound, high = policy.allowedMACs.upperBound
         while low < high {
@@ -56,6 +61,7 @@ struct PortSecurity: Sendable {
         return false
     }
 
+    @inline(__always)
     func ownsIPv4(_ address: UInt32, port: Int) -> Bool {
         let range = policies[port].ipv4
         for index in range.lowerBound..<range.upperBound where ipv4[index] == address { return true }
@@ -73,19 +79,21 @@ struct PortSecurity: Sendable {
         return allowsMAC(mac, port: port)
     }
 
-    /// Runs every check of `port`'s policy on a parsed, well-formed frame.
-    func check(_ frame: FrameBytes, _ parsed: ParsedFrame, port: Int) -> DropReason? {
+    /// Runs every check of `port`'s policy on a parsed, well-formed frame. Inlined, with the IPv4
+    /// checks, into the pipeline: the common case is a few compares.
+    @inline(__always)
+    func check(_ frame: FrameBytes, _ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let source = MACAddress(rawValue: parsed.source)
         if source.isMulticast || source.isZero { return .sourceMACInvalid }
         guard allowsMAC(parsed.source, port: port) else { return .sourceMACSpoofed }
         switch parsed.layer {
-        case .arp: return checkARP(parsed, port: port)
-        case .ipv4: return checkIPv4(parsed, port: port)
-        case .ipv6: return checkIPv6(frame, parsed, port: port)
+        case .arp: return checkARP(&parsed, port: port)
+        case .ipv4: return checkIPv4(&parsed, port: port)
+        case .ipv6: return checkIPv6(frame, &parsed, port: port)
         }
     }
 
-    func checkARP(_ parsed: ParsedFrame, port: Int) -> DropReason? {
+    func checkARP(_ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         // The Ethernet source was checked: the sender must be the same MAC.
         guard parsed.arpSenderMAC == parsed.source else { return .arpSpoofed }
         // 0.0.0.0 is an ARP probe (RFC 5227).
@@ -93,7 +101,8 @@ struct PortSecurity: Sendable {
         return nil
     }
 
-    func checkIPv4(_ parsed: ParsedFrame, port: Int) -> DropReason? {
+    @inline(__always)
+    func checkIPv4(_ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let policy = policies[port]
         let source = UInt32(truncatingIfNeeded: parsed.sourceLow)
         let isDHCPClient = parsed.proto == Wire.protoUDP && parsed.hasPorts && !parsed.isFragment
@@ -101,14 +110,14 @@ struct PortSecurity: Sendable {
         if !ownsIPv4(source, port: port) {
             guard source == 0, isDHCPClient, policy.allowDHCPClient else { return .sourceIPSpoofed }
         }
-        if isDHCPServerMessage(parsed, serverPort: 67, clientPort: 68) && !policy.dhcpServer { return .dhcpServer }
+        if isDHCPServerMessage(&parsed, serverPort: 67, clientPort: 68) && !policy.dhcpServer { return .dhcpServer }
         if parsed.hasTransportHeader && parsed.proto == Wire.protoICMP && parsed.icmpType == 5 && !policy.router {
             return .routerAdvertisement
         }
         return nil
     }
 
-    func checkIPv6(_ frame: FrameBytes, _ parsed: ParsedFrame, port: Int) -> DropReason? {
+    func checkIPv6(_ frame: FrameBytes, _ parsed: inout ParsedFrame, port: Int) -> DropReason? {
         let policy = policies[port]
         let isICMPv6 = parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
         let type = parsed.icmpType
@@ -121,7 +130,7 @@ struct PortSecurity: Sendable {
         } else if !ownsIPv6(high: parsed.sourceHigh, low: parsed.sourceLow, port: port) {
             return .sourceIPSpoofed
         }
-        if isDHCPServerMessage(parsed, serverPort: 547, clientPort: 546) && !policy.dhcpServer { return .dhcpServer }
+        if isDHCPServerMessage(&parsed, serverPort: 547, clientPort: 546) && !policy.dhcpServer { return .dhcpServer }
         guard isICMPv6, (133...137).contains(type) else { return nil }
         // RFC 6980: neighbor discovery never uses fragments.
         if parsed.isFragment { return .fragmentInvalid }
@@ -150,7 +159,7 @@ struct PortSecurity: Sendable {
     /// Clients accept a reply by its destination port alone (NetworkManager's n-dhcp4 never checks
     /// the source port; a DHCPv6 client's socket on 546 takes any), while their own messages go
     /// from the client port to the server port.
-    func isDHCPServerMessage(_ parsed: ParsedFrame, serverPort: UInt16, clientPort: UInt16) -> Bool {
+    func isDHCPServerMessage(_ parsed: inout ParsedFrame, serverPort: UInt16, clientPort: UInt16) -> Bool {
         parsed.hasPorts && parsed.proto == Wire.protoUDP
             && (parsed.sourcePort == serverPort || parsed.destinationPort == clientPort)
     }
