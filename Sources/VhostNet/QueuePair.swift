@@ -239,16 +239,21 @@ public final class VhostNetQueuePair: @unchecked Sendable {
         change.signal()
     }
 
-    /// Stops one ring of the pair; returns where it would resume.
+    /// Stops one ring of the pair; returns where it would resume. What the ring returned since
+    /// the worker's last `flush` is published first: the stop may come between a worker's
+    /// `transmit` or `deliver` and its `flush`, and the driver resumes after every chain taken,
+    /// so an entry left unpublished would be a buffer it never gets back.
     func stop(queue index: Int) -> UInt16 {
         let next = state.withLock { s -> UInt16 in
             if index % 2 == 0 {
                 defer { s.rx = nil }
+                s.rx?.flush()
                 return s.rx?.queue.nextAvailable ?? 0
             }
             if let old = s.kick { s.retiredKicks.append(old) }
             s.kick = nil
             defer { s.tx = nil }
+            s.tx?.flush()
             return s.tx?.queue.nextAvailable ?? 0
         }
         change.signal()

@@ -433,6 +433,25 @@ final class VhostNetDeviceTests: XCTestCase {
         XCTAssertEqual(transmitted(port.pair).count, 1)
     }
 
+    /// Found by the vhostnet fuzz target: a ring stopped between a worker's `transmit` or
+    /// `deliver` and its `flush` lost the used entries written since the last flush. The driver
+    /// resumes after every chain taken, so those buffers never came back to it.
+    func testAStopPublishesWhatTheRingsReturnedSinceTheLastFlush() throws {
+        let port = try serve()
+        let client = try NetClient(socket: port.socket)
+        client.postReceiveBuffers()
+        try client.send(Frames.ethernet(length: 60))
+        _ = port.pair.refresh()
+        XCTAssertNotNil(port.pair.transmit(into: buffer))
+        XCTAssertNil(port.pair.transmit(into: buffer))
+        XCTAssertTrue(deliver(port.pair, Frames.ethernet(length: 60)))
+        // No flush: the connection thread stops the rings (GET_VRING_BASE) between the worker's calls.
+        XCTAssertEqual(try client.frontend.getVringBase(1), 1)
+        XCTAssertEqual(try client.frontend.getVringBase(0), 1)
+        XCTAssertEqual(client.reclaimTransmitted(), 1, "the transmit chain taken before the stop is returned")
+        XCTAssertEqual(client.pendingReceives(), 1, "and the receive buffer the frame went into")
+    }
+
     func testWorkerThreadEchoesFrames() throws {
         let port = try serve()
         let client = try NetClient(socket: port.socket)
