@@ -185,7 +185,8 @@ public final class VhostNetQueuePair: @unchecked Sendable {
     }
 
     /// Copies `frame` (a 12-byte virtio-net header, then the frame) into the guest's receive
-    /// buffers, with `num_buffers` when mergeable buffers were negotiated. Nothing is written
+    /// buffers, with `num_buffers` set to the chains it took (1 without mergeable buffers; the
+    /// legacy 10-byte header has no such field). Nothing is written
     /// until the buffers are known to hold all of it, and nothing past a descriptor's length.
     /// Returns false (and counts why) when the frame was dropped; never waits for buffers.
     @discardableResult
@@ -534,8 +535,10 @@ struct PairState {
             capacity &+= chain.writableLength
         }
 
-        // Every check passed: write the header, then the frame, segment by segment.
-        header.numBuffers = ring.mergeable ? UInt16(taken.count) : 0
+        // Every check passed: write the header, then the frame, segment by segment. num_buffers
+        // is 1 without mergeable buffers (virtio 1.2, 5.1.6.4.1: the device MUST set it so);
+        // the legacy 10-byte header has no such field.
+        header.numBuffers = ring.mergeable ? UInt16(taken.count) : 1
         var headerStorage: (UInt64, UInt32) = (0, 0)
         let memory = ring.queue.memory
         var cursor = SegmentCursor()

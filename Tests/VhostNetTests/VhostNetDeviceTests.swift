@@ -452,6 +452,17 @@ final class VhostNetDeviceTests: XCTestCase {
         XCTAssertEqual(client.pendingReceives(), 1, "and the receive buffer the frame went into")
     }
 
+    /// Found by the vhostnet fuzz target: without MRG_RXBUF the 12-byte header's num_buffers
+    /// was 0; virtio 1.2 (5.1.6.4.1) says the device sets it to 1.
+    func testWithoutMergeableBuffersNumBuffersIsOne() throws {
+        let port = try serve()
+        let client = try NetClient(socket: port.socket, wanted: VirtioFeatures.version1 | VirtioFeatures.eventIndex)
+        client.postReceiveBuffers(count: 1)
+        XCTAssertTrue(deliver(port.pair, Frames.ethernet(length: 60)))
+        port.pair.flush()
+        XCTAssertEqual(try client.receive().header.numBuffers, 1)
+    }
+
     func testWorkerThreadEchoesFrames() throws {
         let port = try serve()
         let client = try NetClient(socket: port.socket)
