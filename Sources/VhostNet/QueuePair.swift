@@ -428,11 +428,15 @@ struct PairState {
             case .tcpv6: allowed = ring.features & NetFeatures.hostTSO6 != 0
             default: allowed = false
             }
-            let ecnAllowed = header.gsoType & VirtioNetHeader.gsoECN == 0 || ring.features & NetFeatures.hostECN != 0
-            guard allowed, ecnAllowed else {
+            guard allowed else {
                 counters.txOffloadNotNegotiated &+= 1
                 return nil
             }
+        }
+        // The ECN bit marks TCP segments to be cut: never without a GSO type, nor without HOST_ECN.
+        if header.gsoType & VirtioNetHeader.gsoECN != 0, !header.isGSO || ring.features & NetFeatures.hostECN == 0 {
+            counters.txOffloadNotNegotiated &+= 1
+            return nil
         }
         header.write(to: UnsafeMutableRawBufferPointer(start: base, count: VirtioNetHeader.size))
         counters.transmittedFrames &+= 1
@@ -465,11 +469,15 @@ struct PairState {
             case .tcpv6: allowed = features & NetFeatures.guestTSO6 != 0
             default: allowed = false
             }
-            let ecnAllowed = header.gsoType & VirtioNetHeader.gsoECN == 0 || features & NetFeatures.guestECN != 0
-            guard allowed, ecnAllowed, header.flags & VirtioNetHeader.flagNeedsCsum != 0 else {
+            guard allowed, header.flags & VirtioNetHeader.flagNeedsCsum != 0 else {
                 counters.rxOffloadNotNegotiated &+= 1
                 return false
             }
+        }
+        // ECN: only on TCP segments to be cut, and only for a guest that negotiated GUEST_ECN.
+        if header.gsoType & VirtioNetHeader.gsoECN != 0, !header.isGSO || features & NetFeatures.guestECN == 0 {
+            counters.rxOffloadNotNegotiated &+= 1
+            return false
         }
         // A partial checksum the guest cannot complete is completed here, from the switch's copy.
         var checksum: (offset: Int, value: UInt16)?

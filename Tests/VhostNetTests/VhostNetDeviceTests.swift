@@ -463,6 +463,21 @@ final class VhostNetDeviceTests: XCTestCase {
         XCTAssertEqual(try client.receive().header.numBuffers, 1)
     }
 
+    /// Found by the vhostnet fuzz target: a GSO type of only the ECN bit passed both ways,
+    /// though ECN was not negotiated (and marks only TCP segments to be cut).
+    func testAnECNBitWithoutSegmentationIsAnOffloadNotNegotiatedBothWays() throws {
+        let port = try serve()
+        let client = try NetClient(socket: port.socket)
+        client.postReceiveBuffers()
+        let ecnOnly = VirtioNetHeader(gsoType: VirtioNetHeader.gsoECN)
+        try client.send(Frames.ethernet(length: 100), header: ecnOnly)
+        XCTAssertEqual(transmitted(port.pair).count, 0)
+        XCTAssertEqual(port.pair.counters.txOffloadNotNegotiated, 1)
+        XCTAssertFalse(deliver(port.pair, Frames.ethernet(length: 100), ecnOnly))
+        XCTAssertEqual(port.pair.counters.rxOffloadNotNegotiated, 1)
+        XCTAssertTrue(deliver(port.pair, Frames.ethernet(length: 100)))
+    }
+
     func testWorkerThreadEchoesFrames() throws {
         let port = try serve()
         let client = try NetClient(socket: port.socket)
