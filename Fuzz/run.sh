@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="switch vhostuser virtio blockdevice"
+targets="switch vhostuser virtio blockdevice vhostnet"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -29,9 +29,10 @@ common=(-sanitize=fuzzer,address -gline-tables-only -swift-version 6 -parse-as-l
 # The modules under test: -Onone for the parsers' targets. The block device target drives a worker
 # thread and io_uring per input, and at -Onone its descriptor walks take three times as long: its
 # modules are built with -O, which keeps Swift's runtime checks (bounds, overflow, preconditions).
+# So are the vhost-user-net device's, which copy frames of up to 64 KiB byte by byte at -Onone.
 # The fuzz entry point itself is always -Onone, so its precondition messages are printed.
 optimize=-Onone
-[[ "$target" == blockdevice ]] && optimize=-O
+[[ "$target" == blockdevice || "$target" == vhostnet ]] && optimize=-O
 
 # Search paths for the C modules compiled so far (their generated module maps); every later
 # swiftc call gets them, since importing HostOS means importing CLinux too.
@@ -123,6 +124,19 @@ case "$target" in
              "$modules/Logging.o" "$modules/VhostUser.o" "$modules/Block.o")
     link_extra+=(-luring)
     main=Fuzz/BlockDeviceFuzz/FuzzMain.swift
+    ;;
+  vhostnet)
+    # The virtio-net device with what it imports: the C shims, HostOS, swift-log and VhostUser.
+    compile_c CLinux
+    compile_module Virtio
+    compile_module Metering
+    compile_module HostOS
+    compile_logging
+    compile_module VhostUser
+    compile_module VhostNet
+    objects=("$modules/Virtio.o" "$modules/Metering.o" "$modules/HostOS.o" "$modules/Logging.o" "$modules/VhostUser.o"
+             "$modules/VhostNet.o")
+    main=Fuzz/VhostNetFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
@@ -253,6 +267,68 @@ for name, data in seeds.items():
 PY
 fi
 
+if [[ "$target" == vhostnet && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: a 7-byte header (features, queue sizes, start indices), then steps
+  # (Fuzz/VhostNetFuzz/FuzzMain.swift). Data slot N is guest address 0x104000 + 16 N.
+  python3 - "$corpus" <<'PY'
+import struct, sys
+DESC, INDIRECT, APPEND, PUBLISH, POKE, FILL, EVENT, TRANSMIT, DELIVER, FLUSH, KICK, RESTART = range(12)
+V1, MRG, EVT, IND, CSUM, GCSUM, HTSO4, HTSO6, GTSO4, GTSO6 = (1 << i for i in range(10))
+NEXT, WRITE, INDIRECT_FLAG = 1, 2, 4
+RX, TX = 0, 1
+def head(features, rx_size=16, tx_size=16, rx_start=0, tx_start=0):
+    exp = lambda n: n.bit_length() - 1
+    return struct.pack("<HBHH", features, exp(rx_size) | exp(tx_size) << 4, rx_start, tx_start)
+def entry(flags, slot, length, nxt=0):             # a descriptor pointing at a data slot
+    code = length if length < 0x8000 else 0x8000 | length // 64
+    return bytes([flags]) + struct.pack("<HHB", slot, code, nxt)
+def desc(q, index, flags, slot, length, nxt=0):
+    return bytes([DESC, q, index]) + entry(flags, slot, length, nxt)
+def table(slot, *entries):
+    return bytes([INDIRECT]) + struct.pack("<HB", slot, len(entries) - 1) + b"".join(entries)
+def post(q, *heads):
+    return bytes([APPEND, q, len(heads) - 1, *heads, PUBLISH, q, 0])
+def poke(slot, data):
+    offset = 0x4000 + 16 * slot
+    return bytes([POKE]) + struct.pack("<HB", offset & 0xFFFF, offset >> 16) + bytes([len(data) - 1]) + data
+def fill(slot, value, length):
+    return bytes([FILL]) + struct.pack("<HBH", slot, value, length)
+def vnet(flags=0, gso=0, hdr_len=0, gso_size=0, start=0, offset=0):
+    return struct.pack("<BBHHHHH", flags, gso, hdr_len, gso_size, start, offset, 0)
+def deliver(header, length, prefix=b"", copies=1, seed=0x33):
+    gso = [0, 1, 4, 3, 5, 0x81, 0x84, 0x80].index(header[1])
+    return bytes([DELIVER, copies - 1, header[0], gso]) + header[2:] + struct.pack("<HBB", length, seed, len(prefix)) + prefix
+ether = bytes.fromhex("020000000001" "020000000002" "0800")
+udp_headers = ether + bytes.fromhex("4500002e12340000401100000a0000010a000002" "9c400035001a0000")
+transmit = bytes([KICK, 1, 5, TRANSMIT, FLUSH])
+seeds = {
+    # A frame in two descriptors (header, then 60 bytes).
+    "tx-split": head(V1 | EVT | IND | CSUM | HTSO4 | HTSO6) + desc(TX, 0, NEXT, 0, 12, 1) + desc(TX, 1, 0, 16, 60)
+                + fill(16, 2, 60) + post(TX, 0) + transmit,
+    # A TSO4 frame with a partial checksum, through an indirect table.
+    "tx-indirect-tso": head(V1 | EVT | IND | CSUM | HTSO4) + table(512, entry(NEXT, 0, 12, 1), entry(0, 16, 1514))
+                       + desc(TX, 0, INDIRECT_FLAG, 512, 32) + poke(0, vnet(1, 1, 54, 1448, 34, 16)) + fill(16, 2, 1514)
+                       + post(TX, 0) + transmit,
+    # Legacy 10-byte header, taken and stopped before the worker flushed.
+    "tx-legacy-stop": head(EVT) + desc(TX, 3, 0, 0, 74) + post(TX, 3) + bytes([TRANSMIT, RESTART, 1, 0]),
+    # One receive buffer, one frame.
+    "rx-one": head(V1 | EVT | IND | GCSUM | GTSO4 | GTSO6) + desc(RX, 0, WRITE, 128, 2048) + post(RX, 0)
+              + deliver(vnet(), 60, ether) + bytes([FLUSH]),
+    # Mergeable buffers: a 1500-byte frame over four 512-byte buffers.
+    "rx-mergeable": head(V1 | MRG | EVT | GCSUM) + desc(RX, 0, WRITE, 128, 512) + desc(RX, 1, WRITE, 160, 512)
+                    + desc(RX, 2, WRITE, 192, 512) + desc(RX, 3, WRITE, 224, 512) + post(RX, 0, 1, 2, 3)
+                    + deliver(vnet(), 1500, ether) + bytes([FLUSH]),
+    # A partial UDP checksum the guest cannot complete (no GUEST_CSUM): the device does.
+    "rx-csum-complete": head(V1) + desc(RX, 0, WRITE, 128, 2048) + post(RX, 0)
+                        + deliver(vnet(1, 0, 0, 0, 34, 6), 60, udp_headers) + bytes([FLUSH]),
+    # Kicks that bring nothing, until the kick descriptor is paused.
+    "kick-pause": head(V1 | EVT) + bytes([KICK, 1, 7]) * 70,
+}
+for name, data in seeds.items():
+    open(f"{sys.argv[1]}/seed-{name}", "wb").write(data)
+PY
+fi
+
 if [[ "$target" == blockdevice ]]; then
   # The volumes live under .build-fuzz (a disk file system, so O_DIRECT is used), one temporary
   # directory per fuzzer process; what a crashed run left behind goes now.
@@ -261,6 +337,9 @@ if [[ "$target" == blockdevice ]]; then
 fi
 
 echo "fuzz: running $target for ${seconds}s" >&2
+# A trap is reported by libFuzzer's own handler; Swift's backtracer, which would run first, can
+# take minutes to symbolicate an instrumented binary.
+export SWIFT_BACKTRACE="${SWIFT_BACKTRACE:-enable=no}"
 # libFuzzer exits non-zero on a crash, a sanitizer report, a leak or a timeout; set -e passes it on.
 "$binary" "$corpus" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
   -artifact_prefix="$artifacts/"

@@ -185,7 +185,8 @@ public final class VhostNetQueuePair: @unchecked Sendable {
     }
 
     /// Copies `frame` (a 12-byte virtio-net header, then the frame) into the guest's receive
-    /// buffers, with `num_buffers` when mergeable buffers were negotiated. Nothing is written
+    /// buffers, with `num_buffers` set to the chains it took (1 without mergeable buffers; the
+    /// legacy 10-byte header has no such field). Nothing is written
     /// until the buffers are known to hold all of it, and nothing past a descriptor's length.
     /// Returns false (and counts why) when the frame was dropped; never waits for buffers.
     @discardableResult
@@ -239,16 +240,21 @@ public final class VhostNetQueuePair: @unchecked Sendable {
         change.signal()
     }
 
-    /// Stops one ring of the pair; returns where it would resume.
+    /// Stops one ring of the pair; returns where it would resume. What the ring returned since
+    /// the worker's last `flush` is published first: the stop may come between a worker's
+    /// `transmit` or `deliver` and its `flush`, and the driver resumes after every chain taken,
+    /// so an entry left unpublished would be a buffer it never gets back.
     func stop(queue index: Int) -> UInt16 {
         let next = state.withLock { s -> UInt16 in
             if index % 2 == 0 {
                 defer { s.rx = nil }
+                s.rx?.flush()
                 return s.rx?.queue.nextAvailable ?? 0
             }
             if let old = s.kick { s.retiredKicks.append(old) }
             s.kick = nil
             defer { s.tx = nil }
+            s.tx?.flush()
             return s.tx?.queue.nextAvailable ?? 0
         }
         change.signal()
@@ -422,11 +428,15 @@ struct PairState {
             case .tcpv6: allowed = ring.features & NetFeatures.hostTSO6 != 0
             default: allowed = false
             }
-            let ecnAllowed = header.gsoType & VirtioNetHeader.gsoECN == 0 || ring.features & NetFeatures.hostECN != 0
-            guard allowed, ecnAllowed else {
+            guard allowed else {
                 counters.txOffloadNotNegotiated &+= 1
                 return nil
             }
+        }
+        // The ECN bit marks TCP segments to be cut: never without a GSO type, nor without HOST_ECN.
+        if header.gsoType & VirtioNetHeader.gsoECN != 0, !header.isGSO || ring.features & NetFeatures.hostECN == 0 {
+            counters.txOffloadNotNegotiated &+= 1
+            return nil
         }
         header.write(to: UnsafeMutableRawBufferPointer(start: base, count: VirtioNetHeader.size))
         counters.transmittedFrames &+= 1
@@ -459,11 +469,15 @@ struct PairState {
             case .tcpv6: allowed = features & NetFeatures.guestTSO6 != 0
             default: allowed = false
             }
-            let ecnAllowed = header.gsoType & VirtioNetHeader.gsoECN == 0 || features & NetFeatures.guestECN != 0
-            guard allowed, ecnAllowed, header.flags & VirtioNetHeader.flagNeedsCsum != 0 else {
+            guard allowed, header.flags & VirtioNetHeader.flagNeedsCsum != 0 else {
                 counters.rxOffloadNotNegotiated &+= 1
                 return false
             }
+        }
+        // ECN: only on TCP segments to be cut, and only for a guest that negotiated GUEST_ECN.
+        if header.gsoType & VirtioNetHeader.gsoECN != 0, !header.isGSO || features & NetFeatures.guestECN == 0 {
+            counters.rxOffloadNotNegotiated &+= 1
+            return false
         }
         // A partial checksum the guest cannot complete is completed here, from the switch's copy.
         var checksum: (offset: Int, value: UInt16)?
@@ -529,8 +543,10 @@ struct PairState {
             capacity &+= chain.writableLength
         }
 
-        // Every check passed: write the header, then the frame, segment by segment.
-        header.numBuffers = ring.mergeable ? UInt16(taken.count) : 0
+        // Every check passed: write the header, then the frame, segment by segment. num_buffers
+        // is 1 without mergeable buffers (virtio 1.2, 5.1.6.4.1: the device MUST set it so);
+        // the legacy 10-byte header has no such field.
+        header.numBuffers = ring.mergeable ? UInt16(taken.count) : 1
         var headerStorage: (UInt64, UInt32) = (0, 0)
         let memory = ring.queue.memory
         var cursor = SegmentCursor()

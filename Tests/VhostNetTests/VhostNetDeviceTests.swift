@@ -433,6 +433,51 @@ final class VhostNetDeviceTests: XCTestCase {
         XCTAssertEqual(transmitted(port.pair).count, 1)
     }
 
+    /// Found by the vhostnet fuzz target: a ring stopped between a worker's `transmit` or
+    /// `deliver` and its `flush` lost the used entries written since the last flush. The driver
+    /// resumes after every chain taken, so those buffers never came back to it.
+    func testAStopPublishesWhatTheRingsReturnedSinceTheLastFlush() throws {
+        let port = try serve()
+        let client = try NetClient(socket: port.socket)
+        client.postReceiveBuffers()
+        try client.send(Frames.ethernet(length: 60))
+        _ = port.pair.refresh()
+        XCTAssertNotNil(port.pair.transmit(into: buffer))
+        XCTAssertNil(port.pair.transmit(into: buffer))
+        XCTAssertTrue(deliver(port.pair, Frames.ethernet(length: 60)))
+        // No flush: the connection thread stops the rings (GET_VRING_BASE) between the worker's calls.
+        XCTAssertEqual(try client.frontend.getVringBase(1), 1)
+        XCTAssertEqual(try client.frontend.getVringBase(0), 1)
+        XCTAssertEqual(client.reclaimTransmitted(), 1, "the transmit chain taken before the stop is returned")
+        XCTAssertEqual(client.pendingReceives(), 1, "and the receive buffer the frame went into")
+    }
+
+    /// Found by the vhostnet fuzz target: without MRG_RXBUF the 12-byte header's num_buffers
+    /// was 0; virtio 1.2 (5.1.6.4.1) says the device sets it to 1.
+    func testWithoutMergeableBuffersNumBuffersIsOne() throws {
+        let port = try serve()
+        let client = try NetClient(socket: port.socket, wanted: VirtioFeatures.version1 | VirtioFeatures.eventIndex)
+        client.postReceiveBuffers(count: 1)
+        XCTAssertTrue(deliver(port.pair, Frames.ethernet(length: 60)))
+        port.pair.flush()
+        XCTAssertEqual(try client.receive().header.numBuffers, 1)
+    }
+
+    /// Found by the vhostnet fuzz target: a GSO type of only the ECN bit passed both ways,
+    /// though ECN was not negotiated (and marks only TCP segments to be cut).
+    func testAnECNBitWithoutSegmentationIsAnOffloadNotNegotiatedBothWays() throws {
+        let port = try serve()
+        let client = try NetClient(socket: port.socket)
+        client.postReceiveBuffers()
+        let ecnOnly = VirtioNetHeader(gsoType: VirtioNetHeader.gsoECN)
+        try client.send(Frames.ethernet(length: 100), header: ecnOnly)
+        XCTAssertEqual(transmitted(port.pair).count, 0)
+        XCTAssertEqual(port.pair.counters.txOffloadNotNegotiated, 1)
+        XCTAssertFalse(deliver(port.pair, Frames.ethernet(length: 100), ecnOnly))
+        XCTAssertEqual(port.pair.counters.rxOffloadNotNegotiated, 1)
+        XCTAssertTrue(deliver(port.pair, Frames.ethernet(length: 100)))
+    }
+
     func testWorkerThreadEchoesFrames() throws {
         let port = try serve()
         let client = try NetClient(socket: port.socket)
