@@ -29,7 +29,8 @@ common=(-sanitize=fuzzer,address -gline-tables-only -swift-version 6 -parse-as-l
 # The modules under test: -Onone for the parsers' targets. The block device target drives a worker
 # thread and io_uring per input, and at -Onone its descriptor walks take three times as long: its
 # modules are built with -O, which keeps Swift's runtime checks (bounds, overflow, preconditions).
-# So are the vhost-user-net device's, which copy frames of up to 64 KiB byte by byte at -Onone.
+# So are the vhost-user-net device's: the same descriptor walks, and a per-byte checksum loop over
+# frames of up to 64 KiB.
 # The fuzz entry point itself is always -Onone, so its precondition messages are printed.
 optimize=-Onone
 [[ "$target" == blockdevice || "$target" == vhostnet ]] && optimize=-O

@@ -28,19 +28,23 @@
 //   num_buffers 0; the frame is exactly the guest's chain after its header; every chain it
 //   returned to the driver with length 0, and every one it dropped is one the device must drop
 //   (the harness walks the chains itself, from a copy of guest memory taken before the call);
-//   an offload that was not negotiated never passes; it returns nil once the ring is drained;
-//   it writes no guest memory but its used ring.
+//   an offload that was not negotiated never passes; chains are taken in the order the driver
+//   made them available, and nil means none is left; it writes no guest memory but its used ring.
 // - deliver: nothing is written or returned unless the frame is delivered; then the device wrote
 //   only inside the device-writable buffers of the chains it returned (and its used ring), each
 //   used length is at most its chain's writable capacity, the lengths add up to header and frame,
 //   every chain but the last is filled; where the buffers do not overlap, the guest reads the
 //   frame back intact, with num_buffers as the spec says (the chains used; 1 without MRG_RXBUF),
-//   DATA_VALID and NEEDS_CSUM only with GUEST_CSUM, a completed checksum that verifies.
+//   DATA_VALID and NEEDS_CSUM only with GUEST_CSUM, a completed checksum that verifies. Where it
+//   delivered, or dropped for want of buffers (none, or too small), the harness's own reading of
+//   the available ring (from where the device stood, with its copy of avail.idx) agrees: the
+//   same chains, or the same shortage.
 // - flush: used.idx becomes exactly what the device returned, and the driver is interrupted
 //   exactly when EVENT_IDX's used_event (or the NO_INTERRUPT flag) asks for it.
 // - kicked: `.at` only after `idleKickLimit` kicks in a row with nothing transmitted, pausing
 //   1 ms doubling to `maxKickPause`.
-// - stop: every chain the ring took was returned and published (unless the driver broke it).
+// - stop: every chain the ring took was returned and published, and the ring resumes after the
+//   last of them (unless the driver broke it).
 // libFuzzer's -timeout catches a hang.
 import HostOS
 import VhostNet
@@ -147,7 +151,8 @@ private func say(_ line: String) {
 }
 
 /// Counts for the summary printed at exit.
-nonisolated(unsafe) private var totals = (inputs: 0, transmitted: 0, txDropped: 0, delivered: 0, rxDropped: 0, interrupts: 0, pauses: 0)
+nonisolated(unsafe) private var totals = (inputs: 0, transmitted: 0, txDropped: 0, delivered: 0, rxDropped: 0, interrupts: 0, pauses: 0,
+                                          overcommitted: 0)
 
 // MARK: - Input decoding
 
@@ -276,6 +281,11 @@ private struct RingModel {
     var nextUsed: UInt16
     var published: UInt16
     var unpublished = 0
+    /// The device's next available position and its copy of avail.idx (it re-reads avail.idx
+    /// only once it has taken every chain up to the copy), followed call by call while the ring
+    /// is not broken.
+    var nextAvailable: UInt16
+    var availableShadow: UInt16
     /// Where the current run of the ring started.
     var cycleAvailable: UInt16
     var cycleUsed: UInt16
@@ -331,7 +341,8 @@ private struct Session {
             let size: UInt16 = exponent <= 8 ? 1 << UInt16(exponent) : [0, 3, 6, 100, 255, 257, 0xFFFF][Int(exponent - 9)]
             let start = input.u16()
             rings.append(RingModel(queue: queue, size: size, validSize: exponent <= 8, appendIndex: start, availableIndex: start,
-                                   nextUsed: start, published: start, cycleAvailable: start, cycleUsed: start))
+                                   nextUsed: start, published: start, nextAvailable: start, availableShadow: start,
+                                   cycleAvailable: start, cycleUsed: start))
         }
         self.rings = rings
         for ring in rings {
@@ -367,6 +378,8 @@ private struct Session {
         }
         let used = load(UInt16.self, at: ring.usedRing + 2)
         rings[q].cycleAvailable = nextAvailable
+        rings[q].nextAvailable = nextAvailable
+        rings[q].availableShadow = nextAvailable
         rings[q].cycleUsed = used
         rings[q].nextUsed = used
         rings[q].published = used
@@ -412,6 +425,7 @@ private struct Session {
             let taken = next &- ring.cycleAvailable
             let returned = ring.nextUsed &- ring.cycleUsed
             precondition(taken == returned, "queue \(q) stopped having taken \(taken) chains and returned \(returned)")
+            precondition(next == ring.nextAvailable, "queue \(q) stopped at \(next), the chains it took end at \(ring.nextAvailable)")
         }
     }
 
@@ -444,6 +458,46 @@ private struct Session {
         return entries
     }
 
+    /// The head the driver put at available-ring position `position`, from the copy.
+    func availableHead(_ ring: RingModel, at position: UInt16) -> UInt16 {
+        let slot = ring.availableRing + 4 + 2 * UInt64(position & (ring.size - 1))
+        guard let raw = world.before(slot, 2) else { preconditionFailure("available ring outside memory") }
+        return UInt16(littleEndian: raw.loadUnaligned(as: UInt16.self))
+    }
+
+    /// What taking receive chains for `needed` bytes must come to, from the copy.
+    enum ReceiveOutcome: Equatable {
+        case chains([UInt16], next: UInt16, shadow: UInt16)
+        case noBuffers(shadow: UInt16)
+        case tooSmall(shadow: UInt16)
+        case broken
+    }
+
+    func receiveOutcome(needed: Int) -> ReceiveOutcome {
+        let ring = rings[0]
+        var next = ring.nextAvailable, shadow = ring.availableShadow
+        var heads: [UInt16] = []
+        var capacity: UInt64 = 0
+        while capacity < UInt64(needed) {
+            guard heads.count < (mergeable ? VhostNetQueuePair.maxMergedBuffers : 1) else { return .tooSmall(shadow: shadow) }
+            if next == shadow {
+                guard let raw = world.before(ring.availableRing + 2, 2) else { preconditionFailure("available ring outside memory") }
+                let published = UInt16(littleEndian: raw.loadUnaligned(as: UInt16.self))
+                if published == next { return .noBuffers(shadow: shadow) }
+                guard published &- next <= ring.size else { return .broken }
+                shadow = published
+            }
+            let head = availableHead(ring, at: next)
+            next &+= 1
+            guard head < ring.size,
+                  let walked = walk(head: head, size: ring.size, table: ring.descriptorTable, indirect: indirect),
+                  walked.readable.isEmpty else { return .broken }
+            heads.append(head)
+            capacity += walked.writableLength
+        }
+        return .chains(heads, next: next, shadow: shadow)
+    }
+
     /// Whether the device must drop this transmit chain, from the copy: its walk, where its
     /// buffers are, its length, and the offloads its header asks for.
     func transmitRefused(_ walk: Walk?) -> String? {
@@ -472,6 +526,18 @@ private struct Session {
             let entries = observe(1) { length = pair.transmit(into: world.buffer) }
             takenSinceKick += entries.count
             world.checkUnchanged(except: [rings[1].usedSpan], what: "transmit")
+            if ring.running && !rings[1].broken {
+                // The chains are taken in the order the driver made them available, and nil
+                // means none is left (the device read avail.idx again before saying so).
+                for (i, entry) in entries.enumerated() {
+                    let head = availableHead(ring, at: rings[1].nextAvailable &+ UInt16(i))
+                    precondition(entry.head == head, "transmit returned chain \(entry.head), the driver made \(head) available there")
+                }
+                rings[1].nextAvailable &+= UInt16(entries.count)
+                let published = load(UInt16.self, at: ring.availableRing + 2)
+                precondition(length != nil || published == rings[1].nextAvailable,
+                             "transmit returned nil with \(published &- rings[1].nextAvailable) chains available")
+            }
             for (i, entry) in entries.enumerated() {
                 precondition(entry.length == 0, "transmit returned chain \(entry.head) with used length \(entry.length)")
                 let walked = walk(head: entry.head, size: ring.size, table: ring.descriptorTable, indirect: indirect)
@@ -516,7 +582,48 @@ private struct Session {
         let ring = rings[0]
         var delivered = false
         let pair = pair
+        let before = pair.counters
         let entries = observe(0) { delivered = pair.deliver(frame) }
+        let after = pair.counters
+        let needed = headerLength + frame.count - VirtioNetHeader.size
+        // Where the device took chains (it delivered, or found too few or too small buffers),
+        // it took those the driver made available, from where it stood.
+        if ring.running && !ring.broken && frame.count >= VirtioNetHeader.size {
+            let outcome = receiveOutcome(needed: needed)
+            if delivered, case .chains(let heads, _, _) = outcome, heads.count > Int(ring.size) {
+                // The driver made more chains available than its ring has slots (it reused slots
+                // of chains the device had taken and not yet returned), and one frame took them
+                // all: the used entries wrap over each other. The guest harms only itself; the
+                // harness can no longer tell which chains came back, so it checks the memory the
+                // device wrote against all of them and follows this ring no further.
+                rings[0].broken = true
+                var writable: [Span] = []
+                for head in heads {
+                    writable += walk(head: head, size: ring.size, table: ring.descriptorTable, indirect: indirect)?.writable ?? []
+                }
+                world.checkUnchanged(except: writable + [ring.usedSpan], what: "deliver")
+                totals.overcommitted += 1
+                return
+            }
+            if delivered {
+                guard case .chains(let heads, _, _) = outcome, heads == entries.map(\.head) else {
+                    preconditionFailure("deliver took chains \(entries.map(\.head)), the driver's ring says \(outcome)")
+                }
+            } else if after.rxNoBuffers != before.rxNoBuffers {
+                precondition({ if case .noBuffers = outcome { true } else { false } }(), "deliver found no buffers, the driver's ring says \(outcome)")
+            } else if after.rxBuffersTooSmall != before.rxBuffersTooSmall {
+                precondition({ if case .tooSmall = outcome { true } else { false } }(), "deliver found the buffers too small, the driver's ring says \(outcome)")
+            } else if after.brokenRings != before.brokenRings {
+                precondition(outcome == .broken, "deliver broke the ring, the driver's ring says \(outcome)")
+            }
+            if delivered || after.rxNoBuffers != before.rxNoBuffers || after.rxBuffersTooSmall != before.rxBuffersTooSmall {
+                switch outcome {
+                case .chains(_, let next, let shadow): rings[0].nextAvailable = next; rings[0].availableShadow = shadow
+                case .noBuffers(let shadow), .tooSmall(let shadow): rings[0].availableShadow = shadow
+                case .broken: break
+                }
+            }
+        }
         guard delivered else {
             precondition(entries.isEmpty, "deliver dropped the frame but returned \(entries.count) chains")
             world.checkUnchanged(except: [ring.usedSpan], what: "deliver (dropped)")
@@ -524,7 +631,6 @@ private struct Session {
             return
         }
         totals.delivered += 1
-        let needed = headerLength + frame.count - VirtioNetHeader.size
         precondition(!entries.isEmpty, "deliver delivered into no chain")
         precondition(entries.count <= (mergeable ? VhostNetQueuePair.maxMergedBuffers : 1),
                      "deliver used \(entries.count) chains (MRG_RXBUF: \(mergeable))")
@@ -734,7 +840,7 @@ private struct Session {
     mutating func step(_ input: inout Input) {
         steps += 1
         let op = input.u8() % 12
-        if verbose { say("vhostnet fuzz: step \(steps): op \(op) at input byte \(input.position - 1); rings \(rings.map { "running \($0.running) avail \($0.availableIndex) used \($0.nextUsed)/\($0.published)" })") }
+        if verbose { say("vhostnet fuzz: step \(steps): op \(op) at input byte \(input.position - 1); rings \(rings.map { "running \($0.running) avail \($0.availableIndex) device at \($0.nextAvailable)/\($0.availableShadow) used \($0.nextUsed)/\($0.published)" })") }
         switch op {
         case 0:  // descriptor i of a ring's table
             let ring = rings[Int(input.u8() & 1)]
@@ -849,7 +955,8 @@ public func initialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutable
     _ = world
     atexit {
         print("vhostnet fuzz: \(totals.inputs) inputs, \(totals.transmitted) frames transmitted, \(totals.txDropped) transmit chains dropped, "
-              + "\(totals.delivered) frames delivered, \(totals.rxDropped) dropped, \(totals.interrupts) interrupts, \(totals.pauses) kick pauses")
+              + "\(totals.delivered) frames delivered, \(totals.rxDropped) dropped, \(totals.interrupts) interrupts, \(totals.pauses) kick pauses, "
+              + "\(totals.overcommitted) frames into more chains than the ring has slots")
     }
     return 0
 }
