@@ -20,6 +20,7 @@ let package = Package(
         // C shims: constants, struct mirrors and wrappers Swift cannot import directly.
         .target(name: "CLinux"),
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
+        .target(name: "CKVM"),
         .target(name: "CNetlink", cSettings: libnlInclude,
                 linkerSettings: [.linkedLibrary("nl-route-3"), .linkedLibrary("nl-3")]),
 
@@ -27,6 +28,8 @@ let package = Package(
         .target(name: "HostOS", dependencies: ["CLinux"]),
         .target(name: "URing", dependencies: ["CURing", "HostOS"]),
         .target(name: "Netlink", dependencies: ["CNetlink", "HostOS", "Config"]),
+        // The KVM API: the host's capabilities, VMs, memory slots, vCPUs (the partitions' VMM).
+        .target(name: "KVM", dependencies: ["CKVM", "HostOS"]),
 
         // Pure Swift, no syscalls: fuzzable.
         .target(name: "Virtio"),
@@ -69,6 +72,7 @@ let package = Package(
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
         .testTarget(name: "BlockTests", dependencies: ["Block", "BlockClient", "VhostUser", "Virtio", "HostOS", "Config",
                                                      .product(name: "Logging", package: "swift-log")]),
