@@ -85,7 +85,7 @@ struct BlockServerCommand: ParsableCommand {
         }
         do {
             for backend in backends { try backend.start() }
-            if stopWhenStdinCloses { BlockServer.stopOnEndOfInput() }
+            if stopWhenStdinCloses { ChildSupervisor.stopWhenParentGoes() }
         } catch {
             logger.critical("block server could not start: \(error)")
             throw ExitCode(1)
@@ -102,20 +102,6 @@ struct BlockServerCommand: ParsableCommand {
 }
 
 enum BlockServer {
-    /// Sends this process SIGTERM when standard input reaches end of file (its parent is gone).
-    static func stopOnEndOfInput() {
-        let thread = Thread {
-            setCurrentThreadName("parent-watch")
-            var byte: UInt8 = 0
-            while true {
-                let n = read(STDIN_FILENO, &byte, 1)
-                if n == 0 || (n < 0 && errno != EINTR) { break }
-            }
-            kill(getpid(), SIGTERM)
-        }
-        thread.start()
-    }
-
     /// Volumes open, sockets bound, still one thread: from here on this process lives in its own
     /// mount, network, IPC and UTS namespaces with an empty, read-only root, as `user` (the
     /// tenant's own uid and gid) with no capabilities, making only the system calls of the

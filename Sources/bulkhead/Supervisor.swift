@@ -152,6 +152,24 @@ struct ChildSupervisor: Service {
         return ended.map(ChildSupervisor.describe) ?? "could not be waited for"
     }
 
+    /// The child's side of the lifeline: sends this process SIGTERM when standard input (its end
+    /// of the control socket, or a pipe) reaches end of file, so a child never outlives its
+    /// daemon however the daemon died. Messages on it are read and dropped here; a child that
+    /// needs them reads them before calling this.
+    static func stopWhenParentGoes() {
+        let thread = Thread {
+            setCurrentThreadName("parent-watch")
+            // Whole messages: a SOCK_SEQPACKET read shorter than the message discards the rest.
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = read(STDIN_FILENO, &buffer, buffer.count)
+                if n == 0 || (n < 0 && errno != EINTR) { break }
+            }
+            kill(getpid(), SIGTERM)
+        }
+        thread.start()
+    }
+
     static func describe(_ ending: ChildProcess.Ending) -> String {
         switch ending {
         case .exited(let status): "status \(status)"

@@ -97,7 +97,8 @@ struct SwitchCommand: ParsableCommand {
             "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "switch.workers": "\(workers)", "privileges.dropped": "\(!noJail)",
             "jail.uid": "\(noJail ? "none" : String(jailUser))",
         ])
-        SwitchProcess.stopWhenDaemonGoes(control: control.rawValue)
+        // The control socket is stdin: its end of file means the daemon is gone.
+        ChildSupervisor.stopWhenParentGoes()
         // The main thread waits for a stop signal and, once a second, sends the daemon the
         // counters (packet threads never encode or write anything). A failed send means the
         // daemon is gone: the watcher's SIGTERM follows.
@@ -224,20 +225,5 @@ enum SwitchProcess {
         Jail.ResourceLimits(threads: 16 + 2 * (2 + workers + vhostUserPorts),
                             files: 64 + 2 * (queues + 2 * workers + 4 + vhostUserPorts * (10 + 16 * 7)),
                             fileBytes: 1 << 30)
-    }
-
-    /// Sends this process SIGTERM when the control socket reaches end of file: the daemon is gone
-    /// (however it died), so the switch never outlives it.
-    static func stopWhenDaemonGoes(control: Int32) {
-        let thread = Thread {
-            setCurrentThreadName("daemon-watch")
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = read(control, &buffer, buffer.count)
-                if n == 0 || (n < 0 && errno != EINTR) { break }
-            }
-            kill(getpid(), SIGTERM)
-        }
-        thread.start()
     }
 }
