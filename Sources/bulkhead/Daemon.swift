@@ -179,19 +179,21 @@ enum VhostUserSockets {
     static func listen(_ configuration: HostConfiguration, jailUids: JailUidRecord, logger: Logger) throws -> [String: SharedListener] {
         var listeners: [String: SharedListener] = [:]
         let state = configuration.host.stateDirectory
-        for tenant in configuration.tenants {
+        let served = configuration.tenants.filter { $0.ports.contains { $0.kind == .vhostUser } }
+        guard !served.isEmpty else { return listeners }
+        // The way in for a VMM running as the tenant's uid: the state directory and `tenants`
+        // may be passed through (not listed) by anyone, a tenant's directory only by its group,
+        // its `net` read by its group; everything else there stays root's.
+        try StateFiles.makeDirectories("\(state)/tenants", mode: 0o700)
+        try StateFiles.setOwner(state, uid: 0, gid: 0, mode: 0o711)
+        try StateFiles.setOwner("\(state)/tenants", uid: 0, gid: 0, mode: 0o711)
+        for tenant in served {
             let ports = tenant.ports.filter { $0.kind == .vhostUser }
-            guard !ports.isEmpty else { continue }
             guard let group = jailUids.uid(ofTenant: tenant.id) else {
                 throw DaemonError("tenant \(tenant.id) has no jail uid recorded")
             }
-            // The way in for a VMM running as the tenant's uid: the state directory and
-            // `tenants` may be passed through (not listed) by anyone, the tenant's directory
-            // only by its group, `net` read by its group; everything else there stays root's.
             let directory = "\(state)/tenants/\(tenant.id)/net"
             try StateFiles.makeDirectories(directory, mode: 0o700)
-            try StateFiles.setOwner(state, uid: 0, gid: 0, mode: 0o711)
-            try StateFiles.setOwner("\(state)/tenants", uid: 0, gid: 0, mode: 0o711)
             try StateFiles.setOwner("\(state)/tenants/\(tenant.id)", uid: 0, gid: group, mode: 0o710)
             try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
             for port in ports {
