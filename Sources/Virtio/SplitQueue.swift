@@ -153,9 +153,14 @@ public struct SplitQueue: Sendable {
         case misaligned(Ring, address: UInt64)
         /// A ring does not lie wholly inside one guest memory region.
         case outsideMemory(Ring, address: UInt64, length: UInt64)
+        /// The used ring (the device writes it) shares memory with the descriptor table or the
+        /// available ring, however the guest addresses alias.
+        case overlapping(Ring)
 
         public var description: String {
             switch self {
+            case .overlapping(let r):
+                "the used ring shares memory with the \(r): the device's writes would change what the driver published"
             case .invalidSize(let s): "queue size \(s) is not a power of two between 1 and 32768"
             case .misaligned(let r, let a): "\(r) at 0x\(String(a, radix: 16)) is misaligned"
             case .outsideMemory(let r, let a, let l):
@@ -205,11 +210,20 @@ public struct SplitQueue: Sendable {
             (.availableRing, availableRing, 6 + 2 * n, 2),
             (.usedRing, usedRing, 6 + 8 * n, 4),
         ]
+        var hostRanges: [Range<UInt>] = []
         for (ring, address, length, alignment) in layout {
             guard address % alignment == 0 else { throw .misaligned(ring, address: address) }
-            guard memory.pointer(at: address, length: length) != nil else {
+            guard let pointer = memory.pointer(at: address, length: length) else {
                 throw .outsideMemory(ring, address: address, length: length)
             }
+            let start = UInt(bitPattern: pointer)
+            hostRanges.append(start ..< start + UInt(length))
+        }
+        // Compared where the bytes live, not by guest address: two regions may map the same
+        // memory. A used ring over the available index makes the device's own flag and
+        // avail_event writes look like chains the driver published (a device would poll forever).
+        for (index, ring) in [Ring.descriptorTable, .availableRing].enumerated() where hostRanges[2].overlaps(hostRanges[index]) {
+            throw .overlapping(ring)
         }
         self.size = size
         self.descriptorTable = descriptorTable

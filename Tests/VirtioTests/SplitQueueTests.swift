@@ -42,6 +42,24 @@ final class SplitQueueTests: XCTestCase {
         XCTAssertNil(make(avail: end - 38))
     }
 
+    /// A used ring over the available ring (its flags over avail.idx: the device's own
+    /// notification writes then move the index it polls, forever) or over the descriptor table.
+    func testSetupRejectsAUsedRingThatOverlapsWhatTheDriverWrites() {
+        let d = TestDriver()
+        func make(used: UInt64) -> SplitQueue.SetupError? {
+            do {
+                _ = try SplitQueue(size: 16, descriptorTable: d.descriptorTable, availableRing: d.availableRing,
+                                   usedRing: used, memory: d.memory, eventIndex: false)
+                return nil
+            } catch { return error }
+        }
+        let overAvailableIndex = (d.availableRing + 2 + 3) & ~3  // 4-aligned, inside avail's 38 bytes
+        XCTAssertEqual(make(used: overAvailableIndex), .overlapping(.availableRing))
+        XCTAssertEqual(make(used: d.descriptorTable), .overlapping(.descriptorTable))
+        XCTAssertEqual(make(used: d.descriptorTable + 16 * 16 - 4), .overlapping(.descriptorTable), "its last bytes")
+        XCTAssertNil(make(used: d.usedRing))
+    }
+
     // MARK: Available ring
 
     func testNormalChainIsWalkedInOrder() throws {
