@@ -30,10 +30,16 @@ let package = Package(
         .target(name: "Netlink", dependencies: ["CNetlink", "HostOS", "Config"]),
         // The KVM API: the host's capabilities, VMs, memory slots, vCPUs (the partitions' VMM).
         .target(name: "KVM", dependencies: ["CKVM", "HostOS"]),
+        // The partition VMM: guest memory, vCPU threads, boot loaders, and the device models
+        // wired to KVM (exits, ioeventfd, irqfd) and to their vhost-user backends.
+        .target(name: "Partition", dependencies: ["KVM", "Devices", "VhostUser", "Virtio", "HostOS",
+                                                  .product(name: "Logging", package: "swift-log")]),
 
         // Pure Swift, no syscalls: fuzzable.
         .target(name: "Virtio"),
         .target(name: "Config"),
+        // The VMM's device models (PCI, virtio-pci, serial, i8042): pure state machines, fuzzable.
+        .target(name: "Devices", dependencies: ["Virtio"]),
         // Token buckets, shared by the switch's rate limits and the block backend's QoS.
         .target(name: "Metering"),
         .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering"]),
