@@ -28,6 +28,7 @@
 #include <linux/filter.h>
 #include <linux/io_uring.h>
 #include <linux/seccomp.h>
+#include <linux/kvm.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -484,6 +485,84 @@ static size_t switch_rules(struct syscall_rule *rules, size_t capacity, int self
     return common == 0 ? 0 : used + common;
 }
 
+// The KVM requests a jailed partition makes: vCPU threads run the guest; a guest that moves a
+// BAR or an MSI-X vector makes the VMM re-register doorbells (ioeventfd) and interrupts (irqfd,
+// MSI routes); register reads explain a failed guest. Nothing that adds memory or vCPUs, sets
+// CPUID or registers, or creates devices: all of that is done before the jail.
+#define KVM_RUNTIME_IOCTLS \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_RUN), \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_IOEVENTFD), \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_IRQFD), \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_SET_GSI_ROUTING), \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_SIGNAL_MSI), \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_GET_REGS), \
+        ALLOW_IF(ioctl, ARG_EQUALS, 1, KVM_GET_SREGS)
+
+// What `bulkhead partition` does once /dev/kvm, its VM, its images and its backends' sockets
+// are open and its privileges dropped: vCPU threads run the guest and emulate its devices;
+// vhost-user messages go to the block server and the switch (started queues, resets); the
+// serial console goes to its log; the main thread waits for a signal or the daemon's end of
+// file. No new sockets, files, mappings with PROT_EXEC, or io_uring.
+static size_t partition_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
+    const struct syscall_rule list[] = {
+        KVM_RUNTIME_IOCTLS,
+        ALLOW(write),    // the serial log, eventfds
+        ALLOW(read),     // standard input (the lifeline), eventfds
+        ALLOW(futex),
+        ALLOW(recvmsg),  // vhost-user replies
+        ALLOW(sendmsg),  // vhost-user requests with their eventfds and the guest memory fd
+#ifdef __NR_poll
+        ALLOW(poll),
+#endif
+        ALLOW(ppoll),
+        ALLOW(shutdown),
+        ALLOW(sched_yield),
+        // Each vCPU thread stacks its own filter: a further filter only ever takes calls away.
+        ALLOW_IF(seccomp, ARG_EQUALS, 0, SECCOMP_SET_MODE_FILTER),
+    };
+    size_t used = 0;
+    if (!append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0])) return 0;
+    size_t common = common_rules(rules + used, capacity - used, self_pid);
+    return common == 0 ? 0 : used + common;
+}
+
+// Stacked on the partition's filter by each vCPU thread, the code a guest talks to: no new
+// threads (clone), no thread renaming, no signals but to itself, no descriptor tricks (fcntl),
+// no path lookups at all. What remains is running the guest and what its device accesses need.
+static size_t vcpu_rules(struct syscall_rule *rules, size_t capacity, int self_pid) {
+    const struct syscall_rule list[] = {
+        KVM_RUNTIME_IOCTLS,
+        ALLOW(write),
+        ALLOW(read),
+        ALLOW(futex),
+        ALLOW(recvmsg),
+        ALLOW(sendmsg),
+#ifdef __NR_poll
+        ALLOW(poll),
+#endif
+        ALLOW(ppoll),
+        ALLOW(close),    // a reset device's eventfds
+        ALLOW_IF(mmap, ARG_HAS_NONE_OF, 2, PROT_EXEC),  // the allocator
+        ALLOW_IF(mprotect, ARG_HAS_NONE_OF, 2, PROT_EXEC),
+        ALLOW(munmap),
+        ALLOW(madvise),
+        ALLOW(brk),
+        ALLOW(rt_sigprocmask),
+        ALLOW(rt_sigreturn),
+        ALLOW(gettid),
+        ALLOW(getpid),
+        ALLOW(clock_gettime),
+        ALLOW(clock_nanosleep),
+        ALLOW(sched_yield),
+        ALLOW_IF(tgkill, ARG_EQUALS, 0, self_pid),
+        ALLOW(exit),
+        ALLOW(exit_group),
+        FAIL(openat, ENOENT),  // glibc's malloc may read /proc/sys/vm/overcommit_memory
+    };
+    size_t used = 0;
+    return append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0]) ? used : 0;
+}
+
 int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **step) {
     struct syscall_rule rules[128];
     size_t count = 0;
@@ -491,6 +570,8 @@ int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **st
     switch (profile) {
     case BH_SECCOMP_BLOCK_SERVER: count = block_server_rules(rules, 128, self_pid); break;
     case BH_SECCOMP_SWITCH: count = switch_rules(rules, 128, self_pid); break;
+    case BH_SECCOMP_PARTITION: count = partition_rules(rules, 128, self_pid); break;
+    case BH_SECCOMP_VCPU_THREAD: count = vcpu_rules(rules, 128, self_pid); break;
     }
     if (count == 0) return -EINVAL;
     struct sock_filter filter[MAX_FILTER];
@@ -498,9 +579,11 @@ int bh_seccomp_install(bh_seccomp_profile profile, int self_pid, const char **st
     int length = compile_allowlist(rules, count, filter, MAX_FILTER);
     if (length < 0) return length;
     struct sock_fprog program = { .len = (unsigned short)length, .filter = filter };
-    // TSYNC: every thread gets the filter, or none does and the call fails.
-    *step = "seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)";
-    long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &program);
+    // TSYNC: every thread gets the filter, or none does and the call fails. A vCPU thread's
+    // filter is its own: it stacks on the process's for that thread only.
+    int thread_only = profile == BH_SECCOMP_VCPU_THREAD;
+    *step = thread_only ? "seccomp(SECCOMP_SET_MODE_FILTER)" : "seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)";
+    long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, thread_only ? 0 : SECCOMP_FILTER_FLAG_TSYNC, &program);
     if (r < 0) return -errno;
     if (r > 0) return -EBUSY;  // thread r could not be synchronized
     *step = "";

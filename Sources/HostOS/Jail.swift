@@ -88,11 +88,16 @@ public enum Jail {
         case blockServer
         /// `bulkhead switch` forwarding frames (the list is in CLinux.c).
         case `switch`
+        /// `bulkhead partition` running its guest (the list is in CLinux.c).
+        case partition
+        /// Stacked by a partition's vCPU thread on `.partition`, for the calling thread only:
+        /// no new threads, no paths, no descriptor tricks.
+        case vcpuThread
     }
 
-    /// Installs `profile` on every thread: any other system call, or one made with the
-    /// arguments the profile excludes, kills the process (SECCOMP_RET_KILL_PROCESS). Threads
-    /// created afterwards inherit it. Call it after `dropPrivileges` (which sets no_new_privs).
+    /// Installs `profile` on every thread (`.vcpuThread`: on the calling thread, stacked on what
+    /// it has): any other system call, or one made with the arguments the profile excludes, kills
+    /// the process (SECCOMP_RET_KILL_PROCESS). Threads created afterwards inherit it. Call it after `dropPrivileges` (which sets no_new_privs).
     /// The corresponding C function is `seccomp(SECCOMP_SET_MODE_FILTER)`.
     public static func restrictSystemCalls(_ profile: SystemCallProfile) throws(JailError) {
         var step: UnsafePointer<CChar>? = nil
@@ -100,6 +105,8 @@ public enum Jail {
         switch profile {
         case .blockServer: r = bh_seccomp_install(BH_SECCOMP_BLOCK_SERVER, getpid(), &step)
         case .switch: r = bh_seccomp_install(BH_SECCOMP_SWITCH, getpid(), &step)
+        case .partition: r = bh_seccomp_install(BH_SECCOMP_PARTITION, getpid(), &step)
+        case .vcpuThread: r = bh_seccomp_install(BH_SECCOMP_VCPU_THREAD, getpid(), &step)
         }
         if r < 0 { throw .failed(SystemError(stepName(step, "seccomp"), negated: r)) }
     }

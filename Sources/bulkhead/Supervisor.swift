@@ -17,6 +17,9 @@ struct ChildSpec: Sendable {
     /// socket closes (it exited), with the daemon's end: the switch is handed its ports and sends
     /// counters here. Nil for a child that needs only the lifeline.
     let attach: (@Sendable (borrowing UnixStream, _ pid: Int32) -> Void)?
+    /// Whether the child is started again after it ended this way; a child that is not stays
+    /// down until the daemon restarts (a partition whose guest powered off).
+    var restartsAfter: @Sendable (ChildProcess.Ending) -> Bool = { _ in true }
 }
 
 /// Runs every child of the daemon, restarts one that dies, and stops them all at shutdown.
@@ -28,10 +31,14 @@ struct ChildSpec: Sendable {
 /// A child that dies is logged with the reason (exit status, or the signal: SIGSYS is its
 /// seccomp policy, SIGKILL an outside kill or the OOM killer) and restarted at once, then after
 /// 0.1 s, 0.2 s, ... up to 30 s while it keeps dying; a child that ran for 30 s starts the
-/// sequence again.
+/// sequence again. A child whose `restartsAfter` declines the way it ended stays down.
+///
+/// At shutdown every child gets SIGTERM, and SIGKILL if it is still running `stopTimeout` later.
 struct ChildSupervisor: Service {
     let children: [ChildSpec]
     let logger: Logger
+    /// How long a child has to stop after SIGTERM before it is killed.
+    var stopTimeout: Duration = .seconds(10)
 
     /// Send and receive buffers of each control socket: the largest message (a statistics
     /// snapshot) must fit.
@@ -65,6 +72,14 @@ struct ChildSupervisor: Service {
                 for child in s.processes.values { child.signal(SIGTERM) }
             }
         }
+
+        /// SIGKILL to every child not yet reaped: those that ignored SIGTERM.
+        func killRemaining() -> Int {
+            state.withLock { s in
+                for child in s.processes.values { child.signal(SIGKILL) }
+                return s.processes.count
+            }
+        }
     }
 
     func run() async throws {
@@ -80,8 +95,15 @@ struct ChildSupervisor: Service {
                     group.addTask { await supervise(child, slot: slot, executable: executable, running: running) }
                 }
             }
-        } onGracefulShutdown: {
+        } onGracefulShutdown: { [logger, stopTimeout] in
             running.stopAll()
+            // The forced stop: a thread, since the task group above is what waits for the children.
+            Thread {
+                setCurrentThreadName("stop-timeout")
+                Thread.sleep(forTimeInterval: Double(stopTimeout.components.seconds) + Double(stopTimeout.components.attoseconds) / 1e18)
+                let killed = running.killRemaining()
+                if killed > 0 { logger.error("\(killed) children did not stop within \(stopTimeout) of SIGTERM; killed them") }
+            }.start()
         }
     }
 
@@ -91,8 +113,12 @@ struct ChildSupervisor: Service {
         var backoff: Duration = .zero
         while !running.stopping {
             let started = ContinuousClock.now
-            let ended = await runOnce(child, slot: slot, executable: executable, running: running, logger: logger)
+            let (ending, ended) = await runOnce(child, slot: slot, executable: executable, running: running, logger: logger)
             if running.stopping { break }
+            if let ending, !child.restartsAfter(ending) {
+                logger.notice("\(child.name) exited (\(ended)); its restart policy keeps it down")
+                break
+            }
             if ContinuousClock.now - started > .seconds(30) { backoff = .zero }
             logger.error("\(child.name) exited (\(ended)); restarting it", metadata: [
                 "restart.after.ms": "\(backoff.components.seconds * 1000 + backoff.components.attoseconds / 1_000_000_000_000_000)",
@@ -103,8 +129,8 @@ struct ChildSupervisor: Service {
     }
 
     /// Starts the child once and waits until it has exited and its control socket is done;
-    /// returns why it ended, in words.
-    private func runOnce(_ child: ChildSpec, slot: Int, executable: String, running: Running, logger: Logger) async -> String {
+    /// returns how it ended (nil when it never started or could not be waited for) and why, in words.
+    private func runOnce(_ child: ChildSpec, slot: Int, executable: String, running: Running, logger: Logger) async -> (ChildProcess.Ending?, String) {
         let daemonEnd: Int32, childEnd: Int32
         do {
             let pair = try UnixStream.pair()
@@ -113,7 +139,7 @@ struct ChildSupervisor: Service {
             try pair.second.setBufferSize(ChildSupervisor.controlBufferBytes)
             (daemonEnd, childEnd) = pair.release()
         } catch {
-            return "could not get a control socket: \(error)"
+            return (nil, "could not get a control socket: \(error)")
         }
         let started: ChildProcess
         do {
@@ -121,7 +147,7 @@ struct ChildSupervisor: Service {
         } catch {
             _ = close(childEnd)
             _ = close(daemonEnd)
-            return "could not be started: \(error)"
+            return (nil, "could not be started: \(error)")
         }
         // Only the child may hold its end: the daemon's end then sees end of file when it exits.
         _ = close(childEnd)
@@ -149,7 +175,7 @@ struct ChildSupervisor: Service {
         let ended = await ending
         running.unregister(slot)
         if child.attach == nil { _ = close(daemonEnd) }
-        return ended.map(ChildSupervisor.describe) ?? "could not be waited for"
+        return (ended, ended.map(ChildSupervisor.describe) ?? "could not be waited for")
     }
 
     /// The child's side of the lifeline: sends this process SIGTERM when standard input (its end

@@ -58,8 +58,29 @@ final class SeccompProfileTests: XCTestCase {
         }
     }
 
+    /// The partition (the VMM, which the guest talks to) may keep running its VM and re-wire
+    /// doorbells and interrupts, nothing more of KVM: no new VMs, vCPUs, memory or registers.
+    func testThePartitionProfileKillsOnEveryEscapeCallAndEveryKVMSetupRequest() throws {
+        let kvmSetup = ["kvm-create-vm", "kvm-create-vcpu", "kvm-set-memory", "kvm-set-regs", "kvm-set-cpuid"]
+        for profile in ["partition", "vcpu"] {
+            for call in forbidden + kvmSetup {
+                XCTAssertEqual(try run(profile, call).signal, SIGSYS, "\(profile): \(call) must kill the process")
+            }
+            for call in ["kvm-run", "kvm-irqfd"] {
+                let result = try run(profile, call)
+                XCTAssertNil(result.signal, "\(profile): \(call) is allowed")
+                XCTAssertEqual(result.output, "-1 \(EBADF)", "\(profile): \(call) on no VM")
+            }
+        }
+        // A vCPU thread, the code that emulates devices for the guest, is tighter still.
+        XCTAssertNil(try run("partition", "prctl-name").signal)
+        XCTAssertNil(try run("partition", "fcntl-dup").signal)
+        XCTAssertEqual(try run("vcpu", "prctl-name").signal, SIGSYS, "vcpu: prctl must kill the process")
+        XCTAssertEqual(try run("vcpu", "fcntl-dup").signal, SIGSYS, "vcpu: fcntl must kill the process")
+    }
+
     func testAllowedCallsWorkAndPathsAnswerAsTheEmptyRoot() throws {
-        for profile in ["switch", "block-server"] {
+        for profile in ["switch", "block-server", "partition", "vcpu"] {
             let pid = try run(profile, "getpid")
             XCTAssertNil(pid.signal, "\(profile): getpid is allowed")
             XCTAssertTrue(pid.output.hasSuffix(" 0"), "\(profile): getpid returned \(pid.output)")

@@ -3,13 +3,16 @@
 // and prints its result. A call outside the allowlist never returns: the kernel kills the
 // process with SIGSYS, which the test sees as the exit reason.
 //
-//   seccomp-probe switch|block-server CALL
+//   seccomp-probe switch|block-server|partition|vcpu CALL
+//
+// `vcpu` installs the partition profile and then stacks the vCPU thread's on it, as a vCPU thread does.
 #define _GNU_SOURCE
 #include "CLinux.h"
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/kvm.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +48,16 @@ static long probe(const char *call) {
     if (!strcmp(call, "open_by_handle_at")) return syscall(SYS_open_by_handle_at, 0, NULL, 0);
     if (!strcmp(call, "memfd_create")) return syscall(SYS_memfd_create, "x", 0);
     if (!strcmp(call, "ioctl")) return syscall(SYS_ioctl, 0, 0x5401, NULL);
+    // KVM requests on a descriptor that is no VM: an allowed one fails with EBADF, a forbidden one kills.
+    if (!strcmp(call, "kvm-run")) return syscall(SYS_ioctl, -1, KVM_RUN, 0);
+    if (!strcmp(call, "kvm-irqfd")) return syscall(SYS_ioctl, -1, KVM_IRQFD, NULL);
+    if (!strcmp(call, "kvm-create-vm")) return syscall(SYS_ioctl, -1, KVM_CREATE_VM, 0);
+    if (!strcmp(call, "kvm-create-vcpu")) return syscall(SYS_ioctl, -1, KVM_CREATE_VCPU, 0);
+    if (!strcmp(call, "kvm-set-memory")) return syscall(SYS_ioctl, -1, KVM_SET_USER_MEMORY_REGION, NULL);
+    if (!strcmp(call, "kvm-set-regs")) return syscall(SYS_ioctl, -1, KVM_SET_REGS, NULL);
+    if (!strcmp(call, "kvm-set-cpuid")) return syscall(SYS_ioctl, -1, KVM_SET_CPUID2, NULL);
+    if (!strcmp(call, "prctl-name")) return syscall(SYS_prctl, PR_SET_NAME, "probe", 0, 0, 0);
+    if (!strcmp(call, "fcntl-dup")) return syscall(SYS_fcntl, 0, F_DUPFD_CLOEXEC, 10);
     fprintf(stderr, "unknown call %s\n", call);
     return -2;
 }
@@ -54,6 +67,7 @@ int main(int argc, char **argv) {
     bh_seccomp_profile profile;
     if (!strcmp(argv[1], "switch")) profile = BH_SECCOMP_SWITCH;
     else if (!strcmp(argv[1], "block-server")) profile = BH_SECCOMP_BLOCK_SERVER;
+    else if (!strcmp(argv[1], "partition") || !strcmp(argv[1], "vcpu")) profile = BH_SECCOMP_PARTITION;
     else return 2;
     // What the real processes did before their jail: the allocator is set up (glibc seeds it
     // with getrandom on first use) and the output unbuffered.
@@ -63,6 +77,10 @@ int main(int argc, char **argv) {
     const char *step = "";
     int r = bh_seccomp_install(profile, getpid(), &step);
     if (r < 0) { fprintf(stderr, "%s: %s\n", step, strerror(-r)); return 4; }
+    if (!strcmp(argv[1], "vcpu")) {
+        r = bh_seccomp_install(BH_SECCOMP_VCPU_THREAD, getpid(), &step);
+        if (r < 0) { fprintf(stderr, "%s: %s\n", step, strerror(-r)); return 4; }
+    }
     errno = 0;
     long result = probe(argv[2]);
     printf("%ld %d\n", result, result < 0 ? errno : 0);

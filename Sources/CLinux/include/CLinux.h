@@ -87,9 +87,14 @@ typedef enum {
     BH_SECCOMP_BLOCK_SERVER = 1,
     /// `bulkhead switch`: packet workers on io_uring, its control socket, vhost-user-net ports.
     BH_SECCOMP_SWITCH = 2,
+    /// `bulkhead partition` once /dev/kvm, its images and its backends' sockets are open.
+    BH_SECCOMP_PARTITION = 3,
+    /// Stacked by each of a partition's vCPU threads on BH_SECCOMP_PARTITION, for that thread only.
+    BH_SECCOMP_VCPU_THREAD = 4,
 } bh_seccomp_profile;
 
-/// Installs the seccomp-BPF allowlist `profile` on every thread of the process (TSYNC):
+/// Installs the seccomp-BPF allowlist `profile` on every thread of the process (TSYNC; the calling
+/// thread only for BH_SECCOMP_VCPU_THREAD):
 /// system calls outside it kill the process. `self_pid` is the process's pid, the only target
 /// `kill` and `tgkill` may name. Needs no_new_privs (bh_jail sets it). Returns 0 or -errno (the
 /// step that failed is in *step).
