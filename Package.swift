@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -68,8 +69,9 @@ let package = Package(
         ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet",
+            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet", "Partition",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
