@@ -542,30 +542,46 @@ struct DocumentDecoder {
         let id = r.required("id", context.string)
         let vcpus = r.required("vcpus", context.int)
         let memory = r.required("memoryMiB", context.int)
-        let kernel = r.required("kernel", measuredFile)
+        let image = r.optional("image", measuredFile)
+        let kernel = r.optional("kernel", measuredFile)
         let initrd = r.optional("initrd", measuredFile)
         let cmdline = r.optional("cmdline", default: "", context.string)
-        let nics = r.list("nics", partitionNIC)
-        let disks = r.list("disks", partitionDisk)
-        guard r.isValid, let id, let vcpus, let memory, let kernel else { return nil }
-        return Partition(id: id, vcpus: vcpus, memoryMiB: memory, kernel: kernel, initrd: initrd, cmdline: cmdline,
-                         nics: nics, disks: disks)
+        let disks = r.list("disks", context.string)
+        let nics = r.list("nics", context.string)
+        let restart: RestartPolicy = r.optional("restart", default: .onReboot) {
+            context.enumeration($0, $1, "restart policy")
+        }
+        let boot = partitionBoot(r, path: path, image: image, kernel: kernel, initrd: initrd)
+        guard r.isValid, let id, let vcpus, let memory, let boot else { return nil }
+        return Partition(id: id, vcpus: vcpus, memoryMiB: memory, boot: boot, cmdline: cmdline,
+                         disks: disks, nics: nics, restart: restart)
     }
 
-    func partitionNIC(_ value: JSONValue, _ path: String) -> PartitionNIC? {
-        guard let r = context.object(value, path, type: "PartitionNIC") else { return nil }
-        let segment = r.required("segment", context.string)
-        let mac = r.required("mac", context.mac)
-        let ips = r.list("ips", context.prefix)
-        guard r.isValid, let segment, let mac else { return nil }
-        return PartitionNIC(segment: segment, mac: mac, ips: ips)
-    }
-
-    func partitionDisk(_ value: JSONValue, _ path: String) -> PartitionDisk? {
-        guard let r = context.object(value, path, type: "PartitionDisk") else { return nil }
-        let volume = r.required("volume", context.string)
-        let readOnly = r.optional("readOnly", default: false, context.bool)
-        guard r.isValid, let volume else { return nil }
-        return PartitionDisk(volume: volume, readOnly: readOnly)
+    /// The boot the partition's keys ask for: exactly one of `image` and `kernel`, and `initrd`
+    /// only with `kernel`. Nil when they break that rule (reported here) or did not decode
+    /// (reported where they failed).
+    private func partitionBoot(_ r: ObjectReader, path: String, image: MeasuredFile?, kernel: MeasuredFile?,
+                               initrd: MeasuredFile?) -> PartitionBoot? {
+        let hasImage = r.raw("image") != nil
+        let hasKernel = r.raw("kernel") != nil
+        switch (hasImage, hasKernel) {
+        case (true, true):
+            context.report(JSONPath.member(path, "image"), "a partition boots either an \"image\" (a flat image) or a "
+                + "\"kernel\" (a Linux bzImage), not both; remove one of them")
+            return nil
+        case (false, false):
+            context.report(path, "a partition needs \"image\" (a flat image for a freestanding guest) or \"kernel\" "
+                + "(a Linux bzImage, with an optional \"initrd\"); it has neither")
+            return nil
+        case (true, false):
+            if r.raw("initrd") != nil {
+                context.report(JSONPath.member(path, "initrd"), "\"initrd\" goes with a Linux \"kernel\"; a flat "
+                    + "\"image\" has no initial ramdisk: remove \"initrd\" or boot a \"kernel\"")
+                return nil
+            }
+            return image.map(PartitionBoot.image)
+        case (false, true):
+            return kernel.map { PartitionBoot.linux(kernel: $0, initrd: initrd) }
+        }
     }
 }

@@ -322,6 +322,7 @@ public struct ACLRule: Sendable, Equatable {
     }
 }
 
+/// A block volume of a tenant, served by the tenant's block server over vhost-user-blk.
 public struct Volume: Sendable, Equatable {
     public var id: String
     public var sizeBytes: UInt64
@@ -332,6 +333,16 @@ public struct Volume: Sendable, Equatable {
 
     public init(id: String, sizeBytes: UInt64, readOnly: Bool = false, serial: String? = nil, qos: VolumeQoS? = nil) {
         self.id = id; self.sizeBytes = sizeBytes; self.readOnly = readOnly; self.serial = serial; self.qos = qos
+    }
+
+    /// The vhost-user-blk socket the tenant's block server serves a volume on.
+    public static func vhostUserSocketPath(stateDirectory: String, tenant: String, volume: String) -> String {
+        "\(stateDirectory)/tenants/\(tenant)/vhost/\(volume).sock"
+    }
+
+    /// This volume's vhost-user-blk socket: a partition that attaches it connects there.
+    public func vhostUserSocketPath(stateDirectory: String, tenant: String) -> String {
+        Volume.vhostUserSocketPath(stateDirectory: stateDirectory, tenant: tenant, volume: id)
     }
 }
 
@@ -346,41 +357,145 @@ public struct VolumeQoS: Sendable, Equatable {
     }
 }
 
+/// A file the daemon opens for a partition, and the digest it must have: the partition boots
+/// only what its configuration measured.
 public struct MeasuredFile: Sendable, Equatable {
+    /// Absolute path on the host.
     public var path: String
     /// Lower-case hex SHA-256 the file must measure to.
     public var sha256: String
     public init(path: String, sha256: String) { self.path = path; self.sha256 = sha256 }
 }
 
+/// A guest virtual machine of a tenant, run by its own `bulkhead partition` process.
 public struct Partition: Sendable, Equatable {
     public var id: String
     public var vcpus: Int
     public var memoryMiB: Int
-    public var kernel: MeasuredFile
-    public var initrd: MeasuredFile?
+    /// What the partition boots: a flat image or a Linux kernel.
+    public var boot: PartitionBoot
+    /// The guest's command line: passed to a Linux kernel through the boot protocol, and to a
+    /// flat image in RDI (at most `maximumCommandLineBytes` bytes, no NUL).
     public var cmdline: String
-    public var nics: [PartitionNIC]
-    public var disks: [PartitionDisk]
+    /// Ids of the tenant's volumes, one virtio-blk device each, in PCI slot order (read-only
+    /// where the volume is). A volume is attached to at most one partition: its vhost-user-blk
+    /// socket serves one frontend.
+    public var disks: [String]
+    /// Ids of the tenant's ports of kind `vhostUser`, one virtio-net device each, in PCI slot
+    /// order. A port is the NIC of at most one partition.
+    public var nics: [String]
+    public var restart: RestartPolicy
 
-    public init(id: String, vcpus: Int, memoryMiB: Int, kernel: MeasuredFile, initrd: MeasuredFile? = nil,
-                cmdline: String = "", nics: [PartitionNIC] = [], disks: [PartitionDisk] = []) {
-        self.id = id; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel; self.initrd = initrd
-        self.cmdline = cmdline; self.nics = nics; self.disks = disks
+    /// The vCPUs a partition may have.
+    public static let vcpuRange = 1...64
+    /// The guest RAM a partition may have, in MiB (16 MiB to 1 TiB).
+    public static let memoryMiBRange = 16...1_048_576
+    /// The longest command line, in bytes without its terminating NUL: one 4 KiB page with the
+    /// NUL. A Linux kernel may take less (its header's `cmdline_size`, 2047 on x86), which the
+    /// boot loader checks against the kernel it loads.
+    public static let maximumCommandLineBytes = 4095
+    /// Disks per partition: with `maximumNICs` and the host bridge, they fit one PCI bus's 32 slots.
+    public static let maximumDisks = 16
+    /// NICs per partition.
+    public static let maximumNICs = 8
+
+    public init(id: String, vcpus: Int, memoryMiB: Int, boot: PartitionBoot, cmdline: String = "",
+                disks: [String] = [], nics: [String] = [], restart: RestartPolicy = .onReboot) {
+        self.id = id; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.boot = boot; self.cmdline = cmdline
+        self.disks = disks; self.nics = nics; self.restart = restart
+    }
+
+    /// Guest RAM in bytes.
+    public var memoryBytes: UInt64 { UInt64(max(0, memoryMiB)) << 20 }
+
+    /// Every file the partition boots from (the image, or the kernel and its initrd): what the
+    /// partition process opens and measures before it enters its jail.
+    public var measuredFiles: [MeasuredFile] {
+        switch boot {
+        case .image(let image): [image]
+        case .linux(let kernel, let initrd): [kernel] + (initrd.map { [$0] } ?? [])
+        }
     }
 }
 
-public struct PartitionNIC: Sendable, Equatable {
-    public var segment: String
-    public var mac: MACAddress
-    public var ips: [IPPrefix]
-    public init(segment: String, mac: MACAddress, ips: [IPPrefix] = []) {
-        self.segment = segment; self.mac = mac; self.ips = ips
+/// How a partition boots.
+public enum PartitionBoot: Sendable, Equatable {
+    /// A flat binary for a small freestanding guest, loaded at 1 MiB and entered in 64-bit mode
+    /// at ring 3 (JSON `image`).
+    case image(MeasuredFile)
+    /// A Linux bzImage, booted through the x86 boot protocol's 64-bit entry, with an optional
+    /// initial ramdisk (JSON `kernel` and `initrd`).
+    case linux(kernel: MeasuredFile, initrd: MeasuredFile?)
+}
+
+/// When the daemon starts a partition's process again after it ended (JSON `restart`).
+public enum RestartPolicy: String, Sendable, Equatable, CaseIterable {
+    /// The partition process is not restarted, whatever ends it.
+    case never
+    /// The default: restarted when the guest reboots (or resets, or triple faults) or the VMM
+    /// fails (exits with an error, crashes, is killed), not when the guest powers off.
+    case onReboot = "on-reboot"
+    /// Restarted whatever ends it, a guest power-off included.
+    case always
+
+    /// How a partition process ended, as far as its restart policy cares.
+    public enum Ending: Sendable, Equatable, CaseIterable {
+        /// The guest powered off: it is done.
+        case poweredOff
+        /// The guest asked for a reset (a reboot, or a triple fault, which resets a PC).
+        case rebooted
+        /// The partition process failed: an error, a crash, a signal.
+        case failed
+    }
+
+    /// Whether a partition process that ended so is started again.
+    public func restarts(after ending: Ending) -> Bool {
+        switch self {
+        case .never: false
+        case .onReboot: ending != .poweredOff
+        case .always: true
+        }
     }
 }
 
-public struct PartitionDisk: Sendable, Equatable {
-    public var volume: String
-    public var readOnly: Bool
-    public init(volume: String, readOnly: Bool = false) { self.volume = volume; self.readOnly = readOnly }
+// MARK: - Lookups
+
+extension HostConfiguration {
+    /// The tenant with this id.
+    public func tenant(_ id: String) -> Tenant? {
+        tenants.first { $0.id == id }
+    }
+
+    /// The partition `id` of tenant `tenant`.
+    public func partition(tenant: String, id: String) -> Partition? {
+        self.tenant(tenant)?.partition(id)
+    }
+}
+
+extension Tenant {
+    public func segment(_ id: String) -> Segment? { segments.first { $0.id == id } }
+    public func port(_ id: String) -> Port? { ports.first { $0.id == id } }
+    public func volume(_ id: String) -> Volume? { volumes.first { $0.id == id } }
+    public func partition(_ id: String) -> Partition? { partitions.first { $0.id == id } }
+
+    /// The volumes `partition` attaches, in its `disks` order (validation guarantees they exist).
+    public func volumes(of partition: Partition) -> [Volume] {
+        partition.disks.compactMap(volume)
+    }
+
+    /// The vhost-user ports that are `partition`'s NICs, in its `nics` order (validation
+    /// guarantees they exist and are of kind `vhostUser`).
+    public func ports(of partition: Partition) -> [Port] {
+        partition.nics.compactMap(port).filter { $0.kind == .vhostUser }
+    }
+
+    /// The partition that attaches volume `id`, if one does.
+    public func partition(attachingVolume id: String) -> Partition? {
+        partitions.first { $0.disks.contains(id) }
+    }
+
+    /// The partition whose NIC port `id` is, if one is.
+    public func partition(usingPort id: String) -> Partition? {
+        partitions.first { $0.nics.contains(id) }
+    }
 }

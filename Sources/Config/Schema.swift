@@ -22,9 +22,10 @@ public enum ConfigurationSchema {
         "Volume": (["id", "sizeBytes", "readOnly", "serial", "qos"], ["id", "sizeBytes"]),
         "VolumeQoS": (["iops", "burstIOs", "bytesPerSecond", "burstBytes"], []),
         "MeasuredFile": (["path", "sha256"], ["path", "sha256"]),
-        "Partition": (["id", "vcpus", "memoryMiB", "kernel", "initrd", "cmdline", "nics", "disks"],
-                      ["id", "vcpus", "memoryMiB", "kernel"]),
-        "PartitionNIC": (["segment", "mac", "ips"], ["segment", "mac"]),
-        "PartitionDisk": (["volume", "readOnly"], ["volume"]),
+        // Exactly one of "image" and "kernel" (and "initrd" only with "kernel"): checked by the
+        // decoder, and by the schema's oneOf and dependentRequired.
+        "Partition": (["id", "vcpus", "memoryMiB", "image", "kernel", "initrd", "cmdline", "disks", "nics",
+                       "restart"],
+                      ["id", "vcpus", "memoryMiB"]),
     ]
 }

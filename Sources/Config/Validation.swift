@@ -23,6 +23,10 @@ struct Validator {
     private var segmentMACs: [String: [MACAddress: String]] = [:]
     private var segmentIPs: [String: [IPAddress: String]] = [:]
     private var tapPorts = 0
+    /// "tenant index/volume" -> the partition disk that attaches it.
+    private var volumeUsers: [String: (owner: String, path: String, index: Int)] = [:]
+    /// "tenant index/port" -> the partition NIC that uses it.
+    private var portUsers: [String: (owner: String, path: String, index: Int)] = [:]
 
     init(document: DecodedDocument) {
         self.document = document
@@ -335,25 +339,76 @@ struct Validator {
     }
 
     private mutating func validatePartition(_ partition: Partition, path: String, tenantIndex: Int, tenant: DecodedTenant) {
-        let tenantName = tenant.id ?? "#\(tenantIndex)"
-        checkRange(partition.vcpus, 1...64, path: path + ".vcpus", what: "vcpus")
-        checkRange(partition.memoryMiB, 16...1_048_576, path: path + ".memoryMiB", what: "memoryMiB")
-        checkMeasuredFile(partition.kernel, path: path + ".kernel")
-        if let initrd = partition.initrd { checkMeasuredFile(initrd, path: path + ".initrd") }
-        for (i, nic) in partition.nics.enumerated() {
-            let nicPath = path + ".nics[\(i)]"
-            let known = checkReference(nic.segment, path: nicPath + ".segment", kind: "segment", user: "a partition NIC",
-                                       tenantIndex: tenantIndex, ids: \.segmentIDs)
-            let owner = "NIC \(i) of partition '\(partition.id)' in segment '\(nic.segment)' of tenant '\(tenantName)'"
-            let key = known ? "\(tenantIndex)/\(nic.segment)" : nil
-            checkMAC(nic.mac, path: nicPath + ".mac", owner: owner, segmentKey: key)
-            for (j, ip) in nic.ips.enumerated() {
-                checkInterfaceAddress(ip, path: nicPath + ".ips[\(j)]", owner: owner, segmentKey: key)
+        checkRange(partition.vcpus, Partition.vcpuRange, path: path + ".vcpus", what: "vcpus")
+        checkRange(partition.memoryMiB, Partition.memoryMiBRange, path: path + ".memoryMiB", what: "memoryMiB")
+        switch partition.boot {
+        case .image(let image):
+            checkMeasuredFile(image, path: path + ".image")
+        case .linux(let kernel, let initrd):
+            checkMeasuredFile(kernel, path: path + ".kernel")
+            if let initrd { checkMeasuredFile(initrd, path: path + ".initrd") }
+        }
+        checkCommandLine(partition.cmdline, path: path + ".cmdline")
+        let owner = "partition '\(partition.id)'"
+        if partition.disks.count > Partition.maximumDisks {
+            report(path + ".disks", "\(partition.disks.count) disks; a partition has at most \(Partition.maximumDisks) "
+                + "(one PCI slot each)")
+        }
+        for (i, volume) in partition.disks.enumerated() {
+            let diskPath = path + ".disks[\(i)]"
+            guard checkReference(volume, path: diskPath, kind: "volume", user: "a partition",
+                                 tenantIndex: tenantIndex, ids: \.volumeIDs) else { continue }
+            let key = "\(tenantIndex)/\(volume)"
+            if let user = volumeUsers[key] {
+                if user.path == path {
+                    report(diskPath, "volume \(quote(volume)) is attached twice to \(owner) "
+                        + "(also \(user.path).disks[\(user.index)]); attach it once")
+                } else {
+                    report(diskPath, "volume \(quote(volume)) is already attached to \(user.owner) "
+                        + "(\(user.path).disks[\(user.index)]); a volume is attached to one partition: its vhost-user-blk "
+                        + "socket serves one frontend")
+                }
+            } else {
+                volumeUsers[key] = (owner, path, i)
             }
         }
-        for (i, disk) in partition.disks.enumerated() {
-            checkReference(disk.volume, path: path + ".disks[\(i)].volume", kind: "volume", user: "a partition",
-                           tenantIndex: tenantIndex, ids: \.volumeIDs)
+        if partition.nics.count > Partition.maximumNICs {
+            report(path + ".nics", "\(partition.nics.count) NICs; a partition has at most \(Partition.maximumNICs) "
+                + "(one PCI slot each)")
+        }
+        for (i, portID) in partition.nics.enumerated() {
+            let nicPath = path + ".nics[\(i)]"
+            guard checkReference(portID, path: nicPath, kind: "port", user: "a partition NIC",
+                                 tenantIndex: tenantIndex, ids: \.portIDs) else { continue }
+            // A port that failed to decode was reported where it is; its kind is unknown.
+            let port = tenant.ports.lazy.compactMap { $0 }.first { $0.id == portID }
+            if let port, port.kind != .vhostUser {
+                report(nicPath, "port \(quote(portID)) is of kind \(quote(port.kind.rawValue)); a partition's NIC must be "
+                    + "a port of kind \"vhost-user\": the partition is the frontend of the virtio-net device the switch "
+                    + "serves on that port's socket, while a TAP port's other end is a host interface, which no "
+                    + "partition can reach")
+                continue
+            }
+            let key = "\(tenantIndex)/\(portID)"
+            if let user = portUsers[key] {
+                let other = user.path == path ? "this partition's NIC" : "the NIC of \(user.owner)"
+                report(nicPath, "port \(quote(portID)) is already \(other) (\(user.path).nics[\(user.index)]); a "
+                    + "vhost-user port is the NIC of one partition: its socket serves one frontend")
+            } else {
+                portUsers[key] = (owner, path, i)
+            }
+        }
+    }
+
+    /// The command line reaches the guest as a NUL-terminated string in one page.
+    private mutating func checkCommandLine(_ cmdline: String, path: String) {
+        let length = cmdline.utf8.count
+        if length > Partition.maximumCommandLineBytes {
+            report(path, "the command line is \(length) bytes; at most \(Partition.maximumCommandLineBytes) are passed "
+                + "to the guest")
+        }
+        if cmdline.utf8.contains(0) {
+            report(path, "the command line contains a NUL character, which would end it early; remove it")
         }
     }
 
@@ -400,7 +455,7 @@ struct Validator {
 
     // MARK: Addresses
 
-    /// A port's or NIC's MAC must be unicast, non-zero and unique in its segment.
+    /// A port's MAC must be unicast, non-zero and unique in its segment.
     private mutating func checkMAC(_ mac: MACAddress, path: String, owner: String, segmentKey: String?) {
         if mac.isZero {
             report(path, "\(quote(mac.description)) is all zeros; use a unicast address such as \"02:00:00:00:01:01\"")

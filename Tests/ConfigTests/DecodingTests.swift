@@ -80,14 +80,14 @@ import Testing
                        "allowedMACs": ["02:00:00:00:01:02"], "netns": "ns.a_1", "ifname": "tap0", "queues": 4,
                        "allowDHCPClient": true, "dhcpServer": true, "router": true,
                        "rateLimit": {"bitsPerSecond": 1, "burstBits": 2, "packetsPerSecond": 3, "burstPackets": 4},
-                       "stormControl": {"broadcastPacketsPerSecond": 5, "multicastPacketsPerSecond": 6}}],
+                       "stormControl": {"broadcastPacketsPerSecond": 5, "multicastPacketsPerSecond": 6}},
+                      {"id": "vm", "kind": "vhost-user", "segment": "lan", "mac": "02:00:00:00:01:10", "ips": ["10.0.0.6/24"]}],
             "volumes": [{"id": "data", "sizeBytes": 1024, "readOnly": true, "serial": "SER1",
                          "qos": {"iops": 1, "burstIOs": 2, "bytesPerSecond": 3, "burstBytes": 4}}],
             "partitions": [{"id": "vm1", "vcpus": 2, "memoryMiB": 256,
                             "kernel": {"path": "/k", "sha256": "\#(String(repeating: "A", count: 64))"},
                             "initrd": {"path": "/i", "sha256": "\#(zeroDigest)"}, "cmdline": "console=ttyS0",
-                            "nics": [{"segment": "lan", "mac": "02:00:00:00:01:10", "ips": ["10.0.0.6/24"]}],
-                            "disks": [{"volume": "data", "readOnly": true}]}],
+                            "disks": ["data"], "nics": ["vm"], "restart": "always"}],
             "acl": [{"action": "allow", "direction": "ingress", "protocol": 6, "source": "10.0.0.0/8",
                      "destination": "10.1.0.0/16", "sourcePort": "1000-2000", "destinationPort": 22, "port": "a"}]
             """#) + "]", principals: #"[{"name": "blue-admin", "uid": 1001, "role": "tenant-admin", "tenant": "blue"}]"#,
@@ -99,13 +99,88 @@ import Testing
         #expect(blue.ports.first?.queues == 4)
         #expect(blue.ports.first?.router == true)
         #expect(blue.volumes.first?.qos == VolumeQoS(iops: 1, burstIOs: 2, bytesPerSecond: 3, burstBytes: 4))
-        #expect(blue.partitions.first?.kernel.sha256 == String(repeating: "a", count: 64))
-        #expect(blue.partitions.first?.disks == [PartitionDisk(volume: "data", readOnly: true)])
+        #expect(blue.partitions.first == Partition(
+            id: "vm1", vcpus: 2, memoryMiB: 256,
+            boot: .linux(kernel: MeasuredFile(path: "/k", sha256: String(repeating: "a", count: 64)),
+                         initrd: MeasuredFile(path: "/i", sha256: zeroDigest)),
+            cmdline: "console=ttyS0", disks: ["data"], nics: ["vm"], restart: .always))
         #expect(blue.acl.first == ACLRule(action: .allow, direction: .ingress, protocol: .number(6),
                                           source: IPPrefix("10.0.0.0/8"), destination: IPPrefix("10.1.0.0/16"),
                                           sourcePort: PortRange(lower: 1000, upper: 2000),
                                           destinationPort: PortRange(lower: 22, upper: 22), port: "a"))
         #expect(configuration.principals.first?.tenant == "blue")
+    }
+
+    @Test func flatImagePartitionDefaults() throws {
+        let text = document(tenants: "[" + tenant("blue", #""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 64, "image": {"path": "/srv/bhtest.bin", "sha256": "\#(zeroDigest)"}}]"#) + "]")
+        let configuration = try HostConfiguration.decode(text)
+        let image = MeasuredFile(path: "/srv/bhtest.bin", sha256: zeroDigest)
+        #expect(configuration.tenants.first?.partitions == [
+            Partition(id: "vm1", vcpus: 1, memoryMiB: 64, boot: .image(image), cmdline: "", disks: [], nics: [],
+                      restart: .onReboot),
+        ])
+        let partition = try #require(configuration.partition(tenant: "blue", id: "vm1"))
+        #expect(partition.measuredFiles == [image])
+        #expect(partition.memoryBytes == 64 << 20)
+    }
+
+    @Test func linuxPartitionWithoutInitrd() throws {
+        let text = document(tenants: "[" + tenant("blue", "\"partitions\": [" + partition("vm1", #""restart": "never""#) + "]") + "]")
+        let partition = try #require(try HostConfiguration.decode(text).partition(tenant: "blue", id: "vm1"))
+        let kernel = MeasuredFile(path: "/srv/vmlinux", sha256: zeroDigest)
+        #expect(partition.boot == .linux(kernel: kernel, initrd: nil))
+        #expect(partition.measuredFiles == [kernel])
+        #expect(partition.restart == .never)
+    }
+
+    @Test func lookupsFindAPartitionsVolumesAndPorts() throws {
+        let blue = tenant("blue", #"""
+            "ports": [{"id": "a", "segment": "lan", "mac": "02:00:00:00:01:01"},
+                      {"id": "n1", "kind": "vhost-user", "segment": "lan", "mac": "02:00:00:00:01:02"},
+                      {"id": "n2", "kind": "vhost-user", "segment": "lan", "mac": "02:00:00:00:01:03"}],
+            "volumes": [{"id": "root", "sizeBytes": 512}, {"id": "data", "sizeBytes": 1024}, {"id": "spare", "sizeBytes": 512}],
+            "partitions": [\#(partition("vm1", #""disks": ["data", "root"], "nics": ["n2", "n1"]"#)), \#(partition("vm2"))]
+            """#)
+        let configuration = try HostConfiguration.decode(document(tenants: "[" + blue + ", " + tenant("red") + "]"))
+        #expect(configuration.tenant("red")?.id == "red")
+        #expect(configuration.tenant("green") == nil)
+        #expect(configuration.partition(tenant: "red", id: "vm1") == nil)
+        #expect(configuration.partition(tenant: "green", id: "vm1") == nil)
+        let tenant = try #require(configuration.tenant("blue"))
+        let vm1 = try #require(configuration.partition(tenant: "blue", id: "vm1"))
+        #expect(tenant.partition("vm2")?.id == "vm2")
+        #expect(tenant.partition("vm3") == nil)
+        // In the partition's order, which is its devices' PCI slot order.
+        #expect(tenant.volumes(of: vm1).map(\.id) == ["data", "root"])
+        #expect(tenant.volumes(of: vm1).map(\.sizeBytes) == [1024, 512])
+        #expect(tenant.ports(of: vm1).map(\.id) == ["n2", "n1"])
+        #expect(tenant.ports(of: vm1).map(\.mac) == [MACAddress("02:00:00:00:01:03"), MACAddress("02:00:00:00:01:02")])
+        #expect(tenant.partition(attachingVolume: "root")?.id == "vm1")
+        #expect(tenant.partition(attachingVolume: "spare") == nil)
+        #expect(tenant.partition(usingPort: "n1")?.id == "vm1")
+        #expect(tenant.partition(usingPort: "a") == nil)
+        #expect(tenant.port("a")?.kind == .tap)
+        #expect(tenant.volume("spare")?.sizeBytes == 512)
+        #expect(tenant.segment("lan")?.mtu == 1500)
+        let state = configuration.host.stateDirectory
+        #expect(tenant.volumes(of: vm1).map { $0.vhostUserSocketPath(stateDirectory: state, tenant: "blue") }
+            == ["/var/lib/bh/tenants/blue/vhost/data.sock", "/var/lib/bh/tenants/blue/vhost/root.sock"])
+        #expect(tenant.ports(of: vm1).map { $0.vhostUserSocketPath(stateDirectory: state, tenant: "blue") }
+            == ["/var/lib/bh/tenants/blue/net/n2.sock", "/var/lib/bh/tenants/blue/net/n1.sock"])
+    }
+
+    @Test func restartPolicies() {
+        let table: [(RestartPolicy, [RestartPolicy.Ending: Bool])] = [
+            (.never, [.poweredOff: false, .rebooted: false, .failed: false]),
+            (.onReboot, [.poweredOff: false, .rebooted: true, .failed: true]),
+            (.always, [.poweredOff: true, .rebooted: true, .failed: true]),
+        ]
+        for (policy, expected) in table {
+            for ending in RestartPolicy.Ending.allCases {
+                #expect(policy.restarts(after: ending) == expected[ending], "\(policy) after \(ending)")
+            }
+        }
+        #expect(RestartPolicy.allCases.map(\.rawValue) == ["never", "on-reboot", "always"])
     }
 
     @Test func vhostUserPortDecodes() throws {
@@ -186,16 +261,21 @@ import Testing
     @Test(arguments: [
         ("cross-tenant.json", [
             "$.tenants[1].segments[0].vni", "$.tenants[1].ports[0].segment",
-            "$.tenants[1].partitions[0].disks[0].volume", "$.tenants[1].acl[0].port",
+            "$.tenants[1].partitions[0].disks[0]", "$.tenants[1].partitions[0].nics[0]", "$.tenants[1].acl[0].port",
         ]),
         ("duplicates.json", [
             "$.principals[1].name", "$.principals[1].uid", "$.tenants[0].segments[1].id",
-            "$.tenants[0].ports[1].mac", "$.tenants[0].ports[1].ips[0]", "$.tenants[0].partitions[0].nics[0].mac",
-            "$.tenants[1].id",
+            "$.tenants[0].ports[1].mac", "$.tenants[0].ports[1].ips[0]", "$.tenants[0].partitions[1].disks[0]",
+            "$.tenants[0].partitions[1].nics[0]", "$.tenants[1].id",
         ]),
         ("host-and-principals.json", [
             "$.host.controlSocket", "$.host.auditLog", "$.principals[0].tenant", "$.principals[1].tenant",
             "$.principals[2].tenant", "$.principals[3].role",
+        ]),
+        ("partitions.json", [
+            "$.tenants[0].partitions[0].image", "$.tenants[0].partitions[1]", "$.tenants[0].partitions[2].initrd",
+            "$.tenants[0].partitions[3].image.path", "$.tenants[0].partitions[3].disks[1]",
+            "$.tenants[0].partitions[3].nics[0]", "$.tenants[0].partitions[4].restart",
         ]),
         ("shape.json", [
             "$.host.logLevel", "$.tenants[0].segments[0].mtu", "$.tenants[0].ports[0].router",

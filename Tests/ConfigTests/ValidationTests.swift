@@ -30,6 +30,29 @@ private func principal(_ members: String) -> String { document(tenants: "[" + te
 private func host(_ members: String) -> String { document(host: "{" + members + "}") }
 private func acl(_ rule: String) -> String { blue(ports(port()) + #", "acl": ["# + rule + "]") }
 private func ip(_ address: String) -> String { blue(ports(port(extra: #""ips": ["\#(address)"]"#))) }
+private func partitions(_ list: [String]) -> String { "\"partitions\": [" + list.joined(separator: ", ") + "]" }
+private func partitions(_ list: String...) -> String { partitions(list) }
+/// Tenant "blue" with volumes "data" and "logs", vhost-user ports "vm" and "vm2", TAP port "a",
+/// and the given partitions.
+private func equipped(_ partitionList: String...) -> String {
+    blue(ports(port(), port("vm", mac: "02:00:00:00:01:03", #""kind": "vhost-user""#),
+               port("vm2", mac: "02:00:00:00:01:04", #""kind": "vhost-user""#))
+        + #", "volumes": [{"id": "data", "sizeBytes": 512}, {"id": "logs", "sizeBytes": 512}], "#
+        + partitions(partitionList))
+}
+/// A partition booting a flat image, with the given extra members.
+private func flat(_ id: String = "vm1", _ extra: String = "") -> String {
+    #"{"id": "\#(id)", "vcpus": 1, "memoryMiB": 64, "image": {"path": "/srv/bhtest.bin", "sha256": "\#(zeroDigest)"}\#(extra.isEmpty ? "" : ", " + extra)}"#
+}
+/// Tenant "blue" with volumes "v0"..., vhost-user ports "p0"... (at most 90) and one partition
+/// attaching all of them as disks and NICs.
+private func manyDevices(disks: Int = 0, nics: Int = 0) -> String {
+    let volumes = (0..<disks).map { #"{"id": "v\#($0)", "sizeBytes": 512}"# }.joined(separator: ", ")
+    let vhostPorts = (0..<nics).map { port("p\($0)", mac: "02:00:00:00:02:\(10 + $0)", #""kind": "vhost-user""#) }
+    let list = { (prefix: String, count: Int) in (0..<count).map { "\"\(prefix)\($0)\"" }.joined(separator: ", ") }
+    return blue("\"ports\": [" + vhostPorts.joined(separator: ", ") + "], \"volumes\": [" + volumes + "], "
+        + partitions(flat("vm1", "\"disks\": [\(list("v", disks))], \"nics\": [\(list("p", nics))]")))
+}
 
 let ruleCases: [RuleCase] = [
     // Shape
@@ -58,16 +81,16 @@ let ruleCases: [RuleCase] = [
     // References
     RuleCase("unknown segment", blue(ports(port(segment: "web"))), "$.tenants[0].ports[0].segment", #"no segment "web" in tenant "blue"; its segments: "lan""#),
     RuleCase("other tenant's segment", blueAndRed(blue: ports(port(segment: "dmz")), red: ""), "$.tenants[0].ports[0].segment", #"segment "dmz" belongs to tenant "red", not "blue"; a port cannot use another tenant's segment"#),
-    RuleCase("NIC on other tenant's segment", blueAndRed(blue: #""partitions": [\#(partition("vm1", #""nics": [{"segment": "dmz", "mac": "02:00:00:00:01:10"}]"#))]"#, red: ""), "$.tenants[0].partitions[0].nics[0].segment", "belongs to tenant \"red\""),
     RuleCase("ACL on unknown port", acl(#"{"action": "deny", "port": "zz"}"#), "$.tenants[0].acl[0].port", #"no port "zz" in tenant "blue"; its ports: "a""#),
     RuleCase("ACL on other tenant's port", blueAndRed(blue: #""acl": [{"action": "deny", "port": "r1"}]"#, red: ports(port("r1", segment: "dmz"))), "$.tenants[0].acl[0].port", #"port "r1" belongs to tenant "red""#),
-    RuleCase("disk on other tenant's volume", blueAndRed(blue: #""partitions": [\#(partition("vm1", #""disks": [{"volume": "data"}]"#))]"#, red: #""volumes": [{"id": "data", "sizeBytes": 512}]"#), "$.tenants[0].partitions[0].disks[0].volume", #"volume "data" belongs to tenant "red", not "blue"; a partition cannot use another tenant's volume"#),
-    RuleCase("disk on unknown volume", blue(#""partitions": [\#(partition("vm1", #""disks": [{"volume": "data"}]"#))]"#), "$.tenants[0].partitions[0].disks[0].volume", "there are no volumes"),
+    RuleCase("disk on other tenant's volume", blueAndRed(blue: partitions(partition("vm1", #""disks": ["data"]"#)), red: #""volumes": [{"id": "data", "sizeBytes": 512}]"#), "$.tenants[0].partitions[0].disks[0]", #"volume "data" belongs to tenant "red", not "blue"; a partition cannot use another tenant's volume"#),
+    RuleCase("disk on unknown volume", blue(partitions(partition("vm1", #""disks": ["data"]"#))), "$.tenants[0].partitions[0].disks[0]", #"no volume "data" in tenant "blue"; there are no volumes"#),
+    RuleCase("disk on a volume the tenant lacks", equipped(flat("vm1", #""disks": ["date"]"#)), "$.tenants[0].partitions[0].disks[0]", #"no volume "date" in tenant "blue"; its volumes: "data", "logs""#),
+    RuleCase("NIC on other tenant's port", blueAndRed(blue: partitions(flat("vm1", #""nics": ["vm"]"#)), red: ports(port("vm", segment: "dmz", #""kind": "vhost-user""#))), "$.tenants[0].partitions[0].nics[0]", #"port "vm" belongs to tenant "red", not "blue"; a partition NIC cannot use another tenant's port"#),
+    RuleCase("NIC on unknown port", equipped(flat("vm1", #""nics": ["zz"]"#)), "$.tenants[0].partitions[0].nics[0]", #"no port "zz" in tenant "blue"; its ports: "a", "vm", "vm2""#),
     // Uniqueness in a segment
     RuleCase("MAC twice", blue(ports(port(), port("b", mac: "02:00:00:00:01:01"))), "$.tenants[0].ports[1].mac", #""02:00:00:00:01:01" is already used by port 'a' in segment 'lan' of tenant 'blue'"#),
-    RuleCase("MAC in allowedMACs and NIC", blue(ports(port(extra: #""allowedMACs": ["02:00:00:00:01:09"]"#)) + #", "partitions": [\#(partition("vm1", #""nics": [{"segment": "lan", "mac": "02:00:00:00:01:09"}]"#))]"#), "$.tenants[0].partitions[0].nics[0].mac", "already used by port 'a'"),
     RuleCase("IP twice", blue(ports(port(extra: #""ips": ["10.0.0.1/24"]"#), port("b", mac: "02:00:00:00:01:02", #""ips": ["10.0.0.1/16"]"#))), "$.tenants[0].ports[1].ips[0]", #""10.0.0.1" is already used by port 'a'"#),
-    RuleCase("IP of a port and a NIC", blue(ports(port(extra: #""ips": ["fd00::1/64"]"#)) + #", "partitions": [\#(partition("vm1", #""nics": [{"segment": "lan", "mac": "02:00:00:00:01:09", "ips": ["fd00::1"]}]"#))]"#), "$.tenants[0].partitions[0].nics[0].ips[0]", "already used by port 'a'"),
     RuleCase("multicast MAC", blue(ports(port(mac: "01:00:5e:00:00:01"))), "$.tenants[0].ports[0].mac", "is a multicast address"),
     RuleCase("broadcast MAC", blue(ports(port(mac: "ff:ff:ff:ff:ff:ff"))), "$.tenants[0].ports[0].mac", "is the broadcast address"),
     RuleCase("zero MAC", blue(ports(port(mac: "00:00:00:00:00:00"))), "$.tenants[0].ports[0].mac", "is all zeros"),
@@ -169,8 +192,27 @@ let ruleCases: [RuleCase] = [
     RuleCase("non-hex digest", blue(#""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 128, "kernel": {"path": "/k", "sha256": "\#(String(repeating: "g", count: 64))"}}]"#), "$.tenants[0].partitions[0].kernel.sha256", "not a SHA-256 digest"),
     RuleCase("relative kernel", blue(#""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 128, "kernel": {"path": "vmlinux", "sha256": "\#(zeroDigest)"}}]"#), "$.tenants[0].partitions[0].kernel.path", "not an absolute path"),
     RuleCase("relative initrd", blue(#"\#("\"partitions\": [" + partition("vm1", #""initrd": {"path": "initrd.img", "sha256": "\#(zeroDigest)"}"#) + "]")"#), "$.tenants[0].partitions[0].initrd.path", "not an absolute path"),
-    RuleCase("multicast NIC MAC", blue(#""partitions": [\#(partition("vm1", #""nics": [{"segment": "lan", "mac": "03:00:00:00:00:01"}]"#))]"#), "$.tenants[0].partitions[0].nics[0].mac", "multicast"),
-    RuleCase("NIC network address", blue(#""partitions": [\#(partition("vm1", #""nics": [{"segment": "lan", "mac": "02:00:00:00:00:01", "ips": ["192.168.1.0/24"]}]"#))]"#), "$.tenants[0].partitions[0].nics[0].ips[0]", "network address of 192.168.1.0/24"),
+    RuleCase("image and kernel", blue(partitions(flat("vm1", #""kernel": {"path": "/srv/vmlinuz", "sha256": "\#(zeroDigest)"}"#))), "$.tenants[0].partitions[0].image", #"a partition boots either an "image" (a flat image) or a "kernel" (a Linux bzImage), not both"#),
+    RuleCase("neither image nor kernel", blue(#""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 64}]"#), "$.tenants[0].partitions[0]", #"a partition needs "image" (a flat image for a freestanding guest) or "kernel""#),
+    RuleCase("initrd without kernel", blue(partitions(flat("vm1", #""initrd": {"path": "/srv/initrd.img", "sha256": "\#(zeroDigest)"}"#))), "$.tenants[0].partitions[0].initrd", #""initrd" goes with a Linux "kernel"; a flat "image" has no initial ramdisk"#),
+    RuleCase("relative image", blue(#""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 64, "image": {"path": "bhtest.bin", "sha256": "\#(zeroDigest)"}}]"#), "$.tenants[0].partitions[0].image.path", #""bhtest.bin" is not an absolute path"#),
+    RuleCase("image digest too long", blue(#""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 64, "image": {"path": "/b", "sha256": "\#(zeroDigest)0"}}]"#), "$.tenants[0].partitions[0].image.sha256", "exactly 64 hex digits"),
+    RuleCase("image without digest", blue(#""partitions": [{"id": "vm1", "vcpus": 1, "memoryMiB": 64, "image": {"path": "/b"}}]"#), "$.tenants[0].partitions[0].image.sha256", #"missing required key "sha256" in MeasuredFile"#),
+    RuleCase("long command line", blue(partitions(flat("vm1", #""cmdline": "\#(String(repeating: "x", count: 4096))""#))), "$.tenants[0].partitions[0].cmdline", "the command line is 4096 bytes; at most 4095"),
+    // Bytes, not characters: 2048 two-byte characters.
+    RuleCase("long command line in UTF-8", blue(partitions(flat("vm1", #""cmdline": "\#(String(repeating: "é", count: 2048))""#))), "$.tenants[0].partitions[0].cmdline", "4096 bytes"),
+    RuleCase("NUL in the command line", blue(partitions(flat("vm1", #""cmdline": "console=ttyS0\u0000init=/x""#))), "$.tenants[0].partitions[0].cmdline", "contains a NUL character"),
+    RuleCase("unknown restart policy", blue(partitions(flat("vm1", #""restart": "on-failure""#))), "$.tenants[0].partitions[0].restart", #""on-failure" is not a valid restart policy; valid values: "never", "on-reboot", "always""#),
+    RuleCase("restart policy not a string", blue(partitions(flat("vm1", #""restart": true"#))), "$.tenants[0].partitions[0].restart", "expected a string, found a boolean"),
+    RuleCase("disk in the old shape", equipped(flat("vm1", #""disks": [{"volume": "data"}]"#)), "$.tenants[0].partitions[0].disks[0]", "expected a string, found an object"),
+    RuleCase("NIC in the old shape", equipped(flat("vm1", #""nics": [{"segment": "lan", "mac": "02:00:00:00:01:10"}]"#)), "$.tenants[0].partitions[0].nics[0]", "expected a string, found an object"),
+    RuleCase("volume twice in a partition", equipped(flat("vm1", #""disks": ["data", "logs", "data"]"#)), "$.tenants[0].partitions[0].disks[2]", "volume \"data\" is attached twice to partition 'vm1' (also $.tenants[0].partitions[0].disks[0])"),
+    RuleCase("volume in two partitions", equipped(flat("vm1", #""disks": ["data"]"#), flat("vm2", #""disks": ["logs", "data"]"#)), "$.tenants[0].partitions[1].disks[1]", "volume \"data\" is already attached to partition 'vm1' ($.tenants[0].partitions[0].disks[0]); a volume is attached to one partition: its vhost-user-blk socket serves one frontend"),
+    RuleCase("17 disks", manyDevices(disks: 17), "$.tenants[0].partitions[0].disks", "17 disks; a partition has at most 16"),
+    RuleCase("TAP port as a NIC", equipped(flat("vm1", #""nics": ["a"]"#)), "$.tenants[0].partitions[0].nics[0]", #"port "a" is of kind "tap"; a partition's NIC must be a port of kind "vhost-user""#),
+    RuleCase("port twice in a partition", equipped(flat("vm1", #""nics": ["vm", "vm"]"#)), "$.tenants[0].partitions[0].nics[1]", #"port "vm" is already this partition's NIC ($.tenants[0].partitions[0].nics[0])"#),
+    RuleCase("port in two partitions", equipped(flat("vm1", #""nics": ["vm"]"#), flat("vm2", #""nics": ["vm2", "vm"]"#)), "$.tenants[0].partitions[1].nics[1]", #"port "vm" is already the NIC of partition 'vm1' ($.tenants[0].partitions[0].nics[0]); a vhost-user port is the NIC of one partition"#),
+    RuleCase("9 NICs", manyDevices(nics: 9), "$.tenants[0].partitions[0].nics", "9 NICs; a partition has at most 8"),
 ]
 
 @Suite struct ValidationTests {
@@ -221,6 +263,33 @@ let ruleCases: [RuleCase] = [
         // The default interface name of a vhost-user port would be too long and is never used.
         let text = blue(ports(port("a-very-long-port-name", #""kind": "vhost-user""#)))
         #expect(problems(text).isEmpty, "\(problems(text))")
+    }
+
+    @Test func partitionsUseTheirTenantsVolumesAndPorts() {
+        // Both tenants name their volume, port and partition alike: each partition uses its own.
+        let red = ports(port("vm", segment: "dmz", #""kind": "vhost-user""#)) + #", "volumes": [{"id": "data", "sizeBytes": 512}], "#
+            + partitions(flat("vm1", #""disks": ["data"], "nics": ["vm"], "restart": "always""#))
+        let blue = ports(port("vm", #""kind": "vhost-user""#)) + #", "volumes": [{"id": "data", "sizeBytes": 512}], "#
+            + partitions(partition("vm1", #""initrd": {"path": "/srv/initrd.img", "sha256": "\#(zeroDigest)"}, "cmdline": "console=ttyS0", "disks": ["data"], "nics": ["vm"]"#),
+                         flat("vm2", #""restart": "never""#))
+        let text = blueAndRed(blue: blue, red: red)
+        #expect(problems(text).isEmpty, "\(problems(text))")
+    }
+
+    @Test func sixteenDisksAndEightNICs() {
+        let text = manyDevices(disks: 16, nics: 8)
+        #expect(problems(text).isEmpty, "\(problems(text))")
+    }
+
+    @Test func aCommandLineOf4095Bytes() {
+        let text = blue(partitions(flat("vm1", #""cmdline": "\#(String(repeating: "x", count: 4095))""#)))
+        #expect(problems(text).isEmpty, "\(problems(text))")
+    }
+
+    @Test func aBrokenPortIsNotReportedAgainAsANIC() {
+        // Port "vm" fails to decode (its kind is unknown): the NIC naming it is not reported.
+        let text = blue(ports(port("vm", #""kind": "vhost""#)) + ", " + partitions(flat("vm1", #""nics": ["vm"]"#)))
+        #expect(problems(text).map(\.path) == ["$.tenants[0].ports[0].kind"])
     }
 
     @Test func pathNormalization() {
