@@ -21,9 +21,9 @@ public struct VolumeStore: ~Copyable {
         "\(stateDirectory)/tenants/\(tenant)/volumes"
     }
 
-    /// The vhost-user socket of a volume.
+    /// The vhost-user socket of a volume (the configuration's `Volume.vhostUserSocketPath`).
     public static func socketPath(stateDirectory: String, tenant: String, volume: String) -> String {
-        "\(stateDirectory)/tenants/\(tenant)/vhost/\(volume).sock"
+        Volume.vhostUserSocketPath(stateDirectory: stateDirectory, tenant: tenant, volume: volume)
     }
 
     /// Opens the tenant's volume directory, creating it (mode 0700) when missing.

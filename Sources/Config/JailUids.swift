@@ -19,6 +19,20 @@ public struct JailUidRecord: Sendable, Equatable {
     /// The uid recorded for tenant `id`; nil when it has none.
     public func uid(ofTenant id: String) -> UInt32? { uids[id] }
 
+    /// The record's key for a partition: each partition's VMM runs as a uid of its own, apart
+    /// from its tenant's block server, so a guest that took over its VMM cannot signal, trace or
+    /// read the processes that serve its tenant.
+    public static func partitionKey(tenant: String, partition: String) -> String { "\(tenant)/\(partition)" }
+
+    /// The uid recorded for partition `id` of `tenant`; nil when it has none.
+    public func uid(ofPartition id: String, tenant: String) -> UInt32? { uids[JailUidRecord.partitionKey(tenant: tenant, partition: id)] }
+
+    /// Whether `key` names a tenant (`tenant`) or a partition (`tenant/partition`).
+    static func isValidKey(_ key: String) -> Bool {
+        let parts = key.split(separator: "/", omittingEmptySubsequences: false)
+        return (1...2).contains(parts.count) && parts.allSatisfy { Validator.isValidID(String($0)) }
+    }
+
     /// Parses a record's text and checks every entry against `range` (the configuration's
     /// `host.tenantJailUids`).
     ///
@@ -56,8 +70,8 @@ public struct JailUidRecord: Sendable, Equatable {
                     problems.append(ConfigurationProblem(path: path, line: entry.value.position.line,
                                                          column: entry.value.position.column, message: message))
                 }
-                guard Validator.isValidID(entry.key) else {
-                    report("\(JSONPath.quoted(entry.key)) is not a valid tenant id")
+                guard JailUidRecord.isValidKey(entry.key) else {
+                    report("\(JSONPath.quoted(entry.key)) is not a valid tenant id or tenant/partition pair")
                     continue
                 }
                 guard case .number(let text) = entry.value.kind, let uid = UInt32(text) else {

@@ -67,7 +67,8 @@ struct BlockServerCommand: ParsableCommand {
             // The devices make every io_uring the server will use: the jail forbids new ones.
             backends = try volumes.map { file in
                 let device = try BlockDevice(volume: file, queues: queues, logger: logger)
-                return VhostUserBackend(path: "\(tenantRoot)/vhost/\(file.volume.id).sock", device: device, logger: logger)
+                return VhostUserBackend(path: VolumeStore.socketPath(stateDirectory: configuration.host.stateDirectory, tenant: tenantConfig.id, volume: file.volume.id),
+                                        device: device, logger: logger)
             }
             for backend in backends { try backend.listen() }
         } catch {

@@ -9,7 +9,14 @@ import HostOS
 enum JailUids {
     static func path(stateDirectory: String) -> String { stateDirectory + "/" + JailUidRecord.fileName }
 
-    /// Gives every tenant of `configuration` without a uid the lowest unrecorded uid of
+    /// Every tenant, then every partition (`JailUidRecord.partitionKey`), in configuration order.
+    static func keys(_ configuration: HostConfiguration) -> [String] {
+        configuration.tenants.map(\.id) + configuration.tenants.flatMap { tenant in
+            tenant.partitions.map { JailUidRecord.partitionKey(tenant: tenant.id, partition: $0.id) }
+        }
+    }
+
+    /// Gives every tenant and partition of `configuration` without a uid the lowest unrecorded uid of
     /// `host.tenantJailUids` (the jail range less the switch's uid), writes the record back (mode 0600, atomically) when that added any, and
     /// returns the record and the tenants added.
     /// - Throws: `JailUidsError` naming the file: it cannot be read or written, is damaged or
@@ -24,7 +31,7 @@ enum JailUids {
             try StateFiles.makeDirectories(state)
             try StateFiles.update(path, mode: 0o600) { current in
                 if let current { record = try JailUidRecord(decoding: current, range: range, file: path) }
-                do throws(JailUidRecordError) { added = try record.allocate(configuration.tenants.map(\.id), in: range) } catch {
+                do throws(JailUidRecordError) { added = try record.allocate(keys(configuration), in: range) } catch {
                     throw JailUidRecordError(file: path, problems: error.problems)
                 }
                 return added.isEmpty && current != nil ? nil : record.encoded()

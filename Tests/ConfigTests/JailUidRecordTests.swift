@@ -59,6 +59,15 @@ struct JailUidRecordTests {
         #expect(record.uid(ofTenant: "c") == nil)
     }
 
+    @Test func partitionsHaveUidsOfTheirOwnApartFromTheirTenant() throws {
+        let key = JailUidRecord.partitionKey(tenant: "blue", partition: "vm1")
+        let record = try run(JailUidRecord(), ["blue", key, "red"])
+        let partition = try #require(record.uid(ofPartition: "vm1", tenant: "blue"))
+        #expect(partition != record.uid(ofTenant: "blue"))
+        #expect(record.uid(ofPartition: "vm1", tenant: "red") == nil)
+        #expect(record.uid(ofTenant: key) == partition)
+    }
+
     /// Each damaged or hand-edited record: the path and part of the message.
     @Test(arguments: [
         (#"{"tenants": {"blue": 900000000, "red": 900000000}}"#, "$.tenants.red", #"uid 900000000 is also recorded for tenant "blue""#),
@@ -71,6 +80,8 @@ struct JailUidRecordTests {
         (#"{"tenants": {"blue": 9.0e8}}"#, "$.tenants.blue", "found the number 9.0e8"),
         (#"{"tenants": {"blue": "900000000"}}"#, "$.tenants.blue", "found a string"),
         (#"{"tenants": {"Blue!": 900000000}}"#, "$.tenants", #""Blue!" is not a valid tenant id"#),
+        (#"{"tenants": {"blue/vm/x": 900000000}}"#, "$.tenants", #""blue/vm/x" is not a valid tenant id or tenant/partition pair"#),
+        (#"{"tenants": {"/vm": 900000000}}"#, "$.tenants", "is not a valid tenant id"),
         (#"{"tenants": [900000000]}"#, "$.tenants", "expected an object of tenant ids and uids, found an array"),
         (#"{}"#, "$.tenants", "missing"),
         (#"{"tenants": {}, "next": 5}"#, "$.next", "unknown key"),
