@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "HostOS"]),
         // The partition VMM: guest memory, vCPU threads, boot loaders, and the device models
         // wired to KVM (exits, ioeventfd, irqfd) and to their vhost-user backends.
-        .target(name: "Partition", dependencies: ["KVM", "Devices", "VhostUser", "Virtio", "HostOS",
+        .target(name: "VMM", dependencies: ["KVM", "Devices", "VhostUser", "Virtio", "HostOS",
                                                   .product(name: "Logging", package: "swift-log")]),
 
         // Pure Swift, no syscalls: fuzzable.
@@ -69,7 +69,7 @@ let package = Package(
         ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet", "Partition",
+            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet", "VMM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),

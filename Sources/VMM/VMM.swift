@@ -1,3 +1,4 @@
 /// The partition VMM: a KVM virtual machine with its guest memory, vCPU threads and device
 /// models, whose virtio devices are served over vhost-user by the block servers and the switch.
-public enum Partition {}
+/// (`bulkhead partition` runs one; the configuration calls it a partition.)
+public enum VMM {}
