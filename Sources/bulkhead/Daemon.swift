@@ -86,6 +86,19 @@ struct Daemon {
                 arguments: ["block-server", "--config", configPath, "--tenant", tenant.id, "--stop-when-stdin-closes"],
                 attach: nil))
         }
+        // Partitions last: each connects to its tenant's block server and the switch (waiting
+        // for their sockets), and its restart policy decides what follows its end.
+        for tenant in configuration.tenants {
+            for partition in tenant.partitions {
+                let policy = partition.restart
+                children.append(ChildSpec(
+                    name: "partition \(partition.id)", metadata: ["tenant.id": "\(tenant.id)", "partition.id": "\(partition.id)"],
+                    arguments: ["partition", "--config", configPath, "--tenant", tenant.id, "--id", partition.id,
+                                "--log-level", logLevel, "--stop-when-stdin-closes"],
+                    attach: nil,
+                    restartsAfter: { policy.restarts(after: PartitionExit.ending($0)) }))
+            }
+        }
         logger.info("bulkhead ready", metadata: [
             "tenants": "\(configuration.tenants.count)", "ports": "\(plane.ports.count)", "switch.workers": "\(workers)",
             "status": "\(status.path)",
