@@ -2,8 +2,8 @@
  *
  * _start (the image's first byte, 1 MiB) is the flat-image entry of Bulkhead's VMM: 64-bit long
  * mode, ring 3, IOPL 3, RDI = command line, RSI = RAM size, RSP = 0x80000. It only clears .bss and
- * calls guest_main: no ring-0 instruction runs on that path. RDX (0 there) tells guest_main
- * whether the command line came from multiboot, whose first word is the image's name.
+ * calls guest_main: no ring-0 instruction runs on that path. Its third argument says whether
+ * start32 ran first: a multiboot command line starts with the image's name.
  *
  * start32 is the multiboot entry (QEMU's -kernel, through the a.out-kludge header below): 32-bit
  * protected mode, paging off, EAX = multiboot magic, EBX = multiboot information. It builds the
@@ -44,7 +44,6 @@ start64:
     /* Ring 3 from here on. Keep the two arguments while .bss is cleared (rep stosb is native). */
     mov %rdi, %r12
     mov %rsi, %r13
-    mov %rdx, %r14
     lea __bss_start(%rip), %rdi
     lea __bss_end(%rip), %rcx
     sub %rdi, %rcx
@@ -53,7 +52,7 @@ start64:
     rep stosb
     mov %r12, %rdi
     mov %r13, %rsi
-    mov %r14, %rdx                  /* 1 when start32 came first (0 from the VMM) */
+    movzbl booted_by_multiboot(%rip), %edx
     and $-16, %rsp
     call guest_main
     ud2
@@ -148,7 +147,7 @@ long_mode:
     add $1024, %rsi
     shl $10, %rsi
 4:
-    mov $1, %edx                    /* multiboot: the command line starts with the image's name */
+    movb $1, booted_by_multiboot(%rip) /* the command line starts with the image's name */
     pushq $USER_DS
     pushq $USER_STACK
     pushq $USER_RFLAGS
@@ -178,6 +177,8 @@ null_idt:
     .word 0
     .quad 0
 empty_cmdline:
+    .byte 0
+booted_by_multiboot:               /* in .data, not .bss: start64 clears .bss */
     .byte 0
 
     .section .bootbss, "aw", @nobits

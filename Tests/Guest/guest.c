@@ -45,7 +45,8 @@
  *                       outside RAM / in the MMIO window / unaligned / overlapping, notifications
  *                       of unconfigured queues, a doorbell storm of storm= (default 1000),
  *                       garbage into the device configuration
- *     ring              on every virtio device: chains with buffers outside RAM, 4 GiB lengths,
+ *     ring              on every queue the drivers use (blk: 0; net: 0 and 1) of every virtio
+ *                       device: chains with buffers outside RAM, 4 GiB lengths,
  *                       loops, next beyond the table, bad and nested indirect tables, a head
  *                       beyond the table, avail.idx far ahead, random descriptors
  *   storm=N             doorbells in hostile=virtio's storm
@@ -76,7 +77,7 @@
  *   bhtest: bench udp frames=N bytes=60 cycles=N seconds=N.NNN pps=N doorbells=N doorbells_per_frame=N.NNN exits=N
  *   bhtest: hostile pci BB:DD.F writes=N full|header
  *   bhtest: hostile virtio BB:DD.F steps=N storm=N storm_us=N status=0xX
- *   bhtest: hostile ring BB:DD.F chains=N status=0xX
+ *   bhtest: hostile ring BB:DD.F queues=N chains=N status=0xX
  *   bhtest: survived pci|pci-all|virtio|ring
  *   bhtest: exits pio=N mmio=N doorbells=N heap=N us=N
  *   bhtest: PASS | bhtest: FAIL <reason>                (the last line)

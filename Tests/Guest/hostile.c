@@ -216,14 +216,20 @@ void hostile_ring(struct virtio_device *dev) {
     struct pci_function *p = dev->pci;
     const char *why = NULL;
     u64 chains = 0;
-    for (int kind = 0; kind < 9; kind++) {
-        if (!virtio_negotiate(dev, VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | (1ull << 9) | (1ull << 13), &why) ||
-            !virtio_setup_queue(dev, 0, 16, &why)) {
+    /* Every queue the guest's drivers use: a block device's request queue, a network device's
+     * receive and transmit queues (the backend parses transmit chains as soon as they come). */
+    u16 queues = dev->type == VIRTIO_ID_NET ? 2 : 1;
+    for (int step = 0; step < 9 * queues; step++) {
+        int kind = step % 9;
+        u16 target = (u16)(step / 9);
+        bool ready = virtio_negotiate(dev, VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | (1ull << 9) | (1ull << 13), &why);
+        for (u16 q = 0; ready && q <= target; q++) ready = virtio_setup_queue(dev, q, 16, &why);
+        if (!ready) {
             say("hostile ring %02x:%02x.%x setup failed: %s", p->bus, p->device, p->function, why);
             return;
         }
         virtio_driver_ok(dev);
-        struct virtqueue *vq = &dev->queues[0];
+        struct virtqueue *vq = &dev->queues[target];
         struct vring_desc *d = vq->desc;
         u8 *page = alloc_pages(4096);
         u16 head = 0;
@@ -260,7 +266,7 @@ void hostile_ring(struct virtio_device *dev) {
             d[0] = (struct vring_desc){(u64)page, 16, 0, 0};
             vq->avail->ring[0] = 0;
             *(volatile u16 *)&vq->avail->idx = 1000;
-            mmio_write16(vq->notify_address, 0);
+            mmio_write16(vq->notify_address, target);
             exits.doorbells++;
             chains++;
             settle(20);
@@ -281,11 +287,12 @@ void hostile_ring(struct virtio_device *dev) {
             *(volatile u16 *)&vq->avail->idx = 1;
         }
         mb();
-        mmio_write16(vq->notify_address, 0);
+        mmio_write16(vq->notify_address, target);
         exits.doorbells++;
         chains++;
         settle(20);
         virtio_reset(dev);
     }
-    say("hostile ring %02x:%02x.%x chains=%llu status=0x%x", p->bus, p->device, p->function, chains, virtio_status(dev));
+    say("hostile ring %02x:%02x.%x queues=%u chains=%llu status=0x%x", p->bus, p->device, p->function, queues, chains,
+        virtio_status(dev));
 }

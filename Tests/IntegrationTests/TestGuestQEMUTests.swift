@@ -69,7 +69,7 @@ final class TestGuestQEMUTests: XCTestCase {
         ], commandLine: "hostile=pci,virtio,ring storm=500 blk net ping=10.0.0.1")
         run.assertPassed()
         for check in ["survived pci", "survived virtio", "survived ring", "hostile virtio 00:01.0 ", "hostile virtio 00:02.0 ",
-                      "hostile ring 00:01.0 chains=9 ", "blk readback ok", "net ping 10.0.0.1 ok replies=4/4 "] {
+                      "hostile ring 00:01.0 queues=1 chains=9 ", "hostile ring 00:02.0 queues=2 chains=18 ", "blk readback ok", "net ping 10.0.0.1 ok replies=4/4 "] {
             XCTAssertNotNil(run.line(check), "the guest printed '\(check)':\n\(run.report)")
         }
         // QEMU reported the garbage it was given (and carried on).
@@ -211,6 +211,31 @@ final class TestGuestQEMUTests: XCTestCase {
         XCTAssertEqual(try intoRed.map { try $0.stop() }, [0, 0], "frames of blue's guest reached red")
         print("test-guest: demo switch: PASS after \(run.passedAfter.map { String(format: "%.2f", $0) } ?? "-") s; "
               + (run.line("net ping ") ?? "") + "; " + (run.line("net doorbells=") ?? ""))
+        XCTAssertEqual(daemon.stop(), 0, daemon.output)
+    }
+
+    /// Garbage chains on both queues of blue's `vm` port: the switch survives them, serves the
+    /// same guest's normal run after its reset, and keeps forwarding between blue's endpoints.
+    func testHostileRingsOnASwitchPortLeaveTheSwitchForwarding() throws {
+        let tools = try TestGuestTools.require(network: true)
+        try Host.requireNetworkPrivileges()
+        let daemon = try RunningDaemon(configuration: try TestTopology.demo())
+        try daemon.waitFor("switch forwarding", timeout: 30)
+        let directory = try TestGuestTools.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+
+        let run = try GuestRun(tools: tools, directory: directory, devices: TestGuestTools.sharedMemory + [
+            "-chardev", "socket,id=c1,path=\(daemon.stateDirectory)/tenants/blue/net/vm.sock",
+            "-netdev", "vhost-user,id=n0,chardev=c1",
+            "-device", "virtio-net-pci,netdev=n0,mac=02:00:00:00:01:03,vectors=0,disable-legacy=on",
+        ], commandLine: "hostile=ring,pci net ping=10.0.0.1")
+        run.assertPassed(extra: daemon.output)
+        XCTAssertNotNil(run.line("hostile ring 00:01.0 queues=2 chains=18 "), run.report)
+        XCTAssertNotNil(run.line("survived ring"), run.report)
+        XCTAssertNotNil(run.line("net ping 10.0.0.1 ok replies=4/4 "), "the port works again after the reset:\n\(run.report)")
+        XCTAssertTrue(daemon.isRunning, "the daemon survives:\n\(daemon.output)")
+        let ping = try Host.inNamespace(TestTopology.namespace("blue", "a"), ["ping", "-c", "2", "-W", "2", "10.0.0.2"])
+        XCTAssertEqual(ping.status, 0, "blue-a still reaches blue-b through the switch: \(ping.output)\n\(daemon.output)")
         XCTAssertEqual(daemon.stop(), 0, daemon.output)
     }
 }
@@ -416,14 +441,15 @@ enum TestGuestPattern {
             try handle.seek(toOffset: sector * 512)
             return [UInt8](try handle.read(upToCount: 8192) ?? Data())
         }
-        for start in layout.pattern {
-            let expected = (start ..< start + 16).flatMap { sector(seed: seed, $0) }
-            XCTAssertTrue(try block(start) == expected, "the file holds the guest's pattern at sector \(start)\n\(report)",
-                           file: sourceFile, line: line)
+        var missing: [UInt64] = [], stray: [UInt64] = []
+        for start in layout.pattern where try block(start) != (start ..< start + 16).flatMap({ sector(seed: seed, $0) }) {
+            missing.append(start)
         }
-        for start in layout.holes {
-            XCTAssertEqual(try block(start), [UInt8](repeating: 0, count: 8192), "sector \(start) was never written\n\(report)",
-                           file: sourceFile, line: line)
+        for start in layout.holes where try block(start) != [UInt8](repeating: 0, count: 8192) {
+            stray.append(start)
         }
+        XCTAssertEqual(missing, [], "the file holds the guest's pattern at every block it wrote (sectors \(layout.pattern))\n\(report)",
+                       file: sourceFile, line: line)
+        XCTAssertEqual(stray, [], "the blocks between them were never written\n\(report)", file: sourceFile, line: line)
     }
 }
