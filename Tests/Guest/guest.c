@@ -81,8 +81,15 @@
  *   bhtest: survived pci|pci-all|virtio|ring
  *   bhtest: exits pio=N mmio=N doorbells=N heap=N us=N
  *   bhtest: PASS | bhtest: FAIL <reason>                (the last line)
- * then power-off: a 16-bit write of 0x2000 to port 0x604 (ACPI PM1a control, SLP_EN), else the
- * i8042 reset (0xFE to port 0x64), else a triple fault.
+ * Before a FAIL, a line may say what went wrong: "blk <what> request N: status N (NAME), expected
+ * OK", "blk readback sector N differs from what was written", "blk never-written sector N is not
+ * zero", "net arp A no-reply us=N", "net ping A replies=N/N", "net isolated A answered-by M",
+ * "pci BB:DD.F barN of 0xX bytes does not fit the window", "virtio BB:DD.F type=N without the
+ * modern capabilities: skipped". Device numbers (BB:DD.F) are as scanned: bus 0 only; ram= is
+ * the RAM size the loader passed (RSI).
+ * After the last line the guest powers off: a 16-bit write of 0x2000 to port 0x604 (ACPI PM1a
+ * control, SLP_EN with SLP_TYP 0), then (200 ms later) the i8042 reset (0xFE to port 0x64), then
+ * a triple fault (ud2 with no IDT).
  */
 #include "guest.h"
 
