@@ -170,22 +170,29 @@ final class FlatGuestTests: XCTestCase {
         }
     }
 
-    /// Start-up figures for one flat guest: from the start of `Machine.init` to vCPU 0's first
+    /// Start-up figures for one flat guest: from opening /dev/kvm to vCPU 0's first
     /// KVM_RUN and to the guest's first serial byte, and what the VMM adds to this process's
     /// resident memory beyond guest RAM. Printed as `partition.flat.*` lines.
     func testStartupFigures() throws {
-        let kvm = try openKVM()
         var firstRun: [Double] = []
         var firstSerial: [Double] = []
         var overhead: [Int] = []
+        var split: [String] = []
+        var steps: [[Double]] = []
         for _ in 0..<5 {
             let console = ConsoleCapture()
+            _ = try openKVM()  // the skip check (FileManager) outside the figures
             let before = residentMemory()
             let created = monotonicNanoseconds()
+            let kvm = try KVMSystem()
+            let opened = monotonicNanoseconds()
             let machine = try Machine(kvm: kvm, configuration: MachineConfiguration(vcpus: 1, memoryBytes: 64 << 20),
                                       createdAt: created, console: console.sink)
+            let built = monotonicNanoseconds()
             let entry = try FlatBoot.load(image: FlatGuestTests.hello, commandLine: "x", into: machine)
+            let loaded = monotonicNanoseconds()
             try machine.start(entry: entry)
+            steps.append([opened - created, built - opened, loaded - built].map { Double($0) / 1e6 })
             let outcome = machine.waitForOutcome(timeoutMilliseconds: 20_000)
             if outcome == nil { machine.stop() }
             XCTAssertEqual(outcome, .powerOff)
@@ -195,12 +202,14 @@ final class FlatGuestTests: XCTestCase {
             firstSerial.append(Double((timings.firstSerialByteAt ?? created) - created) / 1e6)
             // Guest RAM is the shmem part; the rest (anonymous and file pages) is the VMM's.
             overhead.append((after.anon + after.file) - (before.anon + before.file))
+            split.append("anon \((after.anon - before.anon) / 1024) file \((after.file - before.file) / 1024)")
         }
         func median<T: Comparable>(_ values: [T]) -> T { values.sorted()[values.count / 2] }
         let memory = residentMemory()
         print("partition.flat.first_instruction_ms=\(String(format: "%.3f", median(firstRun))) runs=\(firstRun.map { String(format: "%.3f", $0) })")
         print("partition.flat.first_serial_byte_ms=\(String(format: "%.3f", median(firstSerial))) runs=\(firstSerial.map { String(format: "%.3f", $0) })")
-        print("partition.flat.vmm_rss_growth_kib=\(median(overhead) / 1024) runs=\(overhead.map { $0 / 1024 }) (anon+file growth per machine)")
+        print("partition.flat.steps_ms (open+check /dev/kvm, Machine.init, FlatBoot.load): \(steps.map { $0.map { String(format: "%.3f", $0) } })")
+        print("partition.flat.vmm_rss_growth_kib=\(median(overhead) / 1024) runs=\(overhead.map { $0 / 1024 }) (anon+file growth per machine: \(split))")
         print("partition.flat.process_rss_kib=\(memory.rss / 1024) rss_shmem_kib=\(memory.shmem / 1024) (the whole xctest process)")
     }
 }
