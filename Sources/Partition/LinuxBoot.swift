@@ -173,8 +173,8 @@ public struct LinuxPlacement: Equatable, Sendable {
 
 /// Boots a bzImage through the 64-bit boot protocol: the protected-mode kernel at its load
 /// address, boot_params (the zero page: the image's setup header, type_of_loader 0xFF, the e820
-/// map, the command line and initrd pointers), identity page tables, and vCPU 0 entering at the
-/// load address + 0x200 at CPL 0 with RSI = the zero page.
+/// map, the command line and initrd pointers), an MP table listing the vCPUs, identity page
+/// tables, and vCPU 0 entering at the load address + 0x200 at CPL 0 with RSI = the zero page.
 public enum LinuxBoot {
     /// e820 entry types.
     static let usable: UInt32 = 1
@@ -182,12 +182,13 @@ public enum LinuxBoot {
 
     /// Loads into `machine`'s RAM and returns vCPU 0's entry state.
     public static func load(kernel: [UInt8], initrd: [UInt8] = [], commandLine: String, into machine: Machine) throws(LinuxBootError) -> LongModeEntry {
-        try load(kernel: kernel, initrd: initrd, commandLine: commandLine, memory: machine.memory, memoryMap: machine.memoryMap)
+        try load(kernel: kernel, initrd: initrd, commandLine: commandLine, memory: machine.memory, memoryMap: machine.memoryMap,
+                 vcpus: machine.configuration.vcpus)
     }
 
     /// Loads into any guest memory laid out as `memoryMap` (tests use plain memory).
     public static func load(kernel: [UInt8], initrd: [UInt8] = [], commandLine: String, memory: GuestMemory,
-                            memoryMap: GuestMemoryMap) throws(LinuxBootError) -> LongModeEntry {
+                            memoryMap: GuestMemoryMap, vcpus: Int = 1) throws(LinuxBootError) -> LongModeEntry {
         let header = try LinuxKernelHeader(parsing: kernel)
         let placement = try header.placement(in: memoryMap, initrdSize: initrd.count)
         do throws(CommandLineError) {
@@ -197,6 +198,7 @@ public enum LinuxBoot {
         }
         do throws(BootMemoryError) {
             try BootTables.write(into: memory)
+            try MPTable.write(vcpus: vcpus, into: memory)
             try memory.copy(kernel, header.setupSize..<kernel.count, to: placement.kernelAddress)
             if let initrdAddress = placement.initrdAddress { try memory.copy(initrd, to: initrdAddress) }
             try writeZeroPage(header: header, image: kernel, placement: placement, initrdSize: initrd.count,

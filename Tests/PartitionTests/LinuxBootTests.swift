@@ -109,6 +109,21 @@ final class LinuxBootTests: XCTestCase {
         XCTAssertEqual(m.load(UInt64.self, at: 0x3000 + 8), 0x20_0087)
     }
 
+    func testMPTableListsEveryVCPUAndTheIOAPIC() {
+        let bytes = MPTable.bytes(vcpus: 3)
+        XCTAssertEqual(Array(bytes[0..<4]), Array("_MP_".utf8))
+        XCTAssertEqual(bytes[0..<16].reduce(0, &+), 0, "floating pointer checksum")
+        XCTAssertEqual(Array(bytes[16..<20]), Array("PCMP".utf8))
+        let length = Int(bytes[20]) | Int(bytes[21]) << 8
+        XCTAssertEqual(bytes.count, 16 + length)
+        XCTAssertEqual(bytes[16...].reduce(0, &+), 0, "configuration table checksum")
+        let count = Int(bytes[16 + 34]) | Int(bytes[16 + 35]) << 8
+        XCTAssertEqual(count, 3 + 1 + 1 + 15 + 2, "processors, ISA bus, IOAPIC, 15 ISA interrupts, LINT0/LINT1")
+        XCTAssertEqual(bytes[16 + 44], 0, "a processor entry first")
+        XCTAssertEqual(bytes[16 + 44 + 3], 0x03, "vCPU 0 is the enabled bootstrap processor")
+        XCTAssertEqual(bytes[16 + 64 + 3], 0x01, "vCPU 1 is enabled")
+    }
+
     func testLoadAddressFallsBackWhenThePreferredOneDoesNotFitOrIsHostile() throws {
         // Preferred address beyond RAM (and near the top of the address space): 2 MiB instead.
         let far = LinuxBootTests.image { LinuxBootTests.put(UInt64(0xFFFF_FFFF_FFE0_0000), at: 0x258, in: &$0) }
@@ -197,7 +212,7 @@ final class LinuxBootTests: XCTestCase {
         let image = try [UInt8](Data(contentsOf: URL(fileURLWithPath: kernel.path)))
         let token = "bhtoken=\(UUID().uuidString.prefix(12))"
         let console = ConsoleCapture()
-        let machine = try Machine(kvm: kvm, configuration: MachineConfiguration(vcpus: 1, memoryBytes: 256 << 20), console: console.sink)
+        let machine = try Machine(kvm: kvm, configuration: MachineConfiguration(vcpus: 2, memoryBytes: 256 << 20), console: console.sink)
         let entry = try LinuxBoot.load(kernel: image, commandLine: "earlyprintk=serial,ttyS0,115200 console=ttyS0 \(token)", into: machine)
         let started = Date()
         try machine.start(entry: entry)
@@ -212,6 +227,12 @@ final class LinuxBootTests: XCTestCase {
         XCTAssertTrue(printed, "no banner and token within 240 s; outcome \(String(describing: final)); serial:\n\(console.text)")
         XCTAssertTrue(console.text.contains("Linux version"))
         XCTAssertTrue(console.text.contains(token), "the command line we passed is echoed")
+        // Kernels built with CONFIG_X86_MPPARSE find both vCPUs in the MP table (Debian's cloud
+        // kernel is not: without ACPI it sees one).
+        let config = (try? String(contentsOfFile: "/boot/config-\(kernel.version)", encoding: .utf8)) ?? ""
+        if config.contains("CONFIG_X86_MPPARSE=y") && console.text.contains("smpboot: Allowing") {
+            XCTAssertTrue(console.text.contains("smpboot: Allowing 2 CPUs"), "the MP table lists both vCPUs")
+        }
         XCTAssertNotNil(final, "the machine ended after stop()")
         if FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm"), case .failed(let failure)? = outcome {
             XCTAssertEqual(failure.exit, "KVM_EXIT_INTERNAL_ERROR")
