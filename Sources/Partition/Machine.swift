@@ -146,10 +146,10 @@ public struct MachineTimings: Equatable, Sendable {
 /// thread leaves KVM_RUN and ends. A started machine keeps itself alive until then: call
 /// `stop()` to end it early.
 public final class Machine: @unchecked Sendable {
-    // @unchecked Sendable: `bus` is only touched under `busLock`; the vCPUs and the VM are used
-    // through ioctls that are safe from any thread (each vCPU only from its own thread, but
-    // `requestExit`); `threads` is written once by `start` under `lifecycle` before the threads
-    // exist, and read after; the rest is immutable or atomic.
+    // @unchecked Sendable: `bus`, `stats` and `serialLineHigh` are only touched under `busLock`;
+    // the vCPU threads live in `lifecycle`; the vCPUs and the VM are used through ioctls that
+    // are safe from any thread (each vCPU runs only on its own thread; `requestExit` is atomic);
+    // the rest is immutable, atomic or behind its own mutex.
 
     /// The KVM VM: for ioeventfd, irqfd, GSI routing and memory slots beyond RAM.
     public let vm: VirtualMachine
@@ -178,9 +178,12 @@ public final class Machine: @unchecked Sendable {
     private let decided = Mutex<MachineOutcome?>(nil)
     private let outcomeEvent: EventFD
     private let lifecycle = Mutex<Lifecycle>(.built)
-    private var threads: [pthread_t] = []
 
-    private enum Lifecycle { case built, started, joined }
+    private enum Lifecycle {
+        case built
+        case started([pthread_t])
+        case joined
+    }
 
     /// The ISA interrupt of COM1.
     public static let serialIRQ: UInt32 = 4
@@ -311,36 +314,38 @@ public final class Machine: @unchecked Sendable {
     /// Starts every vCPU on its own thread, vCPU 0 (the bootstrap processor) at `entry`; the
     /// others wait in KVM for the guest's INIT/SIPI.
     public func start(entry: LongModeEntry) throws(MachineError) {
-        let proceed = lifecycle.withLock { state -> Bool in
-            guard case .built = state else { return false }
-            state = .started
-            return true
-        }
-        guard proceed else { throw .alreadyStarted }
-        do throws(KVMError) {
-            try cpus[0].cpu.enterLongMode(entry)
-        } catch {
-            throw .kvm(error)
-        }
-        var started: [pthread_t] = []
-        for index in cpus.indices {
-            let body = ThreadBody { [self] in runVCPU(index) }
-            let context = Unmanaged.passRetained(body).toOpaque()
-            var thread = pthread_t()
-            let r = pthread_create(&thread, nil, { context in
-                guard let context else { return nil }
-                Unmanaged<ThreadBody>.fromOpaque(context).takeRetainedValue().run()
-                return nil
-            }, context)
-            if r != 0 {
-                Unmanaged<ThreadBody>.fromOpaque(context).release()
-                threads = started
-                finish(.failed(MachineFailure(vcpu: index, exit: "pthread_create: errno \(r)")))
-                throw .threadCreation(r)
+        // The lock is held while the threads are created: a vCPU thread that decides the outcome
+        // at once waits in `finish` until the list of threads to kick is complete.
+        let problem: MachineError? = lifecycle.withLock { state in
+            guard case .built = state else { return .alreadyStarted }
+            do throws(KVMError) {
+                try cpus[0].cpu.enterLongMode(entry)
+            } catch {
+                return .kvm(error)
             }
-            started.append(thread)
+            var started: [pthread_t] = []
+            defer { state = .started(started) }
+            for index in cpus.indices {
+                let body = ThreadBody { [self] in runVCPU(index) }
+                let context = Unmanaged.passRetained(body).toOpaque()
+                var thread = pthread_t()
+                let r = pthread_create(&thread, nil, { context in
+                    guard let context else { return nil }
+                    Unmanaged<ThreadBody>.fromOpaque(context).takeRetainedValue().run()
+                    return nil
+                }, context)
+                if r != 0 {
+                    Unmanaged<ThreadBody>.fromOpaque(context).release()
+                    return .threadCreation(r)
+                }
+                started.append(thread)
+            }
+            return nil
         }
-        threads = started
+        if let problem {
+            if case .threadCreation(let r) = problem { finish(.failed(MachineFailure(vcpu: 0, exit: "pthread_create: errno \(r)"))) }
+            throw problem
+        }
     }
 
     /// Decides the outcome `.stopped` (unless one is already decided) and makes every vCPU leave
@@ -505,11 +510,9 @@ public final class Machine: @unchecked Sendable {
         guard first else { return }
         stopping.store(true, ordering: .releasing)
         for slot in cpus { slot.cpu.requestExit() }
-        let started = lifecycle.withLock { state -> Bool in
-            if case .started = state { return true }
-            return false
-        }
-        if started {
+        // Under the lock: the threads are not joined (so their ids are valid) while kicked.
+        lifecycle.withLock { state in
+            guard case .started(let threads) = state else { return }
             let me = pthread_self()
             for thread in threads where pthread_equal(thread, me) == 0 { VCPUKick.send(to: thread) }
         }
@@ -519,12 +522,11 @@ public final class Machine: @unchecked Sendable {
     /// Waits for every vCPU thread to end (a vCPU thread that drops the last reference detaches
     /// itself instead).
     private func join() {
-        let joinNow = lifecycle.withLock { state -> Bool in
-            guard case .started = state else { return false }
+        let threads = lifecycle.withLock { state -> [pthread_t] in
+            guard case .started(let threads) = state else { return [] }
             state = .joined
-            return true
+            return threads
         }
-        guard joinNow else { return }
         let me = pthread_self()
         for thread in threads {
             if pthread_equal(thread, me) != 0 {

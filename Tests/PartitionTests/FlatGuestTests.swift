@@ -123,6 +123,15 @@ final class FlatGuestTests: XCTestCase {
         XCTAssertLessThan(took, 5_000, "both vCPU threads (one in the guest, one waiting for SIPI) ended \(took) ms after stop()")
     }
 
+    func testStopRightAfterStartNeverHangs() throws {
+        for _ in 0..<30 {
+            let console = ConsoleCapture()
+            let machine = try boot(FlatGuestTests.spin, vcpus: 3, memoryMiB: 4, console: console)
+            machine.stop()
+            XCTAssertEqual(machine.waitForOutcome(timeoutMilliseconds: 10_000), .stopped)
+        }
+    }
+
     func testTheApplicationProcessorsWaitWhileTheBootstrapProcessorPowersOff() throws {
         let console = ConsoleCapture()
         let machine = try boot(FlatGuestTests.hello, commandLine: "smp", vcpus: 4, console: console)
