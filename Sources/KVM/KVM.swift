@@ -183,6 +183,9 @@ public enum VCPUExit: Equatable {
     case interrupted
     /// A system event (KVM_EXIT_SYSTEM_EVENT) of this type.
     case systemEvent(UInt32)
+    /// An I/O or MMIO exit whose data would lie outside the kvm_run mapping (or is longer than 8
+    /// bytes for MMIO): never expected from the kernel, refused rather than trusted.
+    case malformed(reason: UInt32)
     case other(UInt32)
 }
 
@@ -266,14 +269,14 @@ public struct VirtualCPU: ~Copyable, Sendable {
             bh_kvm_exit_io(shared.base, &out, &size, &port, &count, &offset)
             // The kernel puts the data inside the kvm_run mapping; checked, not trusted blindly.
             guard offset < UInt64(shared.size), UInt64(size) * UInt64(count) <= UInt64(shared.size) - offset else {
-                return .internalError(suberror: 0, data: [])
+                return .malformed(reason: reason)
             }
             return .io(out: out == 1, port: port, size: size, count: count, data: shared.base + Int(offset))
         case BH_KVM_EXIT_MMIO:
             var address: UInt64 = 0, length: UInt32 = 0, isWrite: UInt8 = 0, offset: UInt64 = 0
             bh_kvm_exit_mmio(shared.base, &address, &length, &isWrite, &offset)
             guard length <= 8, offset < UInt64(shared.size), UInt64(length) <= UInt64(shared.size) - offset else {
-                return .internalError(suberror: 0, data: [])
+                return .malformed(reason: reason)
             }
             return .mmio(address: address, length: Int(length), isWrite: isWrite == 1, data: shared.base + Int(offset))
         case BH_KVM_EXIT_HLT: return .halt

@@ -152,7 +152,8 @@ public struct LinuxKernelHeader: Equatable, Sendable {
         if initrdSize > 0 {
             let page: UInt64 = 0x1000
             let lowest = (end + page - 1) & ~(page - 1)
-            let highest = min(initrdAddressMax &+ 1 == 0 ? UInt64.max : initrdAddressMax + 1, ramTop, GuestMemoryMap.lowMemoryLimit)
+            // initrd_addr_max is the highest byte it may occupy (a 32-bit field: no overflow).
+            let highest = min(initrdAddressMax + 1, ramTop, GuestMemoryMap.lowMemoryLimit)
             let size = UInt64(initrdSize)
             guard size <= highest, (highest - size) & ~(page - 1) >= lowest else {
                 throw .initrdDoesNotFit(size: initrdSize, lowest: lowest, highest: highest)

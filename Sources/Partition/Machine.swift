@@ -158,6 +158,11 @@ public final class Machine: @unchecked Sendable {
     public let memory: GuestMemory
     /// Guest RAM for vhost-user backends (one entry per KVM memory slot of RAM).
     public let memoryRegions: [GuestRAMRegion]
+
+    /// `memoryRegions` in the shape `VhostUserFrontend.setMemTable(regions:)` takes.
+    public var vhostUserMemoryTable: [(guestAddress: UInt64, size: UInt64, userAddress: UInt64, fd: Int32, offset: UInt64)] {
+        memoryRegions.map { ($0.guestAddress, $0.size, $0.userAddress, $0.memfd, $0.offset) }
+    }
     public let configuration: MachineConfiguration
 
     private let memoryFile: FileDescriptor
@@ -438,6 +443,8 @@ public final class Machine: @unchecked Sendable {
                 case 2: finish(.reset)
                 default: finish(.failed(MachineFailure(vcpu: index, exit: "KVM_EXIT_SYSTEM_EVENT", data: [UInt64(type)])))
                 }
+            case .malformed(let reason):
+                finish(.failed(MachineFailure(vcpu: index, exit: "exit reason \(reason) with its data outside the kvm_run page")))
             case .other(let reason):
                 finish(.failed(MachineFailure(vcpu: index, exit: "unhandled KVM exit reason \(reason)",
                                               instructionPointer: try? slot.cpu.instructionPointer())))
