@@ -81,6 +81,7 @@ let package = Package(
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Devices", "HostOS", "Virtio"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
         .testTarget(name: "BlockTests", dependencies: ["Block", "BlockClient", "VhostUser", "Virtio", "HostOS", "Config",
                                                      .product(name: "Logging", package: "swift-log")]),
