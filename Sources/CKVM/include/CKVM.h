@@ -141,3 +141,36 @@ uint32_t bh_kvm_exit_reason(const void *run);
 /// kvm_run page the data is (offset from `run`).
 void bh_kvm_exit_io(const void *run, uint8_t *out, uint8_t *size, uint16_t *port, uint32_t *count, uint64_t *data_offset);
 #endif
+
+// ioeventfd, irqfd and MSI routing
+// (after the main include guard, with its own, so declarations added above it never touch it)
+#ifndef BULKHEAD_CKVM_INTERRUPTS_H
+#define BULKHEAD_CKVM_INTERRUPTS_H
+#include <stdint.h>
+
+/// One MSI route of a GSI routing table: GSI `gsi` sends `data` to `address_hi:address_lo`.
+typedef struct {
+    uint32_t gsi;
+    uint32_t address_lo;
+    uint32_t address_hi;
+    uint32_t data;
+} bh_kvm_msi_route;
+
+/// GSIs below this one keep the in-kernel irqchip's default routes (PIC and IOAPIC pins).
+extern const uint32_t BH_KVM_IRQCHIP_GSIS;
+/// The most routes a table may hold (KVM_MAX_IRQ_ROUTES).
+extern const uint32_t BH_KVM_MAX_ROUTES;
+
+/// KVM_IOEVENTFD: a guest write of `length` bytes (1, 2, 4 or 8; 0: any) at `address` (memory,
+/// or a port when `pio`) signals eventfd `fd` instead of exiting; with `has_datamatch`, only a
+/// write of `datamatch`. `deassign` removes the registration with the same values.
+int bh_kvm_ioeventfd(int vm, uint64_t address, uint32_t length, int fd, int pio, int has_datamatch,
+                     uint64_t datamatch, int deassign);
+/// KVM_IRQFD: a signal of eventfd `fd` raises GSI `gsi` (as its route says); `deassign` removes it.
+int bh_kvm_irqfd(int vm, int fd, uint32_t gsi, int deassign);
+/// KVM_SET_GSI_ROUTING: the irqchip's default routes for GSIs 0-23 (which the table replaces,
+/// so they are written again) plus `count` MSI routes (GSIs from BH_KVM_IRQCHIP_GSIS up).
+int bh_kvm_set_gsi_routing(int vm, const bh_kvm_msi_route *routes, uint32_t count);
+/// KVM_SIGNAL_MSI: sends one message now. Returns >0 delivered, 0 blocked by the guest, or -errno.
+int bh_kvm_signal_msi(int vm, uint32_t address_lo, uint32_t address_hi, uint32_t data);
+#endif
