@@ -82,6 +82,12 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Devices", "HostOS", "Virtio"]),
+        // PCI bus, virtio-pci transport and MSI-X models in memory.
+        .testTarget(name: "DevicesTests", dependencies: ["Devices", "Virtio"]),
+        // The virtio-pci <-> vhost-user glue against the real block server and a vhost-user-net port.
+        .testTarget(name: "VMMDeviceTests", dependencies: ["VMM", "Devices", "KVM", "Block", "Config", "VhostUser",
+                                                           "VhostNet", "Virtio", "HostOS",
+                                                           .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "HostOS"]),
         .testTarget(name: "BlockTests", dependencies: ["Block", "BlockClient", "VhostUser", "Virtio", "HostOS", "Config",
                                                      .product(name: "Logging", package: "swift-log")]),

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="switch vhostuser virtio blockdevice vhostnet"
+targets="switch vhostuser virtio blockdevice vhostnet devices"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -138,6 +138,13 @@ case "$target" in
     objects=("$modules/Virtio.o" "$modules/Metering.o" "$modules/HostOS.o" "$modules/Logging.o" "$modules/VhostUser.o"
              "$modules/VhostNet.o")
     main=Fuzz/VhostNetFuzz/FuzzMain.swift
+    ;;
+  devices)
+    # The VMM's device models: PCI bus, virtio-pci transport, MSI-X (pure Swift).
+    compile_module Virtio
+    compile_module Devices
+    objects=("$modules/Virtio.o" "$modules/Devices.o")
+    main=Fuzz/DevicesFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
@@ -324,6 +331,25 @@ seeds = {
                         + deliver(vnet(1, 0, 0, 0, 34, 6), 60, udp_headers) + bytes([FLUSH]),
     # Kicks that bring nothing, until the kick descriptor is paused.
     "kick-pause": head(V1 | EVT) + bytes([KICK, 1, 7]) * 70,
+}
+for name, data in seeds.items():
+    open(f"{sys.argv[1]}/seed-{name}", "wb").write(data)
+PY
+fi
+
+if [[ "$target" == devices && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: byte 0 = the backend's and platform's answers, then operations (device, opcode,
+  # operands; Fuzz/DevicesFuzz/FuzzMain.swift): a driver's start of queue 0 with MSI-X on.
+  python3 - "$corpus" <<'PY'
+import struct, sys
+NEGOTIATE, QUEUE, STATUS, MSIX, DOORBELL = 6, 7, 8, 10, 11
+start = bytes([0, NEGOTIATE, 0]) + bytes([0, QUEUE, 0, 4, 0]) + struct.pack("<QQQ", 0x100000, 0x101000, 0x102000) \
+    + bytes([0, STATUS, 0xF, 0, DOORBELL, 0, 1, 0])
+seeds = {
+    "start": bytes([0]) + start,
+    "start-msix": bytes([0]) + bytes([0, MSIX, 0x80]) + start + bytes([1, NEGOTIATE, 0, 1, STATUS, 0xF]),
+    "refused": bytes([1]) + start,
+    "probe": bytes([0]) + bytes([0, 0]) + struct.pack("<I", 0x80000810) + bytes([0, 1, 4, 2, 0]),
 }
 for name, data in seeds.items():
     open(f"{sys.argv[1]}/seed-{name}", "wb").write(data)
