@@ -293,6 +293,13 @@ public final class VhostUserPCIDevice: VirtioBackend, VirtioPlatform {
                 return failed("queue \(queue.index): rings at 0x\(String(queue.descriptorTable, radix: 16)), "
                     + "0x\(String(queue.driverArea, radix: 16)), 0x\(String(queue.deviceArea, radix: 16)) are not aligned guest RAM", dropConnection: false)
             }
+            // The used ring is the device's to write: sharing memory with the table or the
+            // available ring lets the device's own writes change what it reads (the backend
+            // drops a frontend that asks for that; refused here, the connection stays).
+            func apart(_ a: UInt64, _ aLength: UInt64, _ b: UInt64, _ bLength: UInt64) -> Bool { a + aLength <= b || b + bLength <= a }
+            guard apart(queue.deviceArea, 6 + 8 * n, queue.descriptorTable, 16 * n), apart(queue.deviceArea, 6 + 8 * n, queue.driverArea, 6 + 2 * n) else {
+                return failed("queue \(queue.index): the used ring overlaps the descriptor table or the available ring", dropConnection: false)
+            }
             addresses.append(VhostVringAddress(index: UInt32(queue.index), descriptorTable: table, usedRing: used, availableRing: available))
         }
         do throws(VhostUserConnectionError) {

@@ -157,7 +157,7 @@ final class GuestDriver {
     /// The driver's start: reset, ACKNOWLEDGE, DRIVER, features (what the device offers of
     /// `wanted`), FEATURES_OK, queue 0 at `ringBase`, DRIVER_OK. Returns the status read back.
     @discardableResult
-    func start(wanted: UInt64, ringBase: UInt64 = 0x10_0000, size: UInt16 = 64, vector: UInt16 = 0) -> UInt8 {
+    func start(wanted: UInt64, ringBase: UInt64 = 0x10_0000, size: UInt16 = 64, vector: UInt16 = 0, usedOverTable: Bool = false) -> UInt8 {
         write(0x14, size: 1, 0)
         write(0x14, size: 1, 1)
         write(0x14, size: 1, 3)
@@ -178,7 +178,7 @@ final class GuestDriver {
         let layout = VirtqueueDriver.layout(size: size, at: ringBase)
         write(0x20, size: 8, layout.descriptors)
         write(0x28, size: 8, layout.available)
-        write(0x30, size: 8, layout.used)
+        write(0x30, size: 8, usedOverTable ? layout.descriptors + 0x100 : layout.used)
         write(0x1C, size: 2, 1)
         write(0x14, size: 1, 0xF)
         queue = VirtqueueDriver(memory: ram.memory, size: size, descriptors: layout.descriptors, available: layout.available,
@@ -348,7 +348,9 @@ final class VhostUserPCIDeviceTests: XCTestCase {
             XCTAssertNotNil(s.device.lastFailure)
             guest.ring(width: 4)  // a doorbell on a broken device is ignored
         }
-        XCTAssertTrue(s.device.isConnected, "the guest's mistake does not cost the backend connection")
+        XCTAssertEqual(guest.start(wanted: VhostUserPCIDeviceTests.blockWanted, usedOverTable: true) & 0x40, 0x40,
+                       "a used ring over the descriptor table")
+        XCTAssertTrue(s.device.isConnected, "the guest's mistakes do not cost the backend connection")
         XCTAssertEqual(guest.start(wanted: VhostUserPCIDeviceTests.blockWanted), 0xF)
         XCTAssertEqual(try guest.request(type: 1, sector: 0, data: pattern(2, 512)).status, 0)
         XCTAssertEqual(try guest.request(type: 0, sector: 0, readLength: 512).data, pattern(2, 512))
