@@ -519,6 +519,10 @@ static size_t partition_rules(struct syscall_rule *rules, size_t capacity, int s
         ALLOW(sched_yield),
         // Each vCPU thread stacks its own filter: a further filter only ever takes calls away.
         ALLOW_IF(seccomp, ARG_EQUALS, 0, SECCOMP_SET_MODE_FILTER),
+        // A device whose backend went away reconnects when the guest resets it; in the jail no
+        // socket path is reachable, so that attempt fails (the device stays broken until the
+        // supervisor restarts the partition) instead of killing the process.
+        FAIL(socket, EACCES),
     };
     size_t used = 0;
     if (!append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0])) return 0;
@@ -558,6 +562,7 @@ static size_t vcpu_rules(struct syscall_rule *rules, size_t capacity, int self_p
         ALLOW(exit),
         ALLOW(exit_group),
         FAIL(openat, ENOENT),  // glibc's malloc may read /proc/sys/vm/overcommit_memory
+        FAIL(socket, EACCES),  // a device's reconnect (see partition_rules)
     };
     size_t used = 0;
     return append_rules(rules, &used, capacity, list, sizeof list / sizeof list[0]) ? used : 0;

@@ -12,6 +12,9 @@ public struct MACAddress: Hashable, Sendable, Comparable, CustomStringConvertibl
             | UInt64(b3) << 16 | UInt64(b4) << 8 | UInt64(b5))
     }
 
+    /// The six bytes, most significant (first on the wire) first.
+    public var bytes: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: rawValue >> (40 - 8 * UInt64($0))) } }
+
     /// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive). Returns nil for anything else.
     public init?(_ text: String) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)

@@ -317,10 +317,15 @@ public final class Machine: @unchecked Sendable {
     }
 
     /// Starts every vCPU on its own thread, vCPU 0 (the bootstrap processor) at `entry`; the
-    /// others wait in KVM for the guest's INIT/SIPI.
-    public func start(entry: LongModeEntry) throws(MachineError) {
-        // The lock is held while the threads are created: a vCPU thread that decides the outcome
-        // at once waits in `finish` until the list of threads to kick is complete.
+    /// others wait in KVM for the guest's INIT/SIPI. See `start(threadSetup:)`.
+    public func start(entry: LongModeEntry, threadSetup: (@Sendable () throws -> Void)? = nil) throws(MachineError) {
+        try enter(entry)
+        try start(threadSetup: threadSetup)
+    }
+
+    /// Puts vCPU 0 (the bootstrap processor) at `entry`. Separate from `start` so that a jailed
+    /// process sets registers before its system-call filter forbids it.
+    public func enter(_ entry: LongModeEntry) throws(MachineError) {
         let problem: MachineError? = lifecycle.withLock { state in
             guard case .built = state else { return .alreadyStarted }
             do throws(KVMError) {
@@ -328,10 +333,34 @@ public final class Machine: @unchecked Sendable {
             } catch {
                 return .kvm(error)
             }
+            return nil
+        }
+        if let problem { throw problem }
+    }
+
+    /// Starts every vCPU on its own thread, vCPU 0 where `enter` put it; the others wait in KVM
+    /// for the guest's INIT/SIPI. Each thread first runs `threadSetup` (the partition process
+    /// stacks the vCPU threads' own seccomp filter there); a setup that throws fails the machine
+    /// before its vCPU runs any guest code.
+    public func start(threadSetup: (@Sendable () throws -> Void)? = nil) throws(MachineError) {
+        // The lock is held while the threads are created: a vCPU thread that decides the outcome
+        // at once waits in `finish` until the list of threads to kick is complete.
+        let problem: MachineError? = lifecycle.withLock { state in
+            guard case .built = state else { return .alreadyStarted }
             var started: [pthread_t] = []
             defer { state = .started(started) }
             for index in cpus.indices {
-                let body = ThreadBody { [self] in runVCPU(index) }
+                let body = ThreadBody { [self] in
+                    // Named before the setup: a vCPU thread's filter may forbid renaming.
+                    setCurrentThreadName("vcpu\(index)")
+                    if let threadSetup {
+                        do { try threadSetup() } catch {
+                            finish(.failed(MachineFailure(vcpu: index, exit: "vCPU thread setup: \(error)")))
+                            return
+                        }
+                    }
+                    runVCPU(index)
+                }
                 let context = Unmanaged.passRetained(body).toOpaque()
                 var thread = pthread_t()
                 let r = pthread_create(&thread, nil, { context in
@@ -405,7 +434,6 @@ public final class Machine: @unchecked Sendable {
     // MARK: - vCPU threads
 
     private func runVCPU(_ index: Int) {
-        setCurrentThreadName("vcpu\(index)")
         let slot = cpus[index]
         while !stopping.load(ordering: .acquiring) {
             if index == 0 && firstRunAt.load(ordering: .relaxed) == 0 {
