@@ -8,6 +8,11 @@ import Testing
         func mac(_ text: String) -> MACAddress { MACAddress(text) ?? .zero }
         func prefixes(_ texts: [String]) -> [IPPrefix] { texts.compactMap(IPPrefix.init) }
         let telnet = ACLRule(action: .deny, protocol: .tcp, destinationPort: PortRange(lower: 23, upper: 23))
+        let guest = Partition(
+            id: "guest", vcpus: 1, memoryMiB: 64,
+            boot: .image(MeasuredFile(path: "/var/lib/bulkhead/images/bhtest.bin",
+                                      sha256: "9dcc006fb4ffa6ec6e3ea1474a258f851660d0b461c68e3702ad55da9b270124")),
+            cmdline: "blk net ping=10.0.0.1", disks: ["data"], nics: ["vm"])
         func tenant(_ id: String, vni: UInt32, macs: (String, String, String), rateLimit: RateLimit?, qos: VolumeQoS?) -> Tenant {
             Tenant(id: id, segments: [Segment(id: "lan", vni: vni)], ports: [
                 Port(id: "a", kind: .tap, segment: "lan", mac: mac(macs.0),
@@ -16,7 +21,7 @@ import Testing
                      ips: prefixes(["10.0.0.2/24", "fd00::2/64"]), netns: "\(id)-b"),
                 Port(id: "vm", kind: .vhostUser, segment: "lan", mac: mac(macs.2),
                      ips: prefixes(["10.0.0.3/24", "fd00::3/64"])),
-            ], volumes: [Volume(id: "data", sizeBytes: 1 << 30, qos: qos)], acl: [telnet])
+            ], volumes: [Volume(id: "data", sizeBytes: 1 << 30, qos: qos)], partitions: [guest], acl: [telnet])
         }
         let expected = HostConfiguration(
             host: HostSettings(stateDirectory: "/var/lib/bulkhead/demo"),

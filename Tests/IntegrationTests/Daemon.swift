@@ -80,6 +80,7 @@ struct DaemonFailure: Error, CustomStringConvertible {
 
 /// The demo topology of configs/demo.json, renamed so that tests do not collide with a running
 /// demo: namespaces and interfaces get a per-process prefix (`t1234-blue-a`), and state lives in a temporary directory.
+/// Without the demo's partitions: tests that run partitions configure their own.
 enum TestTopology {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
@@ -102,6 +103,8 @@ enum TestTopology {
                 ports[p]["ifname"] = interface(tenant, port)
             }
             tenants[t]["ports"] = ports
+            // The demo's partitions boot an image built by deploy/demo.sh; a test adds its own.
+            tenants[t]["partitions"] = nil
         }
         config["tenants"] = tenants
         return config

@@ -1,0 +1,30 @@
+import Foundation
+import XCTest
+
+/// configs/demo.json names the SHA-256 of the test guest its partitions boot (deploy/demo.sh
+/// builds it): a change to Tests/Guest that is not carried into the configuration would make
+/// every demo partition refuse to start (measured launch), so it fails here first.
+final class DemoGuestDigestTests: XCTestCase {
+    func testTheDemoConfigurationNamesTheDigestOfTheTestGuestBuiltFromThisTree() throws {
+        for tool in ["gcc", "objcopy"] where Host.which(tool) == nil {
+            throw XCTSkip("needs \(tool) on PATH to build the test guest (gcc and binutils)")
+        }
+        let directory = NSTemporaryDirectory() + "bulkhead-demo-guest-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let script = TestTopology.repository.appendingPathComponent("Tests/Guest/build.sh").path
+        let built = try Host.run(["sh", script, directory], timeout: 120)
+        XCTAssertEqual(built.status, 0, built.output + built.error)
+        let digest = try Host.run(["sha256sum", directory + "/bhtest.bin"], timeout: 30).output.split(separator: " ").first.map(String.init) ?? ""
+        XCTAssertEqual(digest.count, 64)
+
+        let data = try Data(contentsOf: TestTopology.repository.appendingPathComponent("configs/demo.json"))
+        let document = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let partitions = (document["tenants"] as? [[String: Any]] ?? []).flatMap { $0["partitions"] as? [[String: Any]] ?? [] }
+        XCTAssertFalse(partitions.isEmpty, "the demo runs a partition in each tenant")
+        for partition in partitions {
+            let image = try XCTUnwrap(partition["image"] as? [String: Any], "demo partitions boot the test guest image")
+            XCTAssertEqual(image["sha256"] as? String, digest,
+                           "configs/demo.json: partition \(partition["id"] ?? "?") names another digest; the test guest built from this tree measures \(digest)")
+        }
+    }
+}
