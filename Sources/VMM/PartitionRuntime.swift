@@ -132,6 +132,13 @@ public final class PartitionRuntime {
         }
     }
 
+    // The devices stop their queues (the backends hear GET_VRING_BASE) and take their doorbells
+    // and interrupts out of the VM while it still exists: the machine's bus keeps the devices
+    // alive past the VM's own descriptors otherwise.
+    deinit {
+        for device in devices { device.reset() }
+    }
+
     /// Starts the vCPUs; see `Machine.start(threadSetup:)`.
     public func start(threadSetup: (@Sendable () throws -> Void)? = nil) throws(MachineError) {
         try machine.start(threadSetup: threadSetup)
