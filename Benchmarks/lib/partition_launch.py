@@ -199,6 +199,19 @@ def main():
             selector.register(out_r, selectors.EVENT_READ, (p, "console"))
             open_streams += 1
 
+    # Stopped ourselves (the benchmark was interrupted): the partitions stop with us; SIGTERM
+    # makes a partition stop its guest and exit.
+    def stop(signum, frame):
+        for p in partitions:
+            if p.status is None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
     interval = args.sample_ms * 1_000_000
     deadline = time.monotonic_ns() + int(args.timeout * 1e9)
     killed = False
