@@ -14,10 +14,16 @@
 # reason where this bulkhead does not support it yet. Then the block part: 4 KiB random reads and
 # writes at queue depth 32 through `bulkhead block-server` (vhost-user-blk, driven by the
 # BlockLoad executable) and, on the same 1 GiB volume file with the server stopped, through fio
-# (io_uring, O_DIRECT), and the ratios Bulkhead / fio.
+# (io_uring, O_DIRECT), and the ratios Bulkhead / fio. Then the partition part (lib/partition.sh;
+# skipped, saying so, where /dev/kvm is missing): `bulkhead partition` processes running the test
+# guest (Tests/Guest): the time from exec to the guest's first instruction and first serial byte
+# and the VMM's own resident memory, for 1 partition and for 20 started together; 4 KiB random
+# reads at QD32 by the guest through its virtio-blk device (vhost-user, the block server,
+# io_uring) against fio on the same file; 64-byte UDP frames from the guest through the switch to
+# a namespace endpoint of its tenant.
 #
 #   Benchmarks/run-system.sh [--short] [--out DIR] [--rounds N] [--duration S]
-#                            [--network-only | --block-only]
+#                            [--network-only | --block-only | --partition-only]
 #
 #   --short       3 s per measurement (default 10 s)
 #   --out DIR     where the raw iperf3 JSON, the daemon's logs and results.txt go (default: a new
@@ -25,13 +31,14 @@
 #   --rounds N    measurements per scenario and topology; the table shows the median
 #                 (default 2 with --short, 3 without). Rounds rotate which topology goes first.
 #   --duration S  seconds per measurement, overriding --short's and the default
-#   --network-only, --block-only
-#                 run only that part (default: both, the network part first)
+#   --network-only, --block-only, --partition-only
+#                 run only that part (default: all three: network, block, partition)
 #
 # Environment: BULKHEAD_BINARY (use this binary, do not build), BLOCKLOAD_BINARY (likewise for
 # BlockLoad), BULKHEAD_SCRATCH_PATH (passed to `swift build --scratch-path`; the binaries are
 # then taken from there), BLOCK_STATE_PARENT (where the block part's temporary state directory
-# goes; default /var/tmp; it must not be tmpfs: both sides use O_DIRECT).
+# goes; default /var/tmp; it must not be tmpfs: both sides use O_DIRECT; the partition part's
+# state directory goes there too), PARTITION_COUNT (partitions started together; default 20).
 #
 # Needs root (namespaces, TAP devices), iperf3, iproute2, cc and /usr/bin/python3, and for the
 # OVS peer openvswitch-switch; installs nothing (CI runs deploy/install-deps.sh first).
@@ -47,6 +54,12 @@
 # The block part needs fio and root as well (block-server drops its privileges after opening the
 # volume). Each Bulkhead block measurement: 1 s warm-up, then DURATION s; fio gets the same as
 # --ramp_time. 1 queue is compared with 1 fio job, 2 queues (server --queues 2) with 2 jobs.
+#
+# The partition part needs /dev/kvm, fio, gcc and objcopy (the test guest is built here with
+# Tests/Guest/build.sh) and sha256sum. Its guests are 1 vCPU, 64 MiB; the test guest's drivers run
+# in ring 3 and poll. Each guest gets tsc_mhz= from the host's "tsc: Detected" line (its own PIT
+# calibration may fail under KVM); its I/O and UDP rates are timed by the host as well (the
+# launcher stamps each console line with CLOCK_MONOTONIC) and the result lines use the host's.
 #
 # Exit status 0 when every measurement was taken (the ratios are reported, not judged; a part
 # skipped for want of support or of OVS says so and does not fail), non-zero with the reason
@@ -65,11 +78,22 @@
 #   switch.workers1.udp64_kpps=, switch.workersN.udp64_kpps=,
 #   ratio.switch_workersN_vs_workers1.tcp=R, ratio.switch_workersN_vs_workers1.udp64_pps=R
 #   switch.restart_ms=MS, switch.restart_largest_gap_ms=MS
-# and the block part's (the last lines of the output when it runs) with
+# and the block part's with
 #   ratio.randread4k_vs_fio=R        (1 queue, QD32, against 1 fio job)
 #   ratio.randwrite4k_vs_fio=R
 #   ratio.randread4k_2q_vs_fio=R     (2 queues against 2 fio jobs)
 #   ratio.randwrite4k_2q_vs_fio=R
+# and the partition part's (the last lines of the output when it runs; "# SKIP partition: ..."
+# instead where /dev/kvm is missing) with
+#   partition.single.first_instruction_ms=MS, partition.single.first_serial_byte_ms=MS,
+#   partition.single.vmm_overhead_kib=KIB          (1 partition alone, median over rounds)
+#   partition.guest_randread4k_iops=N, ..._doorbells_per_request=N, ..._exits_per_request=N
+#   partition.guest_udp64_doorbells_per_frame=N, partition.guest_udp64_exits_per_frame=N
+#   ratio.guest_randread4k_vs_fio=R    (the guest's host-timed IOPS / fio's)
+#   partition.guest_udp64_pps=N        (frames that arrived at the namespace's interface per s)
+#   partition.first_instruction_ms=MS  (20 together: medians of the 20, of all rounds)
+#   partition.first_serial_byte_ms=MS
+#   partition.vmm_overhead_kib=KIB
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -87,10 +111,13 @@ source "$REPO/Benchmarks/lib/ovs-netdev.sh"
 source "$REPO/Benchmarks/lib/switch.sh"
 # shellcheck source=lib/block.sh
 source "$REPO/Benchmarks/lib/block.sh"
+# shellcheck source=lib/partition.sh
+source "$REPO/Benchmarks/lib/partition.sh"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-SHORT=0 OUT_DIR="" ROUNDS="" DURATION="" RUN_NETWORK=1 RUN_BLOCK=1
+SHORT=0 OUT_DIR="" ROUNDS="" DURATION="" ONLY=""
+only() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ] || die "--$ONLY-only and --$1-only exclude each other"; ONLY=$1; }
 while (($#)); do
     case $1 in
         --short) SHORT=1 ;;
@@ -98,8 +125,9 @@ while (($#)); do
         --out=*) OUT_DIR=${1#--out=} ;;
         --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
         --duration) DURATION=${2:?--duration needs seconds}; shift ;;
-        --network-only) RUN_BLOCK=0 ;;
-        --block-only) RUN_NETWORK=0 ;;
+        --network-only) only network ;;
+        --block-only) only block ;;
+        --partition-only) only partition ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -110,8 +138,18 @@ done
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a whole number of seconds"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number"
 
-((RUN_NETWORK || RUN_BLOCK)) || die "--network-only and --block-only exclude each other"
-[ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices; block-server drops privileges)"
+RUN_NETWORK=1 RUN_BLOCK=1 RUN_PARTITION=1
+case $ONLY in
+    network) RUN_BLOCK=0 RUN_PARTITION=0 ;;
+    block) RUN_NETWORK=0 RUN_PARTITION=0 ;;
+    partition) RUN_NETWORK=0 RUN_BLOCK=0 ;;
+esac
+PARTITION_SKIP=""
+if ((RUN_PARTITION)); then
+    PARTITION_SKIP=$(partition_skip_reason)
+    [[ $PARTITION_COUNT =~ ^[1-9][0-9]*$ ]] || die "PARTITION_COUNT must be a positive number"
+fi
+[ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, veth pairs, a bridge and TAP devices; block-server and partitions drop privileges)"
 missing=()
 if ((RUN_NETWORK)); then
 for tool in iperf3 ip ss top timeout cc pgrep; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -119,8 +157,11 @@ fi
 if ((RUN_BLOCK)); then
 for tool in fio dd stat timeout; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 fi
+if ((RUN_PARTITION)) && [ -z "$PARTITION_SKIP" ]; then
+for tool in fio dd stat timeout ip gcc objcopy sha256sum; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
 [ -x "$PYTHON" ] || missing+=("$PYTHON")
-((${#missing[@]} == 0)) || die "missing: ${missing[*]} (run deploy/install-deps.sh: iperf3, iproute2, procps, python3, fio)"
+((${#missing[@]} == 0)) || die "missing: ${missing[*]} (run deploy/install-deps.sh: iperf3, iproute2, procps, python3, fio, gcc, binutils)"
 
 # Addresses, the same on both topologies.
 MAC_A=02:00:00:00:0b:01 MAC_B=02:00:00:00:0b:02
@@ -174,6 +215,7 @@ cleanup() {
     ovs_netdev_teardown
     probe_cleanup
     if declare -F vhost_stop >/dev/null; then vhost_stop; fi
+    partition_cleanup
     block_cleanup
     rm -rf "$WORK_DIR"
     exit "$rc"
@@ -328,10 +370,32 @@ if ((RUN_BLOCK)); then
         block_summarize
     } >>"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the block measurements"; }
 fi
+# --- partition -------------------------------------------------------------------------------------
+if ((RUN_PARTITION)); then
+    if [ -n "$PARTITION_SKIP" ]; then
+        step "partition: skipped: $PARTITION_SKIP"
+        { ((RUN_NETWORK || RUN_BLOCK)) && echo
+          echo "# SKIP partition: $PARTITION_SKIP; its lines are left out"; } >>"$OUT_DIR/results.txt"
+    else
+        partition_run
+        block_cleanup
+        {
+            ((RUN_NETWORK || RUN_BLOCK)) && echo
+            echo "Bulkhead partition benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg),"
+            echo "$DURATION s per I/O and UDP measurement, $ROUNDS round(s), $(fio --version), file system $(stat -f -c %T "${BLOCK_STATE_PARENT:-/var/tmp}"),"
+            echo "KVM: $(partition_kvm_flavour)"
+            partition_summarize
+        } >>"$OUT_DIR/results.txt" || { cat "$OUT_DIR/results.txt"; die "could not summarize the partition measurements"; }
+    fi
+fi
 if ((RUN_NETWORK)); then
     echo "raw iperf3 JSON, daemon logs and results.txt: $OUT_DIR"
-else
+elif ((RUN_BLOCK)); then
     echo "raw fio JSON, BlockLoad output, block-server logs and results.txt: $OUT_DIR"
+elif [ -n "$PARTITION_SKIP" ]; then
+    echo "results.txt: $OUT_DIR"
+else
+    echo "partition records (launcher JSON, guest consoles, partition logs), fio JSON: $OUT_DIR/partition; results.txt: $OUT_DIR"
 fi
 echo
 cat "$OUT_DIR/results.txt"
