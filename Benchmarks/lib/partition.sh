@@ -89,13 +89,8 @@ JSON
 }
 
 # partition_block_server_start LOG: the block server for the partition config's 21 volumes.
-# WORKAROUND: with more than 8 threads that allocate, glibc's malloc computes its arena limit
-# once and calls sched_getaffinity for it, which the block server's seccomp allowlist does not
-# have: the server dies of SIGSYS (seen with 21 volumes, a connection thread each). Setting the
-# limit to the value glibc would compute anyway (8 per CPU) leaves malloc as it is and skips the
-# call. Remove once the block server allows sched_getaffinity (or sets M_ARENA_MAX before its jail).
 partition_block_server_start() {
-    GLIBC_TUNABLES=glibc.malloc.arena_max=$((8 * $(nproc))) block_server_start "$BIN" "$PARTITION_CONFIG" "$1" 1
+    block_server_start "$BIN" "$PARTITION_CONFIG" "$1" 1
 }
 
 # partition_launch NAME ID...: starts the partitions ID... together (lib/partition_launch.py,

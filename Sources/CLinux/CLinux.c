@@ -394,6 +394,8 @@ static size_t common_rules(struct syscall_rule *rules, size_t capacity, int self
         ALLOW_IF(prctl, ARG_EQUALS, 0, PR_GET_NAME),
         ALLOW(gettid),
         ALLOW(getpid),
+        // glibc's malloc reads its own CPU mask to size its arenas once a ninth thread allocates.
+        ALLOW_IF(sched_getaffinity, ARG_EQUALS, 0, 0),
         ALLOW(exit),
         // Time: Thread.sleep; the vDSO answers clock reads unless the clock source has none.
         ALLOW(clock_nanosleep),
@@ -555,6 +557,7 @@ static size_t vcpu_rules(struct syscall_rule *rules, size_t capacity, int self_p
         ALLOW(rt_sigreturn),
         ALLOW(gettid),
         ALLOW(getpid),
+        ALLOW_IF(sched_getaffinity, ARG_EQUALS, 0, 0),  // glibc's malloc, as in common_rules
         ALLOW(clock_gettime),
         ALLOW(clock_nanosleep),
         ALLOW(sched_yield),

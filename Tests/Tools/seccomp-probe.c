@@ -57,6 +57,9 @@ static long probe(const char *call) {
     if (!strcmp(call, "kvm-set-regs")) return syscall(SYS_ioctl, -1, KVM_SET_REGS, NULL);
     if (!strcmp(call, "kvm-set-cpuid")) return syscall(SYS_ioctl, -1, KVM_SET_CPUID2, NULL);
     if (!strcmp(call, "prctl-name")) return syscall(SYS_prctl, PR_SET_NAME, "probe", 0, 0, 0);
+    // glibc's malloc asks for its own CPU mask (pid 0); another process's is not its business.
+    if (!strcmp(call, "sched_getaffinity-self")) { cpu_set_t set; return syscall(SYS_sched_getaffinity, 0, sizeof set, &set); }
+    if (!strcmp(call, "sched_getaffinity-1")) { cpu_set_t set; return syscall(SYS_sched_getaffinity, 1, sizeof set, &set); }
     if (!strcmp(call, "fcntl-dup")) return syscall(SYS_fcntl, 0, F_DUPFD_CLOEXEC, 10);
     fprintf(stderr, "unknown call %s\n", call);
     return -2;
