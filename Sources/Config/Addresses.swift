@@ -95,7 +95,7 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
         var groups: [UInt16] = []
         var tailGroups: [UInt16] = []
         var seenDoubleColon = false
-        let halves = text.components(separatedBy: "::")
+        let halves = text.split(separator: "::", omittingEmptySubsequences: false).map(String.init)
         guard halves.count <= 2 else { return nil }
         func parse(_ part: String, allowV4: Bool) -> [UInt16]? {
             if part.isEmpty { return [] }

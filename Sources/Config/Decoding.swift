@@ -1,4 +1,7 @@
-import Foundation
+import HostOS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension HostConfiguration {
     /// Largest configuration file `load(contentsOf:)` reads.
@@ -9,16 +12,26 @@ extension HostConfiguration {
     /// - Throws: `ConfigurationError` with every problem found: the file cannot be read or is not
     ///   UTF-8, is not JSON, does not have the document's shape, or breaks a rule of `Validation.swift`.
     public static func load(contentsOf path: String) throws(ConfigurationError) -> HostConfiguration {
-        let data: Data
+        // Read with plain system calls, not Foundation: the partition VMM loads this module and
+        // must not map Foundation.
+        let data: [UInt8]
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
+            let file = try FileDescriptor.open(path, flags: O_RDONLY)
+            var status = stat()
+            if fstat(file.rawValue, &status) == 0, status.st_size > maximumFileSize {
+                throw ConfigurationError(file: path, problems: [
+                    ConfigurationProblem(path: "$", message: "the file is \(status.st_size) bytes; at most \(maximumFileSize) are read")])
+            }
+            data = try file.readAll(limit: maximumFileSize + 1)
+        } catch let error as ConfigurationError {
+            throw error
         } catch {
             throw ConfigurationError(file: path, problems: [
-                ConfigurationProblem(path: "$", message: "cannot read the file: \(error.localizedDescription)")])
+                ConfigurationProblem(path: "$", message: "cannot read the file: \(error)")])
         }
         guard data.count <= maximumFileSize else {
             throw ConfigurationError(file: path, problems: [
-                ConfigurationProblem(path: "$", message: "the file is \(data.count) bytes; at most \(maximumFileSize) are read")])
+                ConfigurationProblem(path: "$", message: "the file is more than \(maximumFileSize) bytes; at most \(maximumFileSize) are read")])
         }
         guard let text = String(validating: data, as: UTF8.self) else {
             throw ConfigurationError(file: path, problems: [

@@ -577,7 +577,7 @@ struct Validator {
     private func quote(_ text: String) -> String { JSONPath.quoted(text) }
 
     private func listing(_ noun: String, _ items: [String]) -> String {
-        items.isEmpty ? "there are no \(noun.replacingOccurrences(of: "its ", with: ""))"
+        items.isEmpty ? "there are no \(noun.replacing("its ", with: ""))"
             : "\(noun): " + items.map(quote).joined(separator: ", ")
     }
 }

@@ -1,5 +1,7 @@
-import Foundation
 import HostOS
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Metering
 import Synchronization
@@ -145,7 +147,7 @@ public final class VhostUserBackend: Sendable {
             return wait
         }
         guard wait > 0 else { return }
-        Thread.sleep(forTimeInterval: Double(min(wait, 10_000_000_000)) / 1e9)
+        sleepNanoseconds(min(wait, 10_000_000_000))
     }
 
     /// Serves a fresh device from `makeDevice` to each frontend.
@@ -196,11 +198,12 @@ public final class VhostUserBackend: Sendable {
         let box: ListenerBox
         if let bound { box = bound } else { box = ListenerBox(try UnixListener(listeningAt: path)) }
         control.withLock { $0.serving = true }
-        let thread = Thread { [self] in
-            setCurrentThreadName("vhost-user")
-            serve(box.listener)
+        do {
+            try HostThread.start(name: "vhost-user") { [self] in serve(box.listener) }
+        } catch {
+            control.withLock { $0.serving = false }
+            throw error
         }
-        thread.start()
     }
 
     /// Stops accepting, ends the current connection (the device is reset) and waits until the
@@ -211,7 +214,7 @@ public final class VhostUserBackend: Sendable {
             if let fd = state.listener { UnixStream.shutdown(descriptor: fd) }
             if let fd = state.connection { UnixStream.shutdown(descriptor: fd) }
         }
-        while control.withLock({ $0.serving }) { Thread.sleep(forTimeInterval: 0.002) }
+        while control.withLock({ $0.serving }) { sleepNanoseconds(2_000_000) }
     }
 
     private final class ListenerBox: Sendable {
@@ -235,7 +238,7 @@ public final class VhostUserBackend: Sendable {
                 if control.withLock({ $0.stopping }) { break }
                 logger?.info("vhost-user accept failed", metadata: ["vhost.socket": "\(path)", "vhost.error": "\(error)"])
                 if error.errno == EBADF || error.errno == EINVAL { break }
-                Thread.sleep(forTimeInterval: 0.05)
+                sleepNanoseconds(50_000_000)
             }
         }
         logger?.info("vhost-user backend stopped", metadata: ["vhost.socket": "\(path)"])
