@@ -41,3 +41,25 @@ public struct ChildProcess: Sendable {
         _ = kill(pid, signal)
     }
 }
+
+extension ChildProcess {
+    /// The path of executable `name` in the directory of this process's own executable
+    /// (`/proc/self/exe`): how `bulkhead` finds `bulkhead-vmm`. The corresponding C function is
+    /// `readlink`.
+    public static func sibling(_ name: String) throws(SystemError) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = try syscall("readlink(/proc/self/exe)") { readlink("/proc/self/exe", &buffer, buffer.count - 1) }
+        let own = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let slash = own.lastIndex(of: "/") else { return name }
+        return String(own[...slash]) + name
+    }
+
+    /// Replaces this process with `executable`, passing `arguments` (argv[1...]) and the
+    /// environment; returns only by throwing. The corresponding C function is `execv`.
+    public static func exec(_ executable: String, arguments: [String]) throws(SystemError) -> Never {
+        let argv = ([executable] + arguments).map { strdup($0) }
+        defer { for pointer in argv { free(pointer) } }
+        _ = (argv + [nil]).withUnsafeBufferPointer { execv(executable, $0.baseAddress!) }
+        throw SystemError("execv(\(executable))", errno: errno)
+    }
+}

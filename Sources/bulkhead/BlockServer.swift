@@ -3,6 +3,7 @@ import Block
 import Config
 import Foundation
 import HostOS
+import PartitionProcess
 import Logging
 import ServiceLifecycle
 import VhostUser
@@ -86,7 +87,7 @@ struct BlockServerCommand: ParsableCommand {
         }
         do {
             for backend in backends { try backend.start() }
-            if stopWhenStdinCloses { ChildSupervisor.stopWhenParentGoes() }
+            if stopWhenStdinCloses { try Lifeline.stopWhenParentGoes() }
         } catch {
             logger.critical("block server could not start: \(error)")
             throw ExitCode(1)

@@ -1,5 +1,6 @@
 import Config
 import HostOS
+import PartitionProcess
 import Logging
 import Foundation
 import ServiceLifecycle
@@ -88,13 +89,19 @@ struct Daemon {
         }
         // Partitions last: each connects to its tenant's block server and the switch (waiting
         // for their sockets), and its restart policy decides what follows its end.
+        let vmm: String
+        do { vmm = try ChildProcess.sibling("bulkhead-vmm") } catch {
+            network.teardown()
+            throw DaemonError("cannot locate bulkhead-vmm next to bulkhead: \(error)")
+        }
         for tenant in configuration.tenants {
             for partition in tenant.partitions {
                 let policy = partition.restart
                 children.append(ChildSpec(
                     name: "partition \(partition.id)", metadata: ["tenant.id": "\(tenant.id)", "partition.id": "\(partition.id)"],
-                    arguments: ["partition", "--config", configPath, "--tenant", tenant.id, "--id", partition.id,
+                    arguments: ["--config", configPath, "--tenant", tenant.id, "--id", partition.id,
                                 "--log-level", logLevel, "--stop-when-stdin-closes"],
+                    executable: vmm,
                     attach: nil,
                     restartsAfter: { policy.restarts(after: PartitionExit.ending($0)) }))
             }

@@ -11,8 +11,10 @@ struct ChildSpec: Sendable {
     let name: String
     /// Logged with every line about it (`tenant.id`, ...).
     let metadata: Logger.Metadata
-    /// `bulkhead` subcommand and arguments.
+    /// `bulkhead` subcommand and arguments (or the arguments of `executable`).
     let arguments: [String]
+    /// The program to run instead of this one (`bulkhead-vmm` for a partition); nil: this executable.
+    var executable: String? = nil
     /// Runs on a thread of its own from the child's start until the child's end of the control
     /// socket closes (it exited), with the daemon's end: the switch is handed its ports and sends
     /// counters here. Nil for a child that needs only the lifeline.
@@ -143,7 +145,7 @@ struct ChildSupervisor: Service {
         }
         let started: ChildProcess
         do {
-            started = try ChildProcess.spawn(executable, arguments: child.arguments, stdin: childEnd)
+            started = try ChildProcess.spawn(child.executable ?? executable, arguments: child.arguments, stdin: childEnd)
         } catch {
             _ = close(childEnd)
             _ = close(daemonEnd)
@@ -176,24 +178,6 @@ struct ChildSupervisor: Service {
         running.unregister(slot)
         if child.attach == nil { _ = close(daemonEnd) }
         return (ended, ended.map(ChildSupervisor.describe) ?? "could not be waited for")
-    }
-
-    /// The child's side of the lifeline: sends this process SIGTERM when standard input (its end
-    /// of the control socket, or a pipe) reaches end of file, so a child never outlives its
-    /// daemon however the daemon died. Messages on it are read and dropped here; a child that
-    /// needs them reads them before calling this.
-    static func stopWhenParentGoes() {
-        let thread = Thread {
-            setCurrentThreadName("parent-watch")
-            // Whole messages: a SOCK_SEQPACKET read shorter than the message discards the rest.
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = read(STDIN_FILENO, &buffer, buffer.count)
-                if n == 0 || (n < 0 && errno != EINTR) { break }
-            }
-            kill(getpid(), SIGTERM)
-        }
-        thread.start()
     }
 
     static func describe(_ ending: ChildProcess.Ending) -> String {

@@ -98,7 +98,7 @@ struct SwitchCommand: ParsableCommand {
             "jail.uid": "\(noJail ? "none" : String(jailUser))",
         ])
         // The control socket is stdin: its end of file means the daemon is gone.
-        ChildSupervisor.stopWhenParentGoes()
+        try Lifeline.stopWhenParentGoes()
         // The main thread waits for a stop signal and, once a second, sends the daemon the
         // counters (packet threads never encode or write anything). A failed send means the
         // daemon is gone: the watcher's SIGTERM follows.

@@ -6,11 +6,11 @@ import HostOS
 /// `bulkhead run` before it starts block servers, and `bulkhead block-server` (which may run
 /// alone) before its jail. Whichever comes first records a uid for every configured tenant, in
 /// configuration order; the other finds them recorded.
-enum JailUids {
-    static func path(stateDirectory: String) -> String { stateDirectory + "/" + JailUidRecord.fileName }
+public enum JailUids {
+    public static func path(stateDirectory: String) -> String { stateDirectory + "/" + JailUidRecord.fileName }
 
     /// Every tenant, then every partition (`JailUidRecord.partitionKey`), in configuration order.
-    static func keys(_ configuration: HostConfiguration) -> [String] {
+    public static func keys(_ configuration: HostConfiguration) -> [String] {
         configuration.tenants.map(\.id) + configuration.tenants.flatMap { tenant in
             tenant.partitions.map { JailUidRecord.partitionKey(tenant: tenant.id, partition: $0.id) }
         }
@@ -21,7 +21,7 @@ enum JailUids {
     /// returns the record and the tenants added.
     /// - Throws: `JailUidsError` naming the file: it cannot be read or written, is damaged or
     ///   edited into something unusable, or the range is full.
-    static func allocate(_ configuration: HostConfiguration) throws(JailUidsError) -> (record: JailUidRecord, added: [String]) {
+    public static func allocate(_ configuration: HostConfiguration) throws(JailUidsError) -> (record: JailUidRecord, added: [String]) {
         let state = configuration.host.stateDirectory
         let path = path(stateDirectory: state)
         let range = configuration.host.tenantJailUids
@@ -46,6 +46,7 @@ enum JailUids {
 }
 
 /// Why the jail uid record could not be used; says which file and what is wrong with it.
-struct JailUidsError: Error, CustomStringConvertible {
-    let description: String
+public struct JailUidsError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
 }

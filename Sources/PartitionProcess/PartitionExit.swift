@@ -1,16 +1,16 @@
 import Config
 import HostOS
 
-/// How `bulkhead partition` ends: its exit status tells the supervisor what the guest did, and
+/// How `bulkhead-vmm` (and `bulkhead partition`) ends: its exit status tells the supervisor what the guest did, and
 /// the partition's restart policy (`RestartPolicy.restarts(after:)`) decides what follows.
-enum PartitionExit {
+public enum PartitionExit {
     /// The guest powered off.
-    static let poweredOff: Int32 = 0
+    public static let poweredOff: Int32 = 0
     /// The guest reset itself: a reboot, or a triple fault (which resets a PC).
-    static let rebooted: Int32 = 3
+    public static let rebooted: Int32 = 3
     /// Anything else (status 1: the VMM failed; a signal: it was killed) is a failure.
 
-    static func ending(_ ending: ChildProcess.Ending) -> RestartPolicy.Ending {
+    public static func ending(_ ending: ChildProcess.Ending) -> RestartPolicy.Ending {
         switch ending {
         case .exited(status: poweredOff): .poweredOff
         case .exited(status: rebooted): .rebooted

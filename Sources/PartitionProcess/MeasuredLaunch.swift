@@ -1,5 +1,4 @@
 import Config
-import Crypto
 import HostOS
 #if canImport(Glibc)
 import Glibc
@@ -23,10 +22,10 @@ struct MeasuredImage {
         } catch {
             throw MeasurementError(path: file.path, reason: "cannot be read: \(error)")
         }
-        let digest = SHA256.hash(data: bytes).map { byte in
-            let hex = String(byte, radix: 16)
-            return hex.count == 1 ? "0" + hex : hex
-        }.joined()
+        let digest: String
+        do { digest = try KernelSHA256.hexDigest(bytes) } catch {
+            throw MeasurementError(path: file.path, reason: "cannot be measured: \(error)")
+        }
         guard digest == file.sha256.lowercased() else {
             throw MeasurementError(path: file.path, reason: "measures sha256 \(digest), but the configuration expects \(file.sha256); the partition is not started")
         }
