@@ -6,10 +6,26 @@ import Glibc
 /// SHA-256 by the kernel's crypto API (AF_ALG), so that a process needs no crypto library (and
 /// no Foundation, which swift-crypto imports). Needs a socket: call before a seccomp jail.
 public enum KernelSHA256 {
-    /// The SHA-256 digest (32 bytes) of `bytes`.
+    /// Whether `digest` found no AF_ALG sha256 and used `SHA256` (plain Swift) instead.
+    public enum Source: Sendable, Equatable { case kernel, swift }
+
+    /// The SHA-256 digest (32 bytes) of `bytes`, by the kernel's AF_ALG interface where the
+    /// kernel has it, else by `SHA256` (kernels built without CONFIG_CRYPTO_USER_API_HASH, as
+    /// this project's PVM hosts are).
+    /// - Throws: `SystemError` when AF_ALG is there but fails.
+    public static func digest(_ bytes: [UInt8]) throws(SystemError) -> (digest: [UInt8], source: Source) {
+        do {
+            return (try kernelDigest(bytes), .kernel)
+        } catch {
+            guard error.errno == EAFNOSUPPORT || error.errno == ENOENT else { throw error }
+            return (SHA256.digest(bytes), .swift)
+        }
+    }
+
+    /// The SHA-256 digest (32 bytes) of `bytes` by the kernel's AF_ALG interface.
     /// - Throws: `SystemError`; `socket(AF_ALG)` fails with EAFNOSUPPORT where the kernel was
     ///   built without CONFIG_CRYPTO_USER_API_HASH, `bind` with ENOENT without sha256.
-    public static func digest(_ bytes: [UInt8]) throws(SystemError) -> [UInt8] {
+    public static func kernelDigest(_ bytes: [UInt8]) throws(SystemError) -> [UInt8] {
         let r = bh_alg_hash_open("sha256")
         if r < 0 {
             let what = r == -EAFNOSUPPORT ? "socket(AF_ALG): the kernel has no AF_ALG hash interface (CONFIG_CRYPTO_USER_API_HASH)"
@@ -41,7 +57,7 @@ public enum KernelSHA256 {
         let digits = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
         text.reserveCapacity(64)
-        for byte in try digest(bytes) {
+        for byte in try digest(bytes).digest {
             text.append(digits[Int(byte >> 4)])
             text.append(digits[Int(byte & 0x0F)])
         }
