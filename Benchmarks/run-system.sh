@@ -194,6 +194,8 @@ build_product() {
 }
 BIN=$(build_product bulkhead BULKHEAD_BINARY)
 if ((RUN_BLOCK)); then LOAD_BIN=$(build_product BlockLoad BLOCKLOAD_BINARY); fi
+# The partition process the daemon spawns; an override of bulkhead alone finds it next to bulkhead.
+if ((RUN_PARTITION)) && [ -z "$PARTITION_SKIP" ] && { [ -n "${BULKHEAD_VMM_BINARY:-}" ] || [ -z "${BULKHEAD_BINARY:-}" ]; }; then VMM_BIN=$(build_product bulkhead-vmm BULKHEAD_VMM_BINARY); fi
 
 # --- directories, cleanup ----------------------------------------------------------------------
 WORK_DIR=$(mktemp -d /tmp/bulkhead-bench-work.XXXXXX)

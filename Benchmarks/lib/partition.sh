@@ -1,4 +1,4 @@
-# The partition part of Benchmarks/run-system.sh: `bulkhead partition` processes (KVM guests)
+# The partition part of Benchmarks/run-system.sh: `bulkhead-vmm` processes (what `bulkhead run` spawns per partition) (KVM guests)
 # running the test guest (Tests/Guest), measured three ways:
 #   1. start-up: from CLOCK_MONOTONIC just before the launcher's execv to the guest's first
 #      instruction and first serial byte (the partition logs both on the same clock), and the
@@ -99,7 +99,7 @@ partition_block_server_start() {
 partition_launch() {
     local name=$1 rc=0 id
     shift
-    timeout 300 "$PYTHON" "$BENCH_LIB/partition_launch.py" --bin "$BIN" --config "$PARTITION_CONFIG" --tenant bench \
+    timeout 300 "$PYTHON" "$BENCH_LIB/partition_launch.py" --bin "$BIN" --vmm "${VMM_BIN:-$(dirname "$BIN")/bulkhead-vmm}" --config "$PARTITION_CONFIG" --tenant bench \
         --dir "$PARTITION_DIR/$name" --console --timeout $((DURATION + 90)) "$@" \
         >"$PARTITION_DIR/$name.json" 2>"$PARTITION_DIR/$name.stderr" || rc=$?
     if [ "$rc" != 0 ]; then

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Starts `bulkhead partition` processes together and records what the partition part of
+"""Starts `bulkhead-vmm` (partition) processes together and records what the partition part of
 Benchmarks/run-system.sh measures of them (see lib/partition.sh).
 
   partition_launch.py --bin BULKHEAD --config FILE --tenant T --dir DIR [--console]
                       [--sample-ms MS] [--timeout S] ID [ID ...]
 
-For each ID, one process `BULKHEAD partition --config FILE --tenant T --id ID [--console]`,
+For each ID, one process `BULKHEAD-VMM --config FILE --tenant T --id ID [--console]`,
 all forked first and then exec'd at once. Each child takes CLOCK_MONOTONIC (time.monotonic_ns)
 immediately before its execv and writes it as the first line of its stderr
 (`launch.monotonic_ns=N`), so that the partition's own `first_instruction.monotonic_ns` and
@@ -147,7 +147,8 @@ class Partition:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bin", required=True)
+    parser.add_argument("--bin", required=True, help="bulkhead (its sibling bulkhead-vmm is run unless --vmm says otherwise)")
+    parser.add_argument("--vmm", help="bulkhead-vmm, the partition process `bulkhead run` spawns (default: next to --bin)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--dir", required=True)
@@ -166,7 +167,9 @@ def main():
         err_r, err_w = os.pipe()
         out_r, out_w = (os.pipe() if args.console else (None, os.open("/dev/null", os.O_WRONLY)))
         pipes.append((p, err_r, err_w, out_r, out_w))
-    argv_base = [args.bin, "partition", "--config", args.config, "--tenant", args.tenant]
+    # The daemon's path: `bulkhead run` spawns bulkhead-vmm itself (`bulkhead partition` execs it).
+    vmm = args.vmm or os.path.join(os.path.dirname(args.bin), "bulkhead-vmm")
+    argv_base = [vmm, "--config", args.config, "--tenant", args.tenant]
 
     # Fork every child first; each execs at once. Pipes are close-on-exec (Python's default),
     # so a child keeps only its own two, as its stdout and stderr.
@@ -180,9 +183,9 @@ def main():
                 os.dup2(err_w, 2)
                 now = time.monotonic_ns()
                 os.write(2, b"launch.monotonic_ns=%d\n" % now)
-                os.execv(args.bin, argv)
+                os.execv(vmm, argv)
             except BaseException as error:
-                os.write(2, b"launch: cannot exec %s: %s\n" % (args.bin.encode(), str(error).encode()))
+                os.write(2, b"launch: cannot exec %s: %s\n" % (vmm.encode(), str(error).encode()))
             finally:
                 os._exit(127)
         p.pid = pid

@@ -161,10 +161,10 @@ def report(directory, count, tsc):
         if launches:
             launch_spread.append((max(launches) - min(launches)) / 1e6)
 
-    say("Partition start-up: `bulkhead partition` with 1 vCPU, 64 MiB, the test guest (Tests/Guest, a flat image,")
+    say("Partition start-up: `bulkhead-vmm` (as `bulkhead run` spawns it) with 1 vCPU, 64 MiB, the test guest (Tests/Guest, a flat image,")
     say("measured by sha256 at launch) and one virtio-blk disk served over vhost-user by the block server; the guest runs")
     say("bench=randread qd=1 seconds=1 so that it lives while the VMM's memory is sampled. Started by")
-    say("Benchmarks/lib/partition_launch.py as `bulkhead partition --config F --tenant bench --id pN --console`")
+    say("Benchmarks/lib/partition_launch.py as `bulkhead-vmm --config F --tenant bench --id pN --console`")
     say("(jailed; config: partition-config.json): \"launch\" is its CLOCK_MONOTONIC just before execv; first instruction and")
     say("first serial byte are the partition's logged first_instruction.monotonic_ns / first_serial_byte.monotonic_ns")
     say("(first KVM_RUN; the first byte the guest writes to COM1). \"in-proc\" is the partition's own figure, from the")
