@@ -161,6 +161,13 @@ final class PartitionIntegrationTests: XCTestCase {
                            "\(tenantUid)", "the block server runs as its tenant's uid")
             BlockHost.assertJailed(pid, uid: uid)
 
+            // The VMM maps no Foundation and no ICU: its memory and start-up are per partition.
+            let maps = String(decoding: FileManager.default.contents(atPath: "/proc/\(pid)/maps") ?? Data(), as: UTF8.self)
+            XCTAssertTrue(maps.contains("bulkhead-vmm"), "the partition process is bulkhead-vmm")
+            for library in ["Foundation", "libicu"] {
+                XCTAssertFalse(maps.contains(library), "the partition of \(tenant) maps \(library)")
+            }
+
             // The vCPU thread runs under the process's filter and one of its own on top.
             let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
             let main = BlockHost.status("/proc/\(pid)/task/\(pid)/status")

@@ -294,14 +294,15 @@ final class PartitionTestbed {
     // MARK: Processes
 
     /// Pids of live `bulkhead <subcommand> --config <this config>` processes, with `--tenant`
-    /// and `--id` as given.
+    /// and `--id` as given; "partition" names the `bulkhead-vmm` processes the daemon spawns.
     func processes(_ subcommand: String, tenant: String? = nil, id: String? = nil) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { Int32($0) }.filter { pid in
             // A zombie's cmdline is empty: it is not counted.
             guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
             let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard arguments.dropFirst().first == subcommand else { return false }
+            let program = arguments.first?.split(separator: "/").last.map(String.init)
+            guard (program == "bulkhead-vmm" ? "partition" : arguments.dropFirst().first) == subcommand else { return false }
             func value(_ option: String) -> String? {
                 guard let i = arguments.firstIndex(of: option), i + 1 < arguments.count else { return nil }
                 return arguments[i + 1]
