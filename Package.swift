@@ -85,6 +85,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        // bulkhead-vmm's command line.
+        .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
