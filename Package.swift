@@ -22,6 +22,8 @@ let package = Package(
         .target(name: "CLinux"),
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
         .target(name: "CKVM"),
+        // SHA-256 from the system's libcrypto: the partition's measured launch.
+        .target(name: "CDigest", linkerSettings: [.linkedLibrary("crypto")]),
         .target(name: "CNetlink", cSettings: libnlInclude,
                 linkerSettings: [.linkedLibrary("nl-route-3"), .linkedLibrary("nl-3")]),
 
@@ -70,7 +72,7 @@ let package = Package(
 
         // One partition's process: the VMM, its measured launch and its jail. Loads no
         // Foundation (nor ICU): its memory and start-up are paid per partition.
-        .target(name: "PartitionProcess", dependencies: ["Config", "HostOS", "KVM", "VMM",
+        .target(name: "PartitionProcess", dependencies: ["CDigest", "Config", "HostOS", "KVM", "VMM",
                                                          .product(name: "Logging", package: "swift-log")]),
         // Linked with the Swift runtime inside (-static-stdlib): fewer mappings and relocations per
         // partition (measured with Benchmarks/run-system.sh --partition-only: less Rss, earlier start).

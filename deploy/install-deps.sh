@@ -4,6 +4,7 @@
 set -euo pipefail
 packages=(
   liburing-dev libnl-3-dev libnl-route-3-dev   # build: the C shims
+  libssl-dev                                    # build: libcrypto's SHA-256 (measured launch)
   iproute2 iputils-ping arping tcpdump ethtool  # namespaces, links and probes used by the tests
   iperf3 fio bridge-utils                       # benchmark peers
   openvswitch-switch                            # benchmark peer: OVS's userspace datapath (run privately)

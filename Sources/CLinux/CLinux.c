@@ -29,7 +29,6 @@
 #include <linux/io_uring.h>
 #include <linux/seccomp.h>
 #include <linux/kvm.h>
-#include <linux/if_alg.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -644,24 +643,3 @@ int bh_wait_child(int pid, int *exited, int *code) {
     return 0;
 }
 
-const int bh_MSG_MORE = MSG_MORE;
-
-int bh_alg_hash_open(const char *algorithm) {
-    struct sockaddr_alg address;
-    memset(&address, 0, sizeof address);
-    address.salg_family = AF_ALG;
-    strncpy((char *)address.salg_type, "hash", sizeof address.salg_type - 1);
-    if (strlen(algorithm) >= sizeof address.salg_name) return -ENAMETOOLONG;
-    strncpy((char *)address.salg_name, algorithm, sizeof address.salg_name - 1);
-    int tfm = socket(AF_ALG, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (tfm < 0) return -errno;
-    if (bind(tfm, (struct sockaddr *)&address, sizeof address) < 0) {
-        int e = errno;
-        close(tfm);
-        return -e;
-    }
-    int op = accept4(tfm, NULL, NULL, SOCK_CLOEXEC);
-    int e = errno;
-    close(tfm);
-    return op < 0 ? -e : op;
-}

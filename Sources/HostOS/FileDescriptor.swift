@@ -128,3 +128,20 @@ extension EventFD {
         return descriptor.release()
     }
 }
+
+extension FileDescriptor {
+    /// Reads from the descriptor until end of file, at most `limit` bytes (a caller tells a
+    /// file that is longer by asking for one byte more than it accepts).
+    /// The corresponding C function is `read`.
+    public func readAll(limit: Int) throws(SystemError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while bytes.count < limit {
+            let want = min(chunk.count, limit - bytes.count)
+            let n = try syscall("read(fd \(rawValue))") { chunk.withUnsafeMutableBytes { read(rawValue, $0.baseAddress, want) } }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        return bytes
+    }
+}

@@ -23,7 +23,7 @@ struct MeasuredImage {
             throw MeasurementError(path: file.path, reason: "cannot be read: \(error)")
         }
         let digest: String
-        do { digest = try KernelSHA256.hexDigest(bytes) } catch {
+        do { digest = try ImageDigest.sha256Hex(bytes) } catch {
             throw MeasurementError(path: file.path, reason: "cannot be measured: \(error)")
         }
         guard digest == file.sha256.lowercased() else {

@@ -125,11 +125,5 @@ int bh_set_thread_name(const char *name);
 /// Returns CLOCK_MONOTONIC in nanoseconds.
 uint64_t bh_monotonic_ns(void);
 
-/// Opens an operation socket of the kernel's crypto API (AF_ALG) for hash `algorithm`
-/// ("sha256"): socket, bind to {"hash", algorithm}, accept. Returns the operation fd, or -errno
-/// (-EAFNOSUPPORT: the kernel has no AF_ALG hash interface; -ENOENT: no such algorithm).
-int bh_alg_hash_open(const char *algorithm);
-/// MSG_MORE: more of the message follows (an AF_ALG hash is finished by the send without it).
-extern const int bh_MSG_MORE;
 
 #endif
