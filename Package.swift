@@ -40,7 +40,7 @@ let package = Package(
 
         // Pure Swift, no syscalls: fuzzable.
         .target(name: "Virtio"),
-        .target(name: "Config", dependencies: ["HostOS"]),
+        .target(name: "Config"),
         // The VMM's device models (PCI, virtio-pci, serial, i8042): pure state machines, fuzzable.
         .target(name: "Devices", dependencies: ["Virtio"]),
         // Token buckets, shared by the switch's rate limits and the block backend's QoS.

@@ -1,4 +1,3 @@
-import HostOS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,21 +12,14 @@ extension HostConfiguration {
     ///   UTF-8, is not JSON, does not have the document's shape, or breaks a rule of `Validation.swift`.
     public static func load(contentsOf path: String) throws(ConfigurationError) -> HostConfiguration {
         // Read with plain system calls, not Foundation: the partition VMM loads this module and
-        // must not map Foundation.
+        // must not map Foundation. (Nor HostOS: the fuzz targets build this module alone.)
         let data: [UInt8]
-        do {
-            let file = try FileDescriptor.open(path, flags: O_RDONLY)
-            var status = stat()
-            if fstat(file.rawValue, &status) == 0, status.st_size > maximumFileSize {
-                throw ConfigurationError(file: path, problems: [
-                    ConfigurationProblem(path: "$", message: "the file is \(status.st_size) bytes; at most \(maximumFileSize) are read")])
-            }
-            data = try file.readAll(limit: maximumFileSize + 1)
-        } catch let error as ConfigurationError {
-            throw error
-        } catch {
+        switch readFile(path, limit: maximumFileSize + 1) {
+        case .success(let bytes):
+            data = bytes
+        case .failure(let reason):
             throw ConfigurationError(file: path, problems: [
-                ConfigurationProblem(path: "$", message: "cannot read the file: \(error)")])
+                ConfigurationProblem(path: "$", message: "cannot read the file: \(reason)")])
         }
         guard data.count <= maximumFileSize else {
             throw ConfigurationError(file: path, problems: [
@@ -38,6 +30,32 @@ extension HostConfiguration {
                 ConfigurationProblem(path: "$", message: "the file is not valid UTF-8")])
         }
         return try decode(text, file: path)
+    }
+
+    private struct ReadFailure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// At most `limit` bytes of the file at `path`; a failure says which call failed and why.
+    private static func readFile(_ path: String, limit: Int) -> Result<[UInt8], ReadFailure> {
+        func failure(_ call: String) -> Result<[UInt8], ReadFailure> {
+            let code = errno
+            return .failure(ReadFailure(description: "\(call) failed: \(String(cString: strerror(code))) (errno \(code))"))
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return failure("open(\(path))") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while bytes.count < limit {
+            let want = min(chunk.count, limit - bytes.count)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, want) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return failure("read(\(path))") }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        return .success(bytes)
     }
 
     /// Decodes and validates a configuration document.
