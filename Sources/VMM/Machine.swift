@@ -109,9 +109,17 @@ public struct GuestRAMRegion: Equatable, Sendable {
     public let guestAddress: UInt64
     public let size: UInt64
     public let userAddress: UInt64
-    /// The guest RAM memfd: owned by the machine, valid as long as it lives.
+    /// The guest RAM memfd (borrowed): a `Machine`'s is valid as long as the machine lives.
     public let memfd: Int32
     public let offset: UInt64
+
+    public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, memfd: Int32, offset: UInt64) {
+        self.guestAddress = guestAddress
+        self.size = size
+        self.userAddress = userAddress
+        self.memfd = memfd
+        self.offset = offset
+    }
 }
 
 /// Counters of the exits the VMM handled (read with `Machine.statistics`).
@@ -159,10 +167,6 @@ public final class Machine: @unchecked Sendable {
     /// Guest RAM for vhost-user backends (one entry per KVM memory slot of RAM).
     public let memoryRegions: [GuestRAMRegion]
 
-    /// `memoryRegions` in the shape `VhostUserFrontend.setMemTable(regions:)` takes.
-    public var vhostUserMemoryTable: [(guestAddress: UInt64, size: UInt64, userAddress: UInt64, fd: Int32, offset: UInt64)] {
-        memoryRegions.map { ($0.guestAddress, $0.size, $0.userAddress, $0.memfd, $0.offset) }
-    }
     public let configuration: MachineConfiguration
 
     private let memoryFile: FileDescriptor

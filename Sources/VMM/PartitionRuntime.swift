@@ -101,9 +101,7 @@ public final class PartitionRuntime {
         } catch {
             throw .machine(error)
         }
-        let host = KVMVirtioHost(interrupts: machine.vm.interrupts, memoryRegions: machine.memoryRegions.map {
-            VirtioMemoryRegion(guestAddress: $0.guestAddress, size: $0.size, userAddress: $0.userAddress, fd: $0.memfd, offset: $0.offset)
-        })
+        let host = KVMVirtioHost(machine: machine)
         let deadline = monotonicNanoseconds() + UInt64(max(0, spec.connectTimeoutMilliseconds)) * 1_000_000
         var devices: [VhostUserPCIDevice] = []
         let wanted: [(socket: String, kind: VhostUserPCIDevice.Kind)] = spec.disks.map { ($0, .block) }

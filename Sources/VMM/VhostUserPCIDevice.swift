@@ -307,7 +307,7 @@ public final class VhostUserPCIDevice: VirtioBackend, VirtioPlatform {
             var backendBits = features & backendFeatures
             backendBits |= backendFeatures & VhostUserFeature.protocolFeatures
             try frontend.setFeatures(backendBits)
-            try frontend.setMemTable(regions: host.memoryRegions.map { ($0.guestAddress, $0.size, $0.userAddress, $0.fd, $0.offset) })
+            try frontend.setMemTable(regions: host.memoryRegions.map { ($0.guestAddress, $0.size, $0.userAddress, $0.memfd, $0.offset) })
             for (queue, address) in zip(queues, addresses) {
                 let index = UInt32(queue.index)
                 let signal = signals[queue.index]

@@ -3,37 +3,12 @@ import HostOS
 import KVM
 import Synchronization
 
-/// One region of guest RAM as a vhost-user backend maps it: guest-physical `guestAddress` to
-/// `guestAddress + size` is `size` bytes of `fd` (a memfd, borrowed) from `offset`, mapped in this
-/// process at `userAddress`.
-public struct VirtioMemoryRegion: Sendable, Equatable {
-    public var guestAddress: UInt64
-    public var size: UInt64
-    public var userAddress: UInt64
-    public var fd: Int32
-    public var offset: UInt64
-
-    public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, fd: Int32, offset: UInt64) {
-        self.guestAddress = guestAddress
-        self.size = size
-        self.userAddress = userAddress
-        self.fd = fd
-        self.offset = offset
-    }
-
-    /// A region of a `Machine`'s RAM (its memfd stays the machine's).
-    public init(_ region: GuestRAMRegion) {
-        self.init(guestAddress: region.guestAddress, size: region.size, userAddress: region.userAddress, fd: region.memfd,
-                  offset: region.offset)
-    }
-}
-
 /// The machine side of virtio devices whose queues are served outside the VMM: guest RAM to share
 /// with the backends, doorbells (ioeventfds) and interrupts (MSI routes and irqfds). `KVMVirtioHost`
 /// is the real one; tests use their own.
 public protocol VirtioHost: AnyObject {
     /// Guest RAM, every region of it.
-    var memoryRegions: [VirtioMemoryRegion] { get }
+    var memoryRegions: [GuestRAMRegion] { get }
     /// A `length`-byte guest write at `address` signals `eventfd` (borrowed) from now on.
     func addDoorbell(eventfd: Int32, address: UInt64, length: UInt32) throws(KVMError)
     func removeDoorbell(eventfd: Int32, address: UInt64, length: UInt32) throws(KVMError)
@@ -55,7 +30,7 @@ public protocol VirtioHost: AnyObject {
 public final class KVMVirtioHost: VirtioHost, @unchecked Sendable {
     // @unchecked Sendable: the routing table and the next GSI live in `table`, a Mutex; the rest
     // is immutable, and the ioctls are safe from any thread.
-    public let memoryRegions: [VirtioMemoryRegion]
+    public let memoryRegions: [GuestRAMRegion]
     private let interrupts: VirtualMachineInterrupts
     private let table = Mutex(Table())
 
@@ -65,14 +40,14 @@ public final class KVMVirtioHost: VirtioHost, @unchecked Sendable {
     }
 
     /// `interrupts` must stay valid (its VM alive) as long as this host and its devices are used.
-    public init(interrupts: VirtualMachineInterrupts, memoryRegions: [VirtioMemoryRegion]) {
+    public init(interrupts: VirtualMachineInterrupts, memoryRegions: [GuestRAMRegion]) {
         self.interrupts = interrupts
         self.memoryRegions = memoryRegions
     }
 
     /// The host for `machine`'s devices: its VM and all of its RAM. The machine must outlive them.
     public convenience init(machine: Machine) {
-        self.init(interrupts: machine.vm.interrupts, memoryRegions: machine.memoryRegions.map(VirtioMemoryRegion.init))
+        self.init(interrupts: machine.vm.interrupts, memoryRegions: machine.memoryRegions)
     }
 
     public func addDoorbell(eventfd: Int32, address: UInt64, length: UInt32) throws(KVMError) {

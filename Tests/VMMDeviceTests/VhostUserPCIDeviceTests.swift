@@ -14,14 +14,14 @@ import XCTest
 /// The machine side without KVM: records doorbells, routes and irqfds, and plays KVM's part for
 /// a doorbell write (an ioeventfd registered at the address takes it; otherwise it exits).
 final class RecordingHost: VirtioHost {
-    let memoryRegions: [VirtioMemoryRegion]
+    let memoryRegions: [GuestRAMRegion]
     private(set) var doorbells: [UInt64: Int32] = [:]
     private(set) var routes: [UInt32: MSIMessage] = [:]
     private(set) var irqfds: [Int32: UInt32] = [:]
     private(set) var sent: [MSIMessage] = []
     private var nextGSI: UInt32 = 24
 
-    init(memoryRegions: [VirtioMemoryRegion]) { self.memoryRegions = memoryRegions }
+    init(memoryRegions: [GuestRAMRegion]) { self.memoryRegions = memoryRegions }
 
     func addDoorbell(eventfd: Int32, address: UInt64, length: UInt32) throws(KVMError) {
         guard length == 2, doorbells[address] == nil else { throw .failed(SystemError("KVM_IOEVENTFD", errno: EEXIST)) }
@@ -73,10 +73,10 @@ final class TestRAM {
         memory = try GuestMemory(regions: pieces.map { GuestMemoryRegion(guestAddress: $0.0, size: $0.1, host: base + Int($0.2)) })
     }
 
-    var regions: [VirtioMemoryRegion] {
+    var regions: [GuestRAMRegion] {
         pieces.map {
-            VirtioMemoryRegion(guestAddress: $0.0, size: $0.1, userAddress: UInt64(UInt(bitPattern: mapping.base)) + $0.2,
-                               fd: memfd.rawValue, offset: $0.2)
+            GuestRAMRegion(guestAddress: $0.0, size: $0.1, userAddress: UInt64(UInt(bitPattern: mapping.base)) + $0.2,
+                           memfd: memfd.rawValue, offset: $0.2)
         }
     }
 }
