@@ -40,14 +40,10 @@ struct MeasuredImage {
         guard info.st_size <= limit else {
             throw MeasurementError(path: path, reason: "is \(info.st_size) bytes, more than the \(limit) this partition can load")
         }
-        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
-        var filled = 0
-        while filled < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd.rawValue, $0.baseAddress! + filled, $0.count - filled) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw SystemError("read(\(path))", errno: errno) }
-            if n == 0 { throw MeasurementError(path: path, reason: "shrank while it was read") }
-            filled += n
+        // One byte past the size it had: a file that grew since fstat is refused, not truncated.
+        let bytes = try fd.readAll(limit: Int(info.st_size) + 1)
+        guard bytes.count == Int(info.st_size) else {
+            throw MeasurementError(path: path, reason: "changed size while it was read")
         }
         return bytes
     }
