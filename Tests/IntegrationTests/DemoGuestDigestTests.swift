@@ -9,13 +9,7 @@ final class DemoGuestDigestTests: XCTestCase {
         for tool in ["gcc", "objcopy"] where Host.which(tool) == nil {
             throw XCTSkip("needs \(tool) on PATH to build the test guest (gcc and binutils)")
         }
-        let directory = NSTemporaryDirectory() + "bulkhead-demo-guest-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let script = TestTopology.repository.appendingPathComponent("Tests/Guest/build.sh").path
-        let built = try Host.run(["sh", script, directory], timeout: 120)
-        XCTAssertEqual(built.status, 0, built.output + built.error)
-        let digest = try Host.run(["sha256sum", directory + "/bhtest.bin"], timeout: 30).output.split(separator: " ").first.map(String.init) ?? ""
-        XCTAssertEqual(digest.count, 64)
+        let digest = try PartitionGuestImage.sha256(of: try TestGuestTools.built.get())
 
         let data = try Data(contentsOf: TestTopology.repository.appendingPathComponent("configs/demo.json"))
         let document = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])

@@ -12,11 +12,6 @@ import Glibc
 final class PartitionIntegrationTests: XCTestCase {
     private typealias Guest = PartitionTestbed.Guest
 
-    override class func tearDown() {
-        PartitionGuestImage.removeBuild()
-        super.tearDown()
-    }
-
     /// The guest's checks in both tenants (the same subnet, the same addresses): its disk checks
     /// pass, it resolves 10.0.0.1 to its own tenant's endpoint and pings it, an address only the
     /// other tenant has stays silent, and captures started before the daemon see none of its

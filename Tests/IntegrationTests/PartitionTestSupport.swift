@@ -37,25 +37,11 @@ struct PartitionGuestImage {
         return try built.get()
     }
 
-    /// Where the guest is built: removed by `removeBuild` when the test class is done.
-    private static let directory = NSTemporaryDirectory() + "bulkhead-partition-guest-\(getpid())"
-
-    static func removeBuild() {
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    private static let built: Result<PartitionGuestImage, DaemonFailure> = {
-        let script = TestTopology.repository.appendingPathComponent("Tests/Guest/build.sh").path
-        guard let result = try? Host.run(["sh", script, directory], timeout: 180) else {
-            return .failure(DaemonFailure(message: "could not run \(script)"))
-        }
-        let image = directory + "/bhtest.bin"
-        guard result.status == 0, FileManager.default.fileExists(atPath: image) else {
-            return .failure(DaemonFailure(message: "\(script) failed with status \(result.status):\n\(result.output)\(result.error)"))
-        }
+    /// The guest `TestGuestTools` builds, measured.
+    private static let built: Result<PartitionGuestImage, DaemonFailure> = TestGuestTools.built.flatMap { image in
         guard let digest = try? sha256(of: image) else { return .failure(DaemonFailure(message: "sha256sum \(image) failed")) }
         return .success(PartitionGuestImage(path: image, sha256: digest, tscMHz: hostTSCMHz()))
-    }()
+    }
 
     static func sha256(of path: String) throws -> String {
         let result = try Host.run(["sha256sum", path])

@@ -274,7 +274,8 @@ struct TestGuestTools {
         return TestGuestTools(qemu: qemu, image: try built.get())
     }
 
-    private static let built: Result<String, DaemonFailure> = {
+    /// The test guest, built once per test process (the QEMU, partition and demo-digest tests share it).
+    static let built: Result<String, DaemonFailure> = {
         let directory = NSTemporaryDirectory() + "bulkhead-test-guest-\(getpid())"
         let script = TestTopology.repository.appendingPathComponent("Tests/Guest/build.sh").path
         guard let result = try? Host.run(["sh", script, directory], timeout: 120) else {
