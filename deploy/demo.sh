@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/install-deps.sh
+# The daemon, and the VMM it starts for each partition (next to it: bulkhead-vmm).
 swift build -c release --product bulkhead
+swift build -c release --product bulkhead-vmm
 images=/var/lib/bulkhead/images
 mkdir -p "$images"
 guest=$(bash Tests/Guest/build.sh "$(mktemp -d)")
