@@ -92,6 +92,8 @@ public struct SwitchSettings: Sendable, Equatable {
 public enum Role: String, Sendable, Equatable, CaseIterable {
     /// Everything on the host.
     case hostAdmin = "host-admin"
+    /// Status and lifecycle of every partition; no configuration or policy changes.
+    case `operator` = "operator"
     /// Everything within one tenant (requires `tenant`).
     case tenantAdmin = "tenant-admin"
     /// Read-only access to one tenant's state (requires `tenant`).

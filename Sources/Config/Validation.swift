@@ -155,7 +155,7 @@ struct Validator {
             if !tenantIDs.contains(tenant) {
                 report(path, "no tenant \(quote(tenant)); \(listing("tenants", tenantIDs))")
             }
-        case .hostAdmin, .auditor:
+        case .hostAdmin, .operator, .auditor:
             if principal.tenant != nil {
                 report(path, "role \(role) applies to the whole host and takes no \"tenant\"; remove it or use "
                     + "\"tenant-admin\" or \"tenant-viewer\"")

@@ -125,7 +125,7 @@ let ruleCases: [RuleCase] = [
     RuleCase("long serial", blue(#""volumes": [{"id": "v", "sizeBytes": 512, "serial": "123456789012345678901"}]"#), "$.tenants[0].volumes[0].serial", "21 bytes"),
     RuleCase("zero QoS", blue(#""volumes": [{"id": "v", "sizeBytes": 512, "qos": {"iops": 0}}]"#), "$.tenants[0].volumes[0].qos.iops", "must be greater than 0"),
     // Roles
-    RuleCase("unknown role", principal(#""name": "x", "uid": 1, "role": "root""#), "$.principals[0].role", #""root" is not a valid role; valid values: "host-admin", "tenant-admin", "tenant-viewer", "auditor""#),
+    RuleCase("unknown role", principal(#""name": "x", "uid": 1, "role": "root""#), "$.principals[0].role", #""root" is not a valid role; valid values: "host-admin", "operator", "tenant-admin", "tenant-viewer", "auditor""#),
     RuleCase("tenant-admin without tenant", principal(#""name": "x", "uid": 1, "role": "tenant-admin""#), "$.principals[0].tenant", #"role "tenant-admin" requires "tenant""#),
     RuleCase("tenant-viewer of unknown tenant", principal(#""name": "x", "uid": 1, "role": "tenant-viewer", "tenant": "green""#), "$.principals[0].tenant", #"no tenant "green"; tenants: "blue""#),
     RuleCase("host-admin with tenant", principal(#""name": "x", "uid": 1, "role": "host-admin", "tenant": "blue""#), "$.principals[0].tenant", "applies to the whole host"),
