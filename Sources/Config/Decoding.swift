@@ -118,6 +118,7 @@ struct DecodedTenant {
     var volumes: [Volume?] = []
     var partitions: [Partition?] = []
     var acl: [ACLRule?] = []
+    var limits: ServiceLimits?
     /// Ids written in the file, including those of elements that did not decode, so that a
     /// reference to them is not reported a second time as unknown.
     var segmentIDs: Set<String> = []
@@ -128,7 +129,8 @@ struct DecodedTenant {
         guard let id, let segments = allDecoded(segments), let ports = allDecoded(ports),
               let volumes = allDecoded(volumes), let partitions = allDecoded(partitions),
               let acl = allDecoded(acl) else { return nil }
-        return Tenant(id: id, segments: segments, ports: ports, volumes: volumes, partitions: partitions, acl: acl)
+        return Tenant(id: id, segments: segments, ports: ports, volumes: volumes, partitions: partitions, acl: acl,
+                      limits: limits)
     }
 }
 
@@ -414,12 +416,40 @@ struct DocumentDecoder {
         guard let r = context.object(value, path, type: "HostSettings") else { return nil }
         let stateDirectory = r.required("stateDirectory", context.string)
         let controlSocket = r.optional("controlSocket", context.string)
+        let controlSocketGroup = r.optional("controlSocketGroup", context.uint32)
         let auditLog = r.optional("auditLog", context.string)
+        let metrics = r.optional("metrics", context.string)
+        let limits = r.optional("limits", default: HostLimits(), hostLimits)
         let jailUidBase = r.optional("jailUidBase", context.uint32)
         let switchSettings = r.optional("switch", default: SwitchSettings(), switchSettings)
         guard r.isValid, let stateDirectory else { return nil }
-        return HostSettings(stateDirectory: stateDirectory, controlSocket: controlSocket, auditLog: auditLog,
+        return HostSettings(stateDirectory: stateDirectory, controlSocket: controlSocket,
+                            controlSocketGroup: controlSocketGroup, auditLog: auditLog, metrics: metrics, limits: limits,
                             jailUidBase: jailUidBase ?? HostSettings.defaultJailUidBase, switchSettings: switchSettings)
+    }
+
+    func hostLimits(_ value: JSONValue, _ path: String) -> HostLimits? {
+        guard let r = context.object(value, path, type: "HostLimits") else { return nil }
+        let services = ServiceLimits(switch: r.optional("switch", resourceLimits),
+                                     blockServer: r.optional("blockServer", resourceLimits))
+        let partitions = r.optional("partitions", resourceLimits)
+        let overhead = r.optional("partitionOverheadMiB", default: HostLimits.defaultPartitionOverheadMiB, context.int)
+        guard r.isValid else { return nil }
+        return HostLimits(services: services, partitions: partitions, partitionOverheadMiB: overhead)
+    }
+
+    func serviceLimits(_ value: JSONValue, _ path: String) -> ServiceLimits? {
+        guard let r = context.object(value, path, type: "ServiceLimits") else { return nil }
+        let limits = ServiceLimits(switch: r.optional("switch", resourceLimits),
+                                   blockServer: r.optional("blockServer", resourceLimits))
+        return r.isValid ? limits : nil
+    }
+
+    func resourceLimits(_ value: JSONValue, _ path: String) -> ResourceLimits? {
+        guard let r = context.object(value, path, type: "ResourceLimits") else { return nil }
+        let limits = ResourceLimits(memoryMiB: r.optional("memoryMiB", context.int), cpuWeight: r.optional("cpuWeight", context.int),
+                                    cpuPercent: r.optional("cpuPercent", context.int), pids: r.optional("pids", context.int))
+        return r.isValid ? limits : nil
     }
 
     func switchSettings(_ value: JSONValue, _ path: String) -> SwitchSettings? {
@@ -448,6 +478,7 @@ struct DocumentDecoder {
         tenant.volumes = r.elements("volumes", volume)
         tenant.partitions = r.elements("partitions", partition)
         tenant.acl = r.elements("acl", aclRule)
+        tenant.limits = r.optional("limits", serviceLimits)
         tenant.segmentIDs = declaredIDs(r.raw("segments"))
         tenant.portIDs = declaredIDs(r.raw("ports"))
         tenant.volumeIDs = declaredIDs(r.raw("volumes"))
@@ -582,10 +613,11 @@ struct DocumentDecoder {
         let restart: RestartPolicy = r.optional("restart", default: .onReboot) {
             context.enumeration($0, $1, "restart policy")
         }
+        let limits = r.optional("limits", resourceLimits)
         let boot = partitionBoot(r, path: path, image: image, kernel: kernel, initrd: initrd)
         guard r.isValid, let id, let vcpus, let memory, let boot else { return nil }
         return Partition(id: id, vcpus: vcpus, memoryMiB: memory, boot: boot, cmdline: cmdline,
-                         disks: disks, nics: nics, restart: restart)
+                         disks: disks, nics: nics, restart: restart, limits: limits)
     }
 
     /// The boot the partition's keys ask for: exactly one of `image` and `kernel`, and `initrd`

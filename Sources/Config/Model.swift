@@ -20,8 +20,17 @@ public struct HostSettings: Sendable, Equatable {
     public var stateDirectory: String
     /// Path of the management API's Unix socket; default `<stateDirectory>/control.sock`.
     public var controlSocket: String?
-    /// Path of the audit log; default `<stateDirectory>/audit.log`.
+    /// The group (gid) the management socket belongs to (mode 0660); default 0. Being able to
+    /// connect grants nothing by itself: every call is authorised by the caller's uid.
+    public var controlSocketGroup: UInt32?
+    /// Path of the audit log; default `<stateDirectory>/audit.log`. Its chain's head is kept
+    /// beside it, in `<auditLog>.head`.
     public var auditLog: String?
+    /// Where the Prometheus endpoint listens: "127.0.0.1:PORT", "[::1]:PORT" or "unix:/path";
+    /// nil for none.
+    public var metrics: String?
+    /// Default resource limits of the jailed children (`host.limits`).
+    public var limits: HostLimits
     /// First uid (and gid) of the tenants' jailed processes. Each tenant is given a uid of
     /// `jailUids` once and keeps it (recorded in `<stateDirectory>/jail-uids.json`, see
     /// `JailUidRecord`), so no two tenants' servers share a uid (and can signal or trace each
@@ -59,11 +68,15 @@ public struct HostSettings: Sendable, Equatable {
         jailUids.isEmpty ? nil : jailUids.upperBound - 1
     }
 
-    public init(stateDirectory: String, controlSocket: String? = nil, auditLog: String? = nil,
+    public init(stateDirectory: String, controlSocket: String? = nil, controlSocketGroup: UInt32? = nil,
+                auditLog: String? = nil, metrics: String? = nil, limits: HostLimits = .init(),
                 jailUidBase: UInt32 = HostSettings.defaultJailUidBase, switchSettings: SwitchSettings = .init()) {
         self.stateDirectory = stateDirectory
         self.controlSocket = controlSocket
+        self.controlSocketGroup = controlSocketGroup
         self.auditLog = auditLog
+        self.metrics = metrics
+        self.limits = limits
         self.jailUidBase = jailUidBase
         self.switchSettings = switchSettings
     }
@@ -121,11 +134,13 @@ public struct Tenant: Sendable, Equatable {
     public var partitions: [Partition]
     /// Stateless rules, first match wins. A packet that matches no rule is allowed.
     public var acl: [ACLRule]
+    /// Resource limits of the tenant's switch and block server, over `host.limits`.
+    public var limits: ServiceLimits?
 
     public init(id: String, segments: [Segment] = [], ports: [Port] = [], volumes: [Volume] = [],
-                partitions: [Partition] = [], acl: [ACLRule] = []) {
+                partitions: [Partition] = [], acl: [ACLRule] = [], limits: ServiceLimits? = nil) {
         self.id = id; self.segments = segments; self.ports = ports; self.volumes = volumes
-        self.partitions = partitions; self.acl = acl
+        self.partitions = partitions; self.acl = acl; self.limits = limits
     }
 }
 
@@ -387,6 +402,8 @@ public struct Partition: Sendable, Equatable {
     /// order. A port is the NIC of at most one partition.
     public var nics: [String]
     public var restart: RestartPolicy
+    /// Resource limits of the partition's VMM process, over `host.limits.partitions`.
+    public var limits: ResourceLimits?
 
     /// The vCPUs a partition may have.
     public static let vcpuRange = 1...64
@@ -402,9 +419,10 @@ public struct Partition: Sendable, Equatable {
     public static let maximumNICs = 8
 
     public init(id: String, vcpus: Int, memoryMiB: Int, boot: PartitionBoot, cmdline: String = "",
-                disks: [String] = [], nics: [String] = [], restart: RestartPolicy = .onReboot) {
+                disks: [String] = [], nics: [String] = [], restart: RestartPolicy = .onReboot,
+                limits: ResourceLimits? = nil) {
         self.id = id; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.boot = boot; self.cmdline = cmdline
-        self.disks = disks; self.nics = nics; self.restart = restart
+        self.disks = disks; self.nics = nics; self.restart = restart; self.limits = limits
     }
 
     /// Guest RAM in bytes.

@@ -6,10 +6,14 @@ public enum ConfigurationSchema {
     /// Allowed and required keys per object type, keyed by the schema's `$defs` name.
     public static let objects: [String: (allowed: Set<String>, required: Set<String>)] = [
         "HostConfiguration": (["host", "principals", "tenants"], ["host"]),
-        "HostSettings": (["stateDirectory", "controlSocket", "auditLog", "jailUidBase", "switch"], ["stateDirectory"]),
+        "HostSettings": (["stateDirectory", "controlSocket", "controlSocketGroup", "auditLog", "metrics", "limits",
+                          "jailUidBase", "switch"], ["stateDirectory"]),
+        "HostLimits": (["switch", "blockServer", "partitions", "partitionOverheadMiB"], []),
+        "ServiceLimits": (["switch", "blockServer"], []),
+        "ResourceLimits": (["memoryMiB", "cpuWeight", "cpuPercent", "pids"], []),
         "SwitchSettings": (["workers"], []),
         "Principal": (["name", "uid", "role", "tenant"], ["name", "uid", "role"]),
-        "Tenant": (["id", "segments", "ports", "volumes", "partitions", "acl"], ["id"]),
+        "Tenant": (["id", "segments", "ports", "volumes", "partitions", "acl", "limits"], ["id"]),
         "Segment": (["id", "vni", "mtu", "macTable"], ["id"]),
         "MACTableSettings": (["maxEntries", "maxEntriesPerPort", "agingSeconds"], []),
         "Port": (["id", "kind", "segment", "mac", "ips", "allowedMACs", "netns", "ifname", "queues",
@@ -25,7 +29,7 @@ public enum ConfigurationSchema {
         // Exactly one of "image" and "kernel" (and "initrd" only with "kernel"): checked by the
         // decoder, and by the schema's oneOf and dependentRequired.
         "Partition": (["id", "vcpus", "memoryMiB", "image", "kernel", "initrd", "cmdline", "disks", "nics",
-                       "restart"],
+                       "restart", "limits"],
                       ["id", "vcpus", "memoryMiB"]),
     ]
 }

@@ -60,8 +60,16 @@ struct Validator {
             return
         }
         let base = "/" + components.joined(separator: "/")
-        checkInside(host.controlSocket, key: "controlSocket", base: base)
-        checkInside(host.auditLog, key: "auditLog", base: base)
+        checkPath(host.controlSocket, key: "controlSocket", base: base)
+        checkPath(host.auditLog, key: "auditLog", base: base)
+        if let metrics = host.metrics, let reason = MetricsListener.problem(metrics) {
+            report("$.host.metrics", reason)
+        }
+        checkLimits(host.limits.services.switch, path: "$.host.limits.switch")
+        checkLimits(host.limits.services.blockServer, path: "$.host.limits.blockServer")
+        checkLimits(host.limits.partitions, path: "$.host.limits.partitions")
+        checkRange(host.limits.partitionOverheadMiB, 0...65536, path: "$.host.limits.partitionOverheadMiB",
+                   what: "partitionOverheadMiB")
         checkJailUids(host)
     }
 
@@ -81,20 +89,34 @@ struct Validator {
     }
 
     /// A file path must lie strictly inside the state directory after resolving `.` and `..`.
-    private mutating func checkInside(_ value: String?, key: String, base: String) {
+    /// A file the daemon creates: an absolute path anywhere but "/" (the socket under /run, the
+    /// audit log under /var/log), or a path relative to the state directory that stays inside it.
+    private mutating func checkPath(_ value: String?, key: String, base: String) {
         guard let value else { return }
         let path = "$.host." + key
         guard !value.isEmpty else {
             report(path, "must not be empty; leave the key out for the default inside the state directory")
             return
         }
-        let resolved = Validator.normalize(value.hasPrefix("/") ? value : base + "/" + value)
+        if value.hasPrefix("/") {
+            if Validator.normalize(value) == "/" { report(path, "\(quote(value)) names the root directory, not a file") }
+            return
+        }
+        let resolved = Validator.normalize(base + "/" + value)
         let inside = base == "/" ? resolved != "/" : resolved.hasPrefix(base + "/")
         guard inside else {
             report(path, "\(quote(value)) resolves to \(quote(resolved)), which is outside the state directory \(quote(base)); "
-                + "use a path inside it (relative paths are resolved against it)")
+                + "a relative path must stay inside it (or write an absolute path)")
             return
         }
+    }
+
+    private mutating func checkLimits(_ limits: ResourceLimits?, path: String) {
+        guard let limits else { return }
+        if let v = limits.memoryMiB { checkRange(v, ResourceLimits.memoryMiBRange, path: path + ".memoryMiB", what: "memoryMiB") }
+        if let v = limits.cpuWeight { checkRange(v, ResourceLimits.cpuWeightRange, path: path + ".cpuWeight", what: "cpuWeight") }
+        if let v = limits.cpuPercent { checkRange(v, ResourceLimits.cpuPercentRange, path: path + ".cpuPercent", what: "cpuPercent") }
+        if let v = limits.pids { checkRange(v, ResourceLimits.pidsRange, path: path + ".pids", what: "pids") }
     }
 
     /// Resolves `.`, `..` and repeated slashes lexically; `..` at the root stays at the root.
@@ -197,6 +219,8 @@ struct Validator {
         for (i, volume) in tenant.volumes.enumerated() {
             if let volume { validateVolume(volume, path: path + ".volumes[\(i)]") }
         }
+        checkLimits(tenant.limits?.switch, path: path + ".limits.switch")
+        checkLimits(tenant.limits?.blockServer, path: path + ".limits.blockServer")
         for (i, partition) in tenant.partitions.enumerated() {
             if let partition {
                 validatePartition(partition, path: path + ".partitions[\(i)]", tenantIndex: index, tenant: tenant)
@@ -349,6 +373,11 @@ struct Validator {
             if let initrd { checkMeasuredFile(initrd, path: path + ".initrd") }
         }
         checkCommandLine(partition.cmdline, path: path + ".cmdline")
+        checkLimits(partition.limits, path: path + ".limits")
+        if let memory = partition.limits?.memoryMiB, memory <= partition.memoryMiB {
+            report(path + ".limits.memoryMiB", "\(memory) MiB does not hold the guest's \(partition.memoryMiB) MiB of RAM and the "
+                + "VMM; give it more, or leave it out for RAM + host.limits.partitionOverheadMiB")
+        }
         let owner = "partition '\(partition.id)'"
         if partition.disks.count > Partition.maximumDisks {
             report(path + ".disks", "\(partition.disks.count) disks; a partition has at most \(Partition.maximumDisks) "

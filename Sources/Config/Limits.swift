@@ -1,0 +1,131 @@
+/// Resource limits of one jailed child process (a cgroup v2 group of its own): what a
+/// compromised or runaway process of one tenant can take from the host and from other tenants.
+/// A limit left out is not set.
+public struct ResourceLimits: Sendable, Equatable {
+    /// memory.max, in MiB (swap is closed when it is set).
+    public var memoryMiB: Int?
+    /// cpu.weight: the share of contended CPU time, 1...10000 (the kernel's default is 100).
+    public var cpuWeight: Int?
+    /// cpu.max as a percentage of one CPU: 50 is half a CPU, 200 two CPUs.
+    public var cpuPercent: Int?
+    /// pids.max: processes and threads.
+    public var pids: Int?
+
+    public static let memoryMiBRange = 16...4_194_304
+    public static let cpuWeightRange = 1...10_000
+    public static let cpuPercentRange = 1...102_400
+    public static let pidsRange = 8...4_194_304
+
+    public init(memoryMiB: Int? = nil, cpuWeight: Int? = nil, cpuPercent: Int? = nil, pids: Int? = nil) {
+        self.memoryMiB = memoryMiB; self.cpuWeight = cpuWeight; self.cpuPercent = cpuPercent; self.pids = pids
+    }
+
+    /// These limits, each one left out taken from `defaults`.
+    public func over(_ defaults: ResourceLimits?) -> ResourceLimits {
+        guard let defaults else { return self }
+        return ResourceLimits(memoryMiB: memoryMiB ?? defaults.memoryMiB, cpuWeight: cpuWeight ?? defaults.cpuWeight,
+                              cpuPercent: cpuPercent ?? defaults.cpuPercent, pids: pids ?? defaults.pids)
+    }
+}
+
+/// The limits of a tenant's switch and block server (`limits` of a tenant, and the host-wide
+/// defaults in `host.limits`).
+public struct ServiceLimits: Sendable, Equatable {
+    public var `switch`: ResourceLimits?
+    public var blockServer: ResourceLimits?
+
+    public init(switch: ResourceLimits? = nil, blockServer: ResourceLimits? = nil) {
+        self.switch = `switch`; self.blockServer = blockServer
+    }
+}
+
+/// `host.limits`: the defaults of every tenant's switch and block server, and of partitions.
+public struct HostLimits: Sendable, Equatable {
+    public var services: ServiceLimits
+    /// Defaults of every partition's limits; a partition's memory limit, unless set, is its
+    /// guest RAM plus `partitionOverheadMiB` (the VMM's own memory, measured at about 11 MiB).
+    public var partitions: ResourceLimits?
+    public var partitionOverheadMiB: Int
+
+    public static let defaultPartitionOverheadMiB = 64
+
+    public init(services: ServiceLimits = .init(), partitions: ResourceLimits? = nil,
+                partitionOverheadMiB: Int = HostLimits.defaultPartitionOverheadMiB) {
+        self.services = services; self.partitions = partitions; self.partitionOverheadMiB = partitionOverheadMiB
+    }
+}
+
+extension HostConfiguration {
+    /// The limits of `tenant`'s switch: the tenant's, each one left out taken from the host's.
+    public func switchLimits(of tenant: Tenant) -> ResourceLimits {
+        (tenant.limits?.switch ?? ResourceLimits()).over(host.limits.services.switch)
+    }
+
+    /// The limits of `tenant`'s block server.
+    public func blockServerLimits(of tenant: Tenant) -> ResourceLimits {
+        (tenant.limits?.blockServer ?? ResourceLimits()).over(host.limits.services.blockServer)
+    }
+
+    /// The limits of a partition's VMM process: its own, then the host's partition defaults, and
+    /// memory at least the guest's RAM plus the VMM's overhead.
+    public func limits(of partition: Partition) -> ResourceLimits {
+        var limits = (partition.limits ?? ResourceLimits()).over(host.limits.partitions)
+        if limits.memoryMiB == nil { limits.memoryMiB = partition.memoryMiB + host.limits.partitionOverheadMiB }
+        return limits
+    }
+}
+
+/// Where the Prometheus endpoint listens (`host.metrics`): loopback TCP or a Unix socket, never
+/// an address other hosts reach (it has every tenant's counters and no authentication).
+public enum MetricsListener: Sendable, Equatable {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// "127.0.0.1:9464", "[::1]:9464", "localhost:9464" or "unix:/absolute/path".
+    public static func parse(_ text: String) -> Result<MetricsListener, ListenerProblem> {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            guard path.hasPrefix("/"), path.count > 1, !path.contains("\0") else {
+                return .failure(ListenerProblem("\"\(text)\": a Unix socket is written unix:/absolute/path"))
+            }
+            return .success(.unix(path: path))
+        }
+        guard let colon = text.lastIndex(of: ":") else {
+            return .failure(ListenerProblem("\"\(text)\" is not HOST:PORT or unix:/path; e.g. \"127.0.0.1:9464\""))
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+            return .failure(ListenerProblem("\"\(text)\": the port must be 1...65535"))
+        }
+        guard ["127.0.0.1", "::1", "localhost"].contains(host) else {
+            return .failure(ListenerProblem("\"\(text)\": the metrics endpoint has every tenant's counters and no "
+                + "authentication, so it listens on loopback only (127.0.0.1, [::1]) or on a Unix socket (unix:/path)"))
+        }
+        return .success(.tcp(host: host == "localhost" ? "127.0.0.1" : host, port: port))
+    }
+
+    /// Why `text` is not a valid listener, or nil.
+    public static func problem(_ text: String) -> String? {
+        if case .failure(let problem) = parse(text) { return problem.reason }
+        return nil
+    }
+}
+
+public struct ListenerProblem: Error, Sendable, Equatable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
+
+extension HostSettings {
+    /// The management socket's path: `controlSocket` resolved against the state directory.
+    public var controlSocketPath: String { resolved(controlSocket, default: "control.sock") }
+    /// The audit log's path: `auditLog` resolved against the state directory.
+    public var auditLogPath: String { resolved(auditLog, default: "audit.log") }
+
+    private func resolved(_ value: String?, default name: String) -> String {
+        let value = value ?? name
+        if value.hasPrefix("/") { return value }
+        return Validator.normalize(stateDirectory + "/" + value)
+    }
+}
