@@ -81,9 +81,11 @@ let package = Package(
 
         .executableTarget(name: "bulkhead", dependencies: [
             "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet", "VMM", "PartitionProcess",
+            "URing",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),

@@ -55,3 +55,30 @@ struct MeasurementError: Error, CustomStringConvertible {
     let reason: String
     var description: String { "\(path) \(reason)" }
 }
+
+/// The daemon's measurement before it starts a partition: the audit log records the digest of
+/// every boot file, and a mismatch refuses the start. (The VMM measures again the bytes it
+/// actually loads, so a file swapped after this check is refused there.)
+public enum LaunchMeasurement {
+    public struct Report: Sendable {
+        /// Path to measured SHA-256 (hex) of each boot file that could be read.
+        public var digests: [(path: String, sha256: String)] = []
+        /// Why the launch is refused; nil when every file matches its configured digest.
+        public var refusal: String?
+    }
+
+    /// Measures `partition`'s image, or kernel and initrd, against the configuration's digests.
+    public static func measure(_ partition: Partition) -> Report {
+        var report = Report()
+        for file in partition.measuredFiles {
+            do {
+                let image = try MeasuredImage.load(file, limit: Int(clamping: partition.memoryBytes))
+                report.digests.append((image.path, file.sha256.lowercased()))
+            } catch {
+                report.refusal = error.description
+                return report
+            }
+        }
+        return report
+    }
+}

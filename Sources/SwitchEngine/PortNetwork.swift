@@ -67,17 +67,51 @@ public struct PortNetwork: ~Copyable {
     /// what was already set up is removed before the error is thrown.
     public mutating func provision(_ configuration: HostConfiguration, workers: Int = 1) throws {
         do {
-            let host = try RouteSocket()
-            for tenant in configuration.tenants {
-                let mtus = Dictionary(uniqueKeysWithValues: tenant.segments.map { ($0.id, $0.mtu) })
-                for port in tenant.ports where port.kind == .tap {
-                    try provision(port, tenant: tenant.id, mtu: mtus[port.segment] ?? 1500, queues: max(port.queues, workers),
-                                  host: host)
-                }
-            }
+            for tenant in configuration.tenants { try provision(tenant, workers: workers) }
         } catch {
             teardown()
             throw error
+        }
+    }
+
+    /// Sets up the TAP ports of `tenant` (those of `only`, when given) that are not set up yet.
+    /// On failure, the ports this call set up are removed before the error is thrown.
+    public mutating func provision(_ tenant: Tenant, only: Set<String>? = nil, workers: Int = 1) throws {
+        let host = try RouteSocket()
+        let mtus = Dictionary(tenant.segments.map { ($0.id, $0.mtu) }, uniquingKeysWith: { first, _ in first })
+        var added: Set<String> = []
+        do {
+            for port in tenant.ports where port.kind == .tap && (only?.contains(port.id) ?? true) {
+                guard !ports.contains(where: { $0.tenant == tenant.id && $0.port == port.id }) else { continue }
+                try provision(port, tenant: tenant.id, mtu: mtus[port.segment] ?? 1500, queues: max(port.queues, workers),
+                              host: host)
+                added.insert(port.id)
+            }
+        } catch {
+            remove(tenant: tenant.id, ports: added)
+            throw error
+        }
+    }
+
+    /// Removes TAP ports of `tenant` (every one when `ports` is nil): their devices go once the
+    /// switch that held their queues has stopped, and a namespace this daemon created goes with
+    /// the last of its ports.
+    public mutating func remove(tenant: String, ports removed: Set<String>? = nil) {
+        let leaving = ports.filter { $0.tenant == tenant && (removed?.contains($0.port) ?? true) }
+        ports.removeAll { port in leaving.contains { $0 === port } }
+        let stillUsed = Set(ports.compactMap(\.namespace))
+        for name in Set(leaving.compactMap(\.namespace)) where createdNamespaces.contains(name) && !stillUsed.contains(name) {
+            do {
+                try NetworkNamespace.delete(name)
+                createdNamespaces.removeAll { $0 == name }
+                try StateFiles.writeAtomically(journalPath, contents: createdNamespaces.joined(separator: "\n") + "\n", mode: 0o600)
+                logger.info("removed network namespace", metadata: ["netns": "\(name)"])
+            } catch {
+                logger.error("could not remove network namespace", metadata: ["netns": "\(name)", "error": "\(error)"])
+            }
+        }
+        for port in leaving {
+            logger.info("port removed", metadata: ["tenant.id": "\(tenant)", "port.id": "\(port.port)", "port.interface": "\(port.interfaceName)"])
         }
     }
 

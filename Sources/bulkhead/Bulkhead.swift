@@ -30,11 +30,31 @@ func loadConfiguration(_ path: String) throws -> HostConfiguration {
     do {
         return try HostConfiguration.load(contentsOf: path)
     } catch {
-        var report = "\(path): invalid configuration, \(error.problems.count) problem(s):\n"
-        for problem in error.problems { report += "  \(problem)\n" }
-        FileHandle.standardError.write(Data(report.utf8))
+        reportInvalid(path, error)
         throw ExitCode(1)
     }
+}
+
+/// Loads the configuration and its text (the daemon audits the text's digest and hands the
+/// text to its children), or prints every problem and exits with status 1.
+func loadConfigurationText(_ path: String) throws -> (HostConfiguration, String) {
+    let text: String
+    do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        FileHandle.standardError.write(Data("\(path): cannot read the configuration: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+    do {
+        return (try HostConfiguration.decode(text, file: path), text)
+    } catch {
+        reportInvalid(path, error)
+        throw ExitCode(1)
+    }
+}
+
+private func reportInvalid(_ path: String, _ error: ConfigurationError) {
+    var report = "\(path): invalid configuration, \(error.problems.count) problem(s):\n"
+    for problem in error.problems { report += "  \(problem)\n" }
+    FileHandle.standardError.write(Data(report.utf8))
 }
 
 struct Validate: ParsableCommand {
@@ -52,7 +72,7 @@ struct Validate: ParsableCommand {
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon in the foreground until SIGTERM or SIGINT.")
+        abstract: "Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP applies the configuration file again.")
 
     @OptionGroup var options: ConfigOption
 
@@ -68,12 +88,13 @@ struct Run: ParsableCommand {
     func run() throws {
         bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "bulkhead")
-        let configuration = try loadConfiguration(options.config)
+        let (configuration, text) = try loadConfigurationText(options.config)
         let configPath = options.config
         let logLevel = self.logLevel
         try runAsync {
             do {
-                try await Daemon(configuration: configuration, configPath: configPath, logLevel: logLevel, logger: logger).run()
+                try await Daemon(configuration: configuration, configurationText: text, configPath: configPath,
+                                 logLevel: logLevel, logger: logger).run()
             } catch let error as DaemonError {
                 logger.critical("bulkhead could not start: \(error)")
                 throw ExitCode(1)

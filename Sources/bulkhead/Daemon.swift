@@ -7,6 +7,7 @@ import ServiceLifecycle
 import Synchronization
 import Switch
 import SwitchEngine
+import UnixSignals
 
 /// A startup failure, said so that an operator knows what to fix.
 struct DaemonError: Error, CustomStringConvertible {
@@ -15,10 +16,13 @@ struct DaemonError: Error, CustomStringConvertible {
 }
 
 /// `bulkhead run`: owns the state directory and the kernel objects of the switch's ports (TAP
-/// devices, namespaces), runs the jailed children (the switch, a block server per tenant with
-/// volumes) under one supervisor until SIGTERM or SIGINT, then removes everything it created.
+/// devices, namespaces), runs the jailed children (a switch and a block server per tenant, a
+/// VMM per partition) under one supervisor until SIGTERM or SIGINT, applies a changed
+/// configuration on SIGHUP, then removes everything it created.
 struct Daemon {
     let configuration: HostConfiguration
+    /// The configuration's text, as read.
+    let configurationText: String
     let configPath: String
     /// Passed on to the children.
     let logLevel: String
@@ -33,85 +37,36 @@ struct Daemon {
         do { lock = try StateDirectoryLock(path: state + "/bulkhead.lock") } catch {
             throw DaemonError("\(error)")
         }
-        // Every tenant's jail uid is recorded before any block server starts (each also reads it).
-        let jailUids: JailUidRecord
+        let preconditions = HostPreconditions.check(configuration)
+        for missing in preconditions.missing {
+            logger.critical("host precondition not met: \(missing)")
+        }
+        guard preconditions.missing.isEmpty else {
+            throw DaemonError("\(preconditions.missing.count) host precondition(s) not met: "
+                + preconditions.missing.joined(separator: "; "))
+        }
+        let audit = AuditTrail(logger: logger, sink: { [logger] entry in
+            logger.info("audit", metadata: ["action": "\(entry.action)", "target": "\(entry.target)", "outcome": "\(entry.outcome)"])
+        })
+        // Platform integrity: what runs and what it was told, before anything starts.
+        try audit.daemonStarted(executableDigest: SelfMeasurement.executableDigest(),
+                                configurationDigest: SelfMeasurement.digest(Array(configurationText.utf8)),
+                                configPath: configPath)
+
+        let runtime: HostRuntime
         do {
-            let (record, added) = try JailUids.allocate(configuration)
-            jailUids = record
-            if !added.isEmpty {
-                logger.info("jail uids recorded", metadata: [
-                    "tenants": "\(added.joined(separator: ","))", "record": "\(JailUids.path(stateDirectory: state))",
-                ])
-            }
+            runtime = try await HostRuntime.start(configuration: configuration, text: configurationText,
+                                                  logLevel: logLevel, audit: audit, logger: logger)
         } catch {
             throw DaemonError("\(error)")
         }
-
-        // One TAP queue per packet worker of the switch (PortNetwork, Dataplane).
-        let workers = configuration.host.switchSettings.resolvedWorkers(onlineCores: onlineProcessorCount())
-        var network = PortNetwork(stateDirectory: state, logger: logger)
-        do {
-            try network.recoverFromUncleanExit()
-            try network.provision(configuration, workers: workers)
-        } catch {
-            throw DaemonError("setting up ports failed: \(error)")
-        }
-
-        // Keyed by "tenant/port": a vhost-user port claims no interface name.
-        var handles = Dictionary(uniqueKeysWithValues: network.ports.map { ("\($0.tenant)/\($0.port)", SwitchPortHandle.tap($0)) })
-        do {
-            for (key, listener) in try VhostUserSockets.listen(configuration, jailUids: jailUids, logger: logger) {
-                handles[key] = .vhostUser(listener)
-            }
-        } catch {
-            network.teardown()
-            throw DaemonError("setting up vhost-user ports failed: \(error)")
-        }
-        let plane = ForwardingPlane(configuration: configuration)
-        let switchPorts = plane.ports.compactMap { port in handles["\(port.tenant)/\(port.port)"].map { (port.interfaceName, $0) } }
-        guard switchPorts.count == plane.ports.count else {
-            network.teardown()
-            throw DaemonError("a switch port has no TAP device or socket; this is a bug")
-        }
-        let status = StatusFile(path: state + "/status.json", logger: logger)
-        let counters = SwitchCounters()
-        var children = [ChildSpec(
-            name: "switch", metadata: [:],
-            arguments: ["switch", "--config", configPath, "--workers", "\(workers)", "--log-level", logLevel],
-            attach: { control, pid in
-                SwitchAttachment(ports: switchPorts, status: status, counters: counters, logger: logger).run(control, pid: pid)
-            })]
-        for tenant in configuration.tenants where !tenant.volumes.isEmpty {
-            children.append(ChildSpec(
-                name: "block server", metadata: ["tenant.id": "\(tenant.id)"],
-                arguments: ["block-server", "--config", configPath, "--tenant", tenant.id, "--stop-when-stdin-closes"],
-                attach: nil))
-        }
-        // Partitions last: each connects to its tenant's block server and the switch (waiting
-        // for their sockets), and its restart policy decides what follows its end.
-        let vmm: String
-        do { vmm = try ChildProcess.sibling("bulkhead-vmm") } catch {
-            network.teardown()
-            throw DaemonError("cannot locate bulkhead-vmm next to bulkhead: \(error)")
-        }
-        for tenant in configuration.tenants {
-            for partition in tenant.partitions {
-                let policy = partition.restart
-                children.append(ChildSpec(
-                    name: "partition \(partition.id)", metadata: ["tenant.id": "\(tenant.id)", "partition.id": "\(partition.id)"],
-                    arguments: ["--config", configPath, "--tenant", tenant.id, "--id", partition.id,
-                                "--log-level", logLevel, "--stop-when-stdin-closes"],
-                    executable: vmm,
-                    attach: nil,
-                    restartsAfter: { policy.restarts(after: PartitionExit.ending($0)) }))
-            }
-        }
         logger.info("bulkhead ready", metadata: [
-            "tenants": "\(configuration.tenants.count)", "ports": "\(plane.ports.count)", "switch.workers": "\(workers)",
-            "status": "\(status.path)",
+            "tenants": "\(configuration.tenants.count)", "switch.workers": "\(runtime.workers)",
+            "status": "\(state)/status.json",
         ])
+        let reload = ReloadOnHangup(configPath: configPath, runtime: runtime, logger: logger)
         let group = ServiceGroup(
-            services: [ChildSupervisor(children: children, logger: logger)],
+            services: [runtime.supervisor, reload],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         do {
@@ -119,23 +74,58 @@ struct Daemon {
         } catch {
             logger.error("service group failed", metadata: ["error": "\(error)"])
         }
-        network.teardown()
+        await runtime.teardown()
+        try? audit.daemonStopped()
         lock.unlock()
         logger.info("bulkhead stopped; every link and namespace it created is removed")
     }
 }
 
-/// The daemon's side of one run of the switch child: hands it every port's TAP queues (the
-/// same fds each time it is restarted, so the tenant endpoints keep their links), then writes
-/// the counters it reports to `status.json` until it exits.
+/// SIGHUP: the configuration file is read again and applied by the same rules as the
+/// management API's apply (validated, compared, only what differs changes; an invalid file
+/// changes nothing).
+struct ReloadOnHangup: Service {
+    let configPath: String
+    let runtime: HostRuntime
+    let logger: Logger
+
+    func run() async throws {
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        await withGracefulShutdownHandler {
+            for await _ in hangups.cancelOnGracefulShutdown() {
+                logger.notice("SIGHUP: reading the configuration again", metadata: ["config": "\(configPath)"])
+                let text: String
+                do { text = try String(contentsOfFile: configPath, encoding: .utf8) } catch {
+                    logger.error("SIGHUP: cannot read the configuration; nothing changed", metadata: ["error": "\(error)"])
+                    await runtime.recordReloadUnreadable(path: configPath, error: "\(error)")
+                    continue
+                }
+                let outcome = await runtime.apply(text: text, file: configPath, dryRun: false,
+                                                  by: .daemon(action: "config.reload"))
+                switch outcome {
+                case .applied(let changes):
+                    logger.notice("SIGHUP: configuration applied", metadata: ["changes": "\(changes.isEmpty ? "none" : changes.joined(separator: "; "))"])
+                case .invalid(let error):
+                    logger.error("SIGHUP: the configuration is invalid; nothing changed\n\(error)")
+                case .refused(let reason), .failed(let reason):
+                    logger.error("SIGHUP: nothing changed: \(reason)")
+                }
+            }
+        } onGracefulShutdown: {}
+    }
+}
+
+/// The daemon's side of one run of a tenant's switch: hands it the tenant's ports (TAP queues,
+/// the same fds each time it is restarted, so the tenant endpoints keep their links; vhost-user
+/// listening sockets), then records the counters it reports until it exits.
 struct SwitchAttachment {
+    let tenant: String
     let ports: [(interface: String, handle: SwitchPortHandle)]
-    let status: StatusFile
-    let counters: SwitchCounters
+    let board: StatusBoard
     let logger: Logger
 
     func run(_ control: borrowing UnixStream, pid: Int32) {
-        defer { counters.switchEnded() }
+        defer { board.switchEnded(tenant: tenant) }
         var logger = self.logger
         logger[metadataKey: "switch.pid"] = "\(pid)"
         do {
@@ -165,7 +155,7 @@ struct SwitchAttachment {
             case .ready(let workers):
                 logger.info("switch forwarding", metadata: ["switch.workers": "\(workers)"])
             case .statistics(let statistics):
-                status.write(counters.report(statistics))
+                board.report(tenant: tenant, statistics)
             case .port, .start:
                 logger.error("the switch sent a daemon's message; stopping it", metadata: ["message": "\(message)"])
                 return
@@ -195,57 +185,87 @@ enum SwitchPortHandle: Sendable {
 /// daemon and the tenant's own VMM can connect, no other tenant's process can. (The status file
 /// is 0600: the state directory becomes passable by anyone.)
 enum VhostUserSockets {
-    /// "tenant/port" to listener, for every vhost-user port.
-    static func listen(_ configuration: HostConfiguration, jailUids: JailUidRecord, logger: Logger) throws -> [String: SharedListener] {
+    /// Port id to listener, for every vhost-user port of `tenant` (of `only`, when given).
+    static func listen(_ tenant: Tenant, only: Set<String>? = nil, stateDirectory state: String, jailUids: JailUidRecord,
+                       logger: Logger) throws -> [String: SharedListener] {
         var listeners: [String: SharedListener] = [:]
-        let state = configuration.host.stateDirectory
-        let served = configuration.tenants.filter { $0.ports.contains { $0.kind == .vhostUser } }
-        guard !served.isEmpty else { return listeners }
+        let ports = tenant.ports.filter { $0.kind == .vhostUser && (only?.contains($0.id) ?? true) }
+        guard !ports.isEmpty else { return listeners }
+        guard let group = jailUids.uid(ofTenant: tenant.id) else {
+            throw DaemonError("tenant \(tenant.id) has no jail uid recorded")
+        }
         // The way in for a VMM running as the tenant's uid: the state directory and `tenants`
         // may be passed through (not listed) by anyone, a tenant's directory only by its group,
         // its `net` read by its group; everything else there stays root's.
         try StateFiles.makeDirectories("\(state)/tenants", mode: 0o700)
         try StateFiles.setOwner(state, uid: 0, gid: 0, mode: 0o711)
         try StateFiles.setOwner("\(state)/tenants", uid: 0, gid: 0, mode: 0o711)
-        for tenant in served {
-            let ports = tenant.ports.filter { $0.kind == .vhostUser }
-            guard let group = jailUids.uid(ofTenant: tenant.id) else {
-                throw DaemonError("tenant \(tenant.id) has no jail uid recorded")
-            }
-            let directory = "\(state)/tenants/\(tenant.id)/net"
-            try StateFiles.makeDirectories(directory, mode: 0o700)
-            try StateFiles.setOwner("\(state)/tenants/\(tenant.id)", uid: 0, gid: group, mode: 0o710)
-            try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
-            for port in ports {
-                let path = port.vhostUserSocketPath(stateDirectory: state, tenant: tenant.id)
-                listeners["\(tenant.id)/\(port.id)"] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
-                logger.info("vhost-user port ready", metadata: [
-                    "tenant.id": "\(tenant.id)", "port.id": "\(port.id)", "socket": "\(path)",
-                ])
-            }
+        let directory = "\(state)/tenants/\(tenant.id)/net"
+        try StateFiles.makeDirectories(directory, mode: 0o700)
+        try StateFiles.setOwner("\(state)/tenants/\(tenant.id)", uid: 0, gid: group, mode: 0o710)
+        try StateFiles.setOwner(directory, uid: 0, gid: group, mode: 0o750)
+        for port in ports {
+            let path = port.vhostUserSocketPath(stateDirectory: state, tenant: tenant.id)
+            listeners[port.id] = try SharedListener(listeningAt: path, group: group, mode: 0o660)
+            logger.info("vhost-user port ready", metadata: [
+                "tenant.id": "\(tenant.id)", "port.id": "\(port.id)", "socket": "\(path)",
+            ])
         }
         return listeners
     }
 }
 
-/// The switch's counters across its restarts: a restarted switch counts from zero, and the
-/// daemon adds what the earlier ones had counted, so the status file's counters never go back.
-final class SwitchCounters: Sendable {
-    private let state = Mutex<(carried: SwitchStatistics?, last: SwitchStatistics?)>((nil, nil))
+/// The switches' counters across their restarts, tenant by tenant, and the status file they
+/// are written to: a restarted switch counts from zero, and the daemon adds what the earlier
+/// ones had counted, so the status file's counters never go back.
+final class StatusBoard: Sendable {
+    private struct Tenant {
+        var carried: SwitchStatistics?
+        var last: SwitchStatistics?
+        var total: SwitchStatistics? { last.map { last in carried.map { last.adding($0) } ?? last } ?? carried }
+    }
+    private let state = Mutex<(order: [String], tenants: [String: Tenant])>(([], [:]))
+    private let file: Mutex<StatusFile>
 
-    /// Records the running switch's report; returns the totals since the daemon started.
-    func report(_ statistics: SwitchStatistics) -> SwitchStatistics {
+    init(file: StatusFile) { self.file = Mutex(file) }
+
+    /// The tenants in the order the status file lists them (the configuration's).
+    func setOrder(_ tenants: [String]) { state.withLock { $0.order = tenants } }
+
+    /// Records a running switch's report and rewrites the status file.
+    func report(tenant: String, _ statistics: SwitchStatistics) {
+        state.withLock { $0.tenants[tenant, default: Tenant()].last = statistics }
+        let snapshot = self.statistics()
+        file.withLock { $0.write(snapshot) }
+    }
+
+    /// The tenant's running switch has exited: what it counted last is carried into the totals.
+    func switchEnded(tenant: String) {
         state.withLock { s in
-            s.last = statistics
-            return s.carried.map { statistics.adding($0) } ?? statistics
+            guard var t = s.tenants[tenant] else { return }
+            if let last = t.last { t.carried = t.carried.map { last.adding($0) } ?? last }
+            t.last = nil
+            s.tenants[tenant] = t
         }
     }
 
-    /// The running switch has exited: what it counted last is carried into the totals.
-    func switchEnded() {
+    /// Forgets a removed tenant's counters (or a tenant whose ports changed: its switch's
+    /// ports differ, so its totals start again).
+    func forget(tenant: String) {
+        state.withLock { _ = $0.tenants.removeValue(forKey: tenant) }
+    }
+
+    /// Every tenant's totals since the daemon started, tenants in configuration order.
+    func statistics() -> SwitchStatistics {
         state.withLock { s in
-            if let last = s.last { s.carried = s.carried.map { last.adding($0) } ?? last }
-            s.last = nil
+            var ports: [PortStatistics] = []
+            var segments: [SegmentStatistics] = []
+            for id in s.order {
+                guard let total = s.tenants[id]?.total else { continue }
+                ports += total.ports
+                segments += total.segments
+            }
+            return SwitchStatistics(ports: ports, segments: segments)
         }
     }
 }

@@ -4,9 +4,21 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// One child process the daemon keeps running: a tenant's block server, the switch, later a
-/// partition.
+/// What a child of the daemon is: the management API shows it, the audit log names it.
+enum ChildKind: String, Sendable {
+    case `switch` = "switch"
+    case blockServer = "block-server"
+    case partition = "partition"
+}
+
+/// One child process the daemon keeps running: a tenant's switch or block server, or a partition.
 struct ChildSpec: Sendable {
+    /// Unique among the daemon's children: "switch/blue", "block-server/blue", "partition/blue/guest".
+    let key: String
+    let kind: ChildKind
+    let tenant: String
+    /// The partition's id; nil for the other kinds.
+    var partition: String? = nil
     /// What the logs call it ("switch", "block server").
     let name: String
     /// Logged with every line about it (`tenant.id`, ...).
@@ -20,11 +32,59 @@ struct ChildSpec: Sendable {
     /// counters here. Nil for a child that needs only the lifeline.
     let attach: (@Sendable (borrowing UnixStream, _ pid: Int32) -> Void)?
     /// Whether the child is started again after it ended this way; a child that is not stays
-    /// down until the daemon restarts (a partition whose guest powered off).
+    /// down until it is started again (a partition whose guest powered off).
     var restartsAfter: @Sendable (ChildProcess.Ending) -> Bool = { _ in true }
+    /// Runs before every start; a reason refuses the start and leaves the child down (a
+    /// partition whose kernel does not match its digest).
+    var preflight: (@Sendable () -> String?)? = nil
+
+    static func key(_ kind: ChildKind, tenant: String, partition: String? = nil) -> String {
+        partition.map { "\(kind.rawValue)/\(tenant)/\($0)" } ?? "\(kind.rawValue)/\(tenant)"
+    }
 }
 
-/// Runs every child of the daemon, restarts one that dies, and stops them all at shutdown.
+/// Where a child is in its life, as the management API reports it.
+enum ChildPhase: String, Sendable {
+    /// Running: started and not yet reaped.
+    case running
+    /// Waiting out the back-off before it is started again.
+    case restarting
+    /// Stopped on request (management API, a configuration change) or at shutdown.
+    case stopped
+    /// Stopped by its restart policy or refused by its preflight; `lastExit` says which.
+    case down
+}
+
+/// A child's state at one moment.
+struct ChildState: Sendable {
+    let key: String
+    let kind: ChildKind
+    let tenant: String
+    let partition: String?
+    let phase: ChildPhase
+    let pid: Int32?
+    /// Starts after the first.
+    let restarts: Int
+    /// How it last ended, in words.
+    let lastExit: String?
+    /// When it entered this phase.
+    let since: Date
+}
+
+/// Something the daemon records in the audit log.
+enum ChildEvent: Sendable {
+    case started(ChildSpec, pid: Int32)
+    /// It ended; `ending` nil when it could not be waited for. `restarting`: it will be started again.
+    case exited(ChildSpec, pid: Int32, ending: ChildProcess.Ending?, description: String, restarting: Bool)
+    /// The preflight refused to start it.
+    case refused(ChildSpec, reason: String)
+    /// It could not be started at all.
+    case failedToStart(ChildSpec, reason: String)
+}
+
+/// Runs the daemon's children, restarts one that dies, starts and stops them on request, and
+/// stops them all at shutdown. Children are added and removed while it runs (a configuration
+/// change); each is supervised by a task of its own.
 ///
 /// Each child's stdin is its end of a SOCK_SEQPACKET socket pair whose other end only this
 /// process holds (close-on-exec): when the daemon dies, however it dies, the child reads end of
@@ -35,104 +95,194 @@ struct ChildSpec: Sendable {
 /// 0.1 s, 0.2 s, ... up to 30 s while it keeps dying; a child that ran for 30 s starts the
 /// sequence again. A child whose `restartsAfter` declines the way it ended stays down.
 ///
-/// At shutdown every child gets SIGTERM, and SIGKILL if it is still running `stopTimeout` later.
-struct ChildSupervisor: Service {
-    let children: [ChildSpec]
+/// A child asked to stop (or every child, at shutdown) gets SIGTERM, and SIGKILL if it is still
+/// running `stopTimeout` later.
+final class ChildSupervisor: Service, Sendable {
     let logger: Logger
     /// How long a child has to stop after SIGTERM before it is killed.
-    var stopTimeout: Duration = .seconds(10)
+    let stopTimeout: Duration
+    private let events: @Sendable (ChildEvent) -> Void
+    private let executable: String
+    private let slots = Mutex<(byKey: [String: Slot], order: [String], stopping: Bool)>(([:], [], false))
+    private let newSlots: AsyncStream<Slot>
+    private let newSlotsInput: AsyncStream<Slot>.Continuation
 
     /// Send and receive buffers of each control socket: the largest message (a statistics
     /// snapshot) must fit.
     static let controlBufferBytes = 8 << 20
 
-    /// The running processes and whether shutdown has begun, shared with the shutdown handler.
-    final class Running: Sendable {
-        // A child is in `processes` from its start until it has been reaped: a pid is never
-        // signalled after it could have been reused.
-        private let state = Mutex<(processes: [Int: ChildProcess], stopping: Bool)>(([:], false))
+    init(logger: Logger, stopTimeout: Duration = .seconds(10), events: @escaping @Sendable (ChildEvent) -> Void = { _ in }) {
+        self.logger = logger
+        self.stopTimeout = stopTimeout
+        self.events = events
+        executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        (newSlots, newSlotsInput) = AsyncStream.makeStream(of: Slot.self)
+    }
 
-        var stopping: Bool { state.withLock { $0.stopping } }
+    /// Supervises `spec` from now on, started at once unless `start` is false. False when a
+    /// child with its key exists or shutdown has begun.
+    @discardableResult
+    func add(_ spec: ChildSpec, start: Bool = true) -> Bool {
+        let slot = Slot(spec, running: start)
+        let added = slots.withLock { s -> Bool in
+            guard !s.stopping, s.byKey[spec.key] == nil else { return false }
+            s.byKey[spec.key] = slot
+            s.order.append(spec.key)
+            return true
+        }
+        if added { newSlotsInput.yield(slot) }
+        return added
+    }
 
-        /// Records a started child; stops it at once when shutdown already began.
-        func register(_ slot: Int, _ child: ChildProcess) {
-            let stopping = state.withLock { s -> Bool in
-                s.processes[slot] = child
-                return s.stopping
+    /// Stops the child and forgets it; returns when it has been reaped. False when there is none.
+    @discardableResult
+    func remove(_ key: String) async -> Bool {
+        guard let slot = slot(key) else { return false }
+        await stop(slot, removing: true)
+        slots.withLock { s in
+            s.byKey[key] = nil
+            s.order.removeAll { $0 == key }
+        }
+        return true
+    }
+
+    /// Stops the child and keeps it stopped until `start`; returns when it has been reaped.
+    @discardableResult
+    func stop(_ key: String) async -> Bool {
+        guard let slot = slot(key) else { return false }
+        await stop(slot, removing: false)
+        return true
+    }
+
+    /// Starts a stopped or down child (a running one is left alone). False when there is none.
+    @discardableResult
+    func start(_ key: String) -> Bool {
+        guard let slot = slot(key) else { return false }
+        slot.want(.run)
+        return true
+    }
+
+    /// Stops the child, then starts it again.
+    @discardableResult
+    func restart(_ key: String) async -> Bool {
+        guard let slot = slot(key) else { return false }
+        await stop(slot, removing: false)
+        slot.want(.run)
+        return true
+    }
+
+    /// Every child's state, in the order they were added.
+    func states() -> [ChildState] {
+        let ordered = slots.withLock { s in s.order.compactMap { s.byKey[$0] } }
+        return ordered.map { $0.snapshot() }
+    }
+
+    func state(_ key: String) -> ChildState? { slot(key)?.snapshot() }
+
+    private func slot(_ key: String) -> Slot? { slots.withLock { $0.byKey[key] } }
+
+    private func stop(_ slot: Slot, removing: Bool) async {
+        guard let pid = slot.want(removing ? .remove : .stop) else {
+            await slot.waitIdle()
+            return
+        }
+        // The forced stop: the child had `stopTimeout` to go after SIGTERM.
+        let killer = Task { [stopTimeout, logger] in
+            try await Task.sleep(for: stopTimeout)
+            if slot.kill(pid: pid) {
+                logger.error("\(slot.spec.name) did not stop within \(stopTimeout) of SIGTERM; killed it")
             }
-            if stopping { child.signal(SIGTERM) }
         }
-
-        /// The child of `slot` has been reaped.
-        func unregister(_ slot: Int) {
-            state.withLock { _ = $0.processes.removeValue(forKey: slot) }
-        }
-
-        func stopAll() {
-            state.withLock { s in
-                s.stopping = true
-                for child in s.processes.values { child.signal(SIGTERM) }
-            }
-        }
-
-        /// SIGKILL to every child not yet reaped: those that ignored SIGTERM.
-        func killRemaining() -> Int {
-            state.withLock { s in
-                for child in s.processes.values { child.signal(SIGKILL) }
-                return s.processes.count
-            }
-        }
+        await slot.waitIdle()
+        killer.cancel()
     }
 
     func run() async throws {
-        if children.isEmpty {
-            try? await gracefulShutdown()
-            return
-        }
-        let running = Running()
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
-                for (slot, child) in children.enumerated() {
-                    group.addTask { await supervise(child, slot: slot, executable: executable, running: running) }
+                for await slot in newSlots {
+                    group.addTask { await self.supervise(slot) }
                 }
             }
-        } onGracefulShutdown: { [logger, stopTimeout] in
-            running.stopAll()
-            // The forced stop: a thread, since the task group above is what waits for the children.
-            Thread {
-                setCurrentThreadName("stop-timeout")
-                Thread.sleep(forTimeInterval: Double(stopTimeout.components.seconds) + Double(stopTimeout.components.attoseconds) / 1e18)
-                let killed = running.killRemaining()
-                if killed > 0 { logger.error("\(killed) children did not stop within \(stopTimeout) of SIGTERM; killed them") }
-            }.start()
+        } onGracefulShutdown: {
+            let all = self.slots.withLock { s -> [Slot] in
+                s.stopping = true
+                return Array(s.byKey.values)
+            }
+            self.newSlotsInput.finish()
+            // Every child at once: they stop in parallel, each killed after the timeout.
+            Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for slot in all { group.addTask { await self.stop(slot, removing: true) } }
+                }
+            }
         }
     }
 
-    private func supervise(_ child: ChildSpec, slot: Int, executable: String, running: Running) async {
+    private func supervise(_ slot: Slot) async {
+        let child = slot.spec
         var logger = self.logger
         for (key, value) in child.metadata { logger[metadataKey: key] = value }
         var backoff: Duration = .zero
-        while !running.stopping {
+        while true {
+            guard await slot.waitUntilWanted() else { return }
+            if let preflight = child.preflight, let refusal = preflight() {
+                logger.error("\(child.name) not started: \(refusal)")
+                slot.ended(description: "not started: \(refusal)", down: true)
+                events(.refused(child, reason: refusal))
+                continue
+            }
             let started = ContinuousClock.now
-            let (ending, ended) = await runOnce(child, slot: slot, executable: executable, running: running, logger: logger)
-            if running.stopping { break }
-            if let ending, !child.restartsAfter(ending) {
-                logger.notice("\(child.name) exited (\(ended)); its restart policy keeps it down")
-                break
+            let outcome = runOnce(child, slot: slot, logger: logger)
+            guard let pid = outcome.pid else {
+                logger.error("\(child.name) \(outcome.description)")
+                events(.failedToStart(child, reason: outcome.description))
+                slot.ended(description: outcome.description, down: false)
+                backoff = await pause(slot, backoff: backoff)
+                continue
+            }
+            let ending = await outcome.ending.value
+            let wanted = slot.isWanted
+            let declined = wanted && ending.map { !child.restartsAfter($0) } == true
+            let description = ending.map(ChildSupervisor.describe) ?? "could not be waited for"
+            events(.exited(child, pid: pid, ending: ending, description: description, restarting: wanted && !declined))
+            slot.ended(description: description, down: declined)
+            if !wanted {
+                logger.info("\(child.name) stopped (\(description))")
+                continue
+            }
+            if declined {
+                logger.notice("\(child.name) exited (\(description)); its restart policy keeps it down")
+                continue
             }
             if ContinuousClock.now - started > .seconds(30) { backoff = .zero }
-            logger.error("\(child.name) exited (\(ended)); restarting it", metadata: [
+            logger.error("\(child.name) exited (\(description)); restarting it", metadata: [
                 "restart.after.ms": "\(backoff.components.seconds * 1000 + backoff.components.attoseconds / 1_000_000_000_000_000)",
             ])
-            if backoff > .zero { try? await Task.sleep(for: backoff) }
-            backoff = backoff == .zero ? .milliseconds(100) : min(backoff * 2, .seconds(30))
+            backoff = await pause(slot, backoff: backoff)
         }
     }
 
-    /// Starts the child once and waits until it has exited and its control socket is done;
-    /// returns how it ended (nil when it never started or could not be waited for) and why, in words.
-    private func runOnce(_ child: ChildSpec, slot: Int, executable: String, running: Running, logger: Logger) async -> (ChildProcess.Ending?, String) {
+    /// Waits out `backoff` (cut short when the child is stopped meanwhile); returns the next one.
+    private func pause(_ slot: Slot, backoff: Duration) async -> Duration {
+        if backoff > .zero {
+            slot.restarting()
+            var left = backoff
+            while left > .zero && slot.isWanted {
+                let step = min(left, .milliseconds(50))
+                try? await Task.sleep(for: step)
+                left -= step
+            }
+        }
+        return backoff == .zero ? .milliseconds(100) : min(backoff * 2, .seconds(30))
+    }
+
+    /// Starts the child once. Returns its pid and a task that ends when it has exited and its
+    /// control socket is done, with how it ended; a nil pid when it never started (`description` says why).
+    private func runOnce(_ child: ChildSpec, slot: Slot, logger: Logger)
+        -> (pid: Int32?, ending: Task<ChildProcess.Ending?, Never>, description: String)
+    {
+        let none = Task<ChildProcess.Ending?, Never> { nil }
         let daemonEnd: Int32, childEnd: Int32
         do {
             let pair = try UnixStream.pair()
@@ -141,43 +291,47 @@ struct ChildSupervisor: Service {
             try pair.second.setBufferSize(ChildSupervisor.controlBufferBytes)
             (daemonEnd, childEnd) = pair.release()
         } catch {
-            return (nil, "could not get a control socket: \(error)")
+            return (nil, none, "could not get a control socket: \(error)")
         }
+        let program = child.executable ?? executable
         let started: ChildProcess
         do {
-            started = try ChildProcess.spawn(child.executable ?? executable, arguments: child.arguments, stdin: childEnd)
+            started = try ChildProcess.spawn(program, arguments: child.arguments, stdin: childEnd)
         } catch {
             _ = close(childEnd)
             _ = close(daemonEnd)
-            return (nil, "could not be started: \(error)")
+            return (nil, none, "could not be started (\(program)): \(error)")
         }
         // Only the child may hold its end: the daemon's end then sees end of file when it exits.
         _ = close(childEnd)
-        running.register(slot, started)
+        slot.started(started)
+        events(.started(child, pid: started.pid))
         let pid = started.pid
-        // Reaped on a thread of its own (waitpid blocks).
-        async let ending: ChildProcess.Ending? = withCheckedContinuation { continuation in
-            Thread {
-                setCurrentThreadName("wait-\(pid)")
-                continuation.resume(returning: try? started.wait())
-            }.start()
-        }
-        if let attach = child.attach {
-            // The thread owns the daemon's end and closes it when `attach` returns (at the
-            // child's end of file, or on a failure, which makes the child stop and restart).
-            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        let ending = Task<ChildProcess.Ending?, Never> {
+            // Reaped on a thread of its own (waitpid blocks).
+            async let reaped: ChildProcess.Ending? = withCheckedContinuation { continuation in
                 Thread {
-                    setCurrentThreadName("attach-\(pid)")
-                    let control = UnixStream(FileDescriptor(taking: daemonEnd))
-                    attach(control, pid)
-                    done.resume()
+                    setCurrentThreadName("wait-\(pid)")
+                    continuation.resume(returning: try? started.wait())
                 }.start()
             }
+            if let attach = child.attach {
+                // The thread owns the daemon's end and closes it when `attach` returns (at the
+                // child's end of file, or on a failure, which makes the child stop and restart).
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    Thread {
+                        setCurrentThreadName("attach-\(pid)")
+                        let control = UnixStream(FileDescriptor(taking: daemonEnd))
+                        attach(control, pid)
+                        done.resume()
+                    }.start()
+                }
+            }
+            let ended = await reaped
+            if child.attach == nil { _ = close(daemonEnd) }
+            return ended
         }
-        let ended = await ending
-        running.unregister(slot)
-        if child.attach == nil { _ = close(daemonEnd) }
-        return (ended, ended.map(ChildSupervisor.describe) ?? "could not be waited for")
+        return (pid, ending, "started")
     }
 
     static func describe(_ ending: ChildProcess.Ending) -> String {
@@ -190,3 +344,124 @@ struct ChildSupervisor: Service {
     }
 }
 
+/// One supervised child: what is wanted of it and where it is. A started process is held here
+/// from its start until it has been reaped, so a pid is never signalled after it could have
+/// been reused.
+private final class Slot: Sendable {
+    enum Wish { case run, stop, remove }
+
+    private struct State {
+        var wish: Wish
+        var process: ChildProcess?
+        var phase: ChildPhase
+        var starts = 0
+        var lastExit: String?
+        var since = Date()
+        /// Resumed when the wish changes (the supervising task waits for `.run`).
+        var wishWaiter: CheckedContinuation<Void, Never>?
+        /// Resumed when no process is running.
+        var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    let spec: ChildSpec
+    private let state: Mutex<State>
+
+    init(_ spec: ChildSpec, running: Bool) {
+        self.spec = spec
+        state = Mutex(State(wish: running ? .run : .stop, phase: .stopped))
+    }
+
+    var isWanted: Bool { state.withLock { $0.wish == .run } }
+
+    /// Sets the wish; SIGTERM to the running process when it is no longer wanted. Returns the pid signalled.
+    @discardableResult
+    func want(_ wish: Wish) -> Int32? {
+        let (waiter, process) = state.withLock { s -> (CheckedContinuation<Void, Never>?, ChildProcess?) in
+            if s.wish == .remove { return (nil, nil) }
+            s.wish = wish
+            let waiter = s.wishWaiter
+            s.wishWaiter = nil
+            return (waiter, wish == .run ? nil : s.process)
+        }
+        waiter?.resume()
+        process?.signal(SIGTERM)
+        return process?.pid
+    }
+
+    /// SIGKILL to the process if `pid` is still the one running.
+    func kill(pid: Int32) -> Bool {
+        state.withLock { s in
+            guard let process = s.process, process.pid == pid else { return false }
+            process.signal(SIGKILL)
+            return true
+        }
+    }
+
+    /// Waits until the child should run (true) or has been removed (false).
+    func waitUntilWanted() async -> Bool {
+        while true {
+            let wish = state.withLock { $0.wish }
+            switch wish {
+            case .run: return true
+            case .remove: return false
+            case .stop:
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let resumeNow = state.withLock { s -> Bool in
+                        if s.wish != .stop { return true }
+                        s.wishWaiter = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    /// Returns when no process of this child is running.
+    func waitIdle() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let idle = state.withLock { s -> Bool in
+                if s.process == nil { return true }
+                s.idleWaiters.append(continuation)
+                return false
+            }
+            if idle { continuation.resume() }
+        }
+    }
+
+    func started(_ process: ChildProcess) {
+        let stopNow = state.withLock { s -> Bool in
+            s.process = process
+            s.phase = .running
+            s.starts += 1
+            s.since = Date()
+            return s.wish != .run
+        }
+        // Stopped between the decision to start and the start.
+        if stopNow { process.signal(SIGTERM) }
+    }
+
+    /// The process was reaped (or never started); `down`: its policy or preflight keeps it down.
+    func ended(description: String, down: Bool) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.process = nil
+            s.lastExit = description
+            s.since = Date()
+            if down && s.wish == .run { s.wish = .stop }
+            s.phase = down ? .down : (s.wish == .run ? .restarting : .stopped)
+            defer { s.idleWaiters = [] }
+            return s.idleWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func restarting() { state.withLock { $0.phase = .restarting } }
+
+    func snapshot() -> ChildState {
+        state.withLock { s in
+            ChildState(key: spec.key, kind: spec.kind, tenant: spec.tenant, partition: spec.partition,
+                       phase: s.process != nil ? .running : s.phase, pid: s.process?.pid,
+                       restarts: max(0, s.starts - 1), lastExit: s.lastExit, since: s.since)
+        }
+    }
+}

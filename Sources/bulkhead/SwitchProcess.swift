@@ -23,6 +23,9 @@ struct SwitchCommand: ParsableCommand {
     @Flag(help: "Skip the jail (namespaces, empty root, privilege drop, system-call allowlist). For debugging only.")
     var noJail = false
 
+    @Option(help: "The tenant whose ports this switch serves (the daemon runs one switch per tenant); all tenants when left out.")
+    var tenant: String?
+
     @Option(help: "Packet worker threads (the daemon passes host.switch.workers, resolved; each TAP port has a queue per worker).")
     var workers: Int = 1
 
@@ -37,7 +40,16 @@ struct SwitchCommand: ParsableCommand {
     func run() throws {
         bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "bulkhead.switch")
-        let configuration = try loadConfiguration(options.config)
+        var configuration = try loadConfiguration(options.config)
+        if let tenant {
+            // One tenant's switch sees only that tenant's ports: a switch compromised by a
+            // hostile frame holds no other tenant's queues.
+            guard configuration.tenants.contains(where: { $0.id == tenant }) else {
+                logger.critical("no tenant \(tenant) in \(options.config); not forwarding")
+                throw ExitCode(1)
+            }
+            configuration.tenants.removeAll { $0.id != tenant }
+        }
         guard let jailUser = configuration.host.switchJailUid else {
             logger.critical("the configuration's jail uid range is empty; not forwarding")
             throw ExitCode(1)
@@ -74,7 +86,7 @@ struct SwitchCommand: ParsableCommand {
         }
         if !noJail {
             do {
-                let mountPoint = configuration.host.stateDirectory + "/switch"
+                let mountPoint = configuration.host.stateDirectory + "/switch" + (tenant.map { "/" + $0 } ?? "")
                 try StateFiles.makeDirectories(mountPoint, mode: 0o700)
                 try SwitchProcess.jail(mountPoint: mountPoint, user: jailUser,
                                        limits: SwitchProcess.limits(queues: queues.count, vhostUserPorts: backends.count,

@@ -88,7 +88,7 @@ final class PartitionIntegrationTests: XCTestCase {
         let bed = try PartitionTestbed(image: image, guests: [
             Guest(tenant: "blue", cmdline: "blk net discard=zero ping=10.0.0.1 timeout_ms=500 bench=randread seconds=3"),
         ])
-        let switchPID = try bed.process("switch")
+        let switchPID = try bed.process("switch", tenant: "blue")
         let blockServer = try bed.process("block-server", tenant: "blue")
 
         try bed.waitForConsole("blue", run: 1, line: "net ping 10.0.0.1 ok")
@@ -124,7 +124,7 @@ final class PartitionIntegrationTests: XCTestCase {
         try BlockHost.waitFor("the backends to unmap the last guest's memory", timeout: 10) {
             PartitionTestbed.guestMemoryMappings(of: blockServer) == 0 && PartitionTestbed.guestMemoryMappings(of: switchPID) == 0
         }
-        XCTAssertEqual(bed.processes("switch"), [switchPID], "the switch was not restarted")
+        XCTAssertEqual(bed.processes("switch", tenant: "blue"), [switchPID], "the switch was not restarted")
         XCTAssertEqual(bed.processes("block-server", tenant: "blue"), [blockServer], "the block server was not restarted")
         let ping = try Host.inNamespace(TestTopology.namespace("blue", "a"), ["ping", "-c", "2", "-W", "2", "10.0.0.2"])
         XCTAssertEqual(ping.status, 0, "blue-a still reaches blue-b: \(ping.output)\n\(bed.report("blue"))")
@@ -225,7 +225,7 @@ final class PartitionIntegrationTests: XCTestCase {
             Guest(tenant: "blue", cmdline: "hostile=pci-all,virtio,ring blk net ping=10.0.0.1 timeout_ms=500", restart: "never"),
             Guest(tenant: "red", cmdline: "blk net discard=zero ping=10.0.0.1 timeout_ms=500"),
         ])
-        let switchPID = try bed.process("switch")
+        let switches = try PartitionTestbed.tenants.map { try bed.process("switch", tenant: $0) }
         let blockServers = try PartitionTestbed.tenants.map { try bed.process("block-server", tenant: $0) }
 
         let hostile = try bed.waitForVerdict("blue", timeout: 180)
@@ -256,7 +256,8 @@ final class PartitionIntegrationTests: XCTestCase {
         red.assertLines(TestGuestTools.blockChecks + ["net arp 10.0.0.1 is-at 02:00:00:00:02:01 ", "net ping 10.0.0.1 ok replies=4/4 "])
 
         // The backends are the same processes and still serve.
-        XCTAssertEqual(bed.processes("switch"), [switchPID], "the switch was not restarted:\n\(bed.daemon.output)")
+        XCTAssertEqual(try PartitionTestbed.tenants.map { try bed.process("switch", tenant: $0) }, switches,
+                       "no switch was restarted:\n\(bed.daemon.output)")
         XCTAssertEqual(try PartitionTestbed.tenants.map { try bed.process("block-server", tenant: $0) }, blockServers,
                        "no block server was restarted:\n\(bed.daemon.output)")
         XCTAssertFalse(bed.daemon.output.contains("switch exited ("), bed.daemon.output)

@@ -279,7 +279,8 @@ final class PartitionTestbed {
 
     // MARK: Processes
 
-    /// Pids of live `bulkhead <subcommand> --config <this config>` processes, with `--tenant`
+    /// Pids of live `bulkhead <subcommand>` processes of this daemon (their `--config` is the
+    /// document it applied, `<stateDirectory>/applied.json`), with `--tenant`
     /// and `--id` as given; "partition" names the `bulkhead-vmm` processes the daemon spawns.
     func processes(_ subcommand: String, tenant: String? = nil, id: String? = nil) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
@@ -293,7 +294,7 @@ final class PartitionTestbed {
                 guard let i = arguments.firstIndex(of: option), i + 1 < arguments.count else { return nil }
                 return arguments[i + 1]
             }
-            return value("--config") == daemon.configPath && (tenant == nil || value("--tenant") == tenant)
+            return value("--config") == daemon.stateDirectory + "/applied.json" && (tenant == nil || value("--tenant") == tenant)
                 && (id == nil || value("--id") == id)
         }.sorted()
     }

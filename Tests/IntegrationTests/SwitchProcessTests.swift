@@ -14,8 +14,10 @@ final class SwitchProcessTests: XCTestCase {
         try BlockHost.requireRoot()
         let daemon = try RunningDaemon(configuration: TestTopology.demo())
         try daemon.waitFor("switch forwarding", timeout: 30)
-        let pids = SwitchHost.switches(config: daemon.configPath)
-        XCTAssertEqual(pids.count, 1, "one switch process:\n\(daemon.output)")
+        // One switch per tenant: blue's holds only blue's ports.
+        try BlockHost.waitFor("a switch per tenant", timeout: 10) { SwitchHost.switches(of: daemon).count == 2 }
+        let pids = SwitchHost.switches(of: daemon, tenant: "blue")
+        XCTAssertEqual(pids.count, 1, "one switch process for blue:\n\(daemon.output)")
         return (daemon, try XCTUnwrap(pids.first))
     }
 
@@ -24,6 +26,8 @@ final class SwitchProcessTests: XCTestCase {
         // The last uid of the default jail range; tenants get the first ones.
         let uid: UInt32 = 900_065_535
         BlockHost.assertJailed(pid, uid: uid)
+        let red = try XCTUnwrap(SwitchHost.switches(of: daemon, tenant: "red").first)
+        BlockHost.assertJailed(red, uid: uid)
         for tenant in ["blue", "red"] {
             XCTAssertNotEqual(try BlockHost.jailUid(stateDirectory: daemon.stateDirectory, tenant: tenant), uid,
                               "tenant \(tenant)'s processes run as another uid than the switch")
@@ -33,9 +37,9 @@ final class SwitchProcessTests: XCTestCase {
         let files = BlockHost.openFiles(pid)
         let workers = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         XCTAssertEqual(BlockHost.descriptors(of: pid, linkingTo: "anon_inode:[io_uring]"), workers, "a ring per worker: \(files)")
-        XCTAssertEqual(files.filter { $0 == "/dev/net/tun" }.count, 4 * workers, "the four demo TAP ports' queues: \(files)")
-        XCTAssertEqual(files.filter { $0.hasPrefix("socket:") }.count, 3,
-                       "the daemon's control socket and the listeners of the two vhost-user ports: \(files)")
+        XCTAssertEqual(files.filter { $0 == "/dev/net/tun" }.count, 2 * workers, "blue's two TAP ports' queues, not red's: \(files)")
+        XCTAssertEqual(files.filter { $0.hasPrefix("socket:") }.count, 2,
+                       "the daemon's control socket and the listener of blue's vhost-user port: \(files)")
         let hostFiles = files.filter { $0.hasPrefix("/") && $0 != "/dev/net/tun" && $0 != "/dev/null" && !$0.hasPrefix("/tmp/") }
         XCTAssertEqual(hostFiles, [], "no file of the host is open in the switch")
         XCTAssertFalse(files.contains { $0.hasPrefix("/tmp/") && $0.hasSuffix(".img") }, "no volume file")
@@ -48,7 +52,7 @@ final class SwitchProcessTests: XCTestCase {
             return (((entry?["rx"] as? [String: Any])?["frames"] as? NSNumber)?.intValue ?? 0) > 0
         }
         XCTAssertEqual(daemon.stop(), 0, daemon.output)
-        try BlockHost.waitFor("the switch to stop with its daemon", timeout: 10) { SwitchHost.switches(config: daemon.configPath).isEmpty }
+        try BlockHost.waitFor("the switch to stop with its daemon", timeout: 10) { SwitchHost.switches(of: daemon).isEmpty }
         XCTAssertFalse(daemon.output.contains("switch exited ("), "a clean stop is no crash:\n\(daemon.output)")
     }
 
@@ -75,9 +79,11 @@ final class SwitchProcessTests: XCTestCase {
         let killed = Date()
         kill(first, SIGKILL)
         try daemon.waitFor("switch exited (killed by SIGKILL", timeout: 10)
-        try BlockHost.waitFor("the restarted switch forwarding", timeout: 30) { daemon.output.occurrences(of: "switch forwarding") >= 2 }
+        try BlockHost.waitFor("blue's restarted switch forwarding", timeout: 30) {
+            daemon.output.split(separator: "\n").filter { $0.contains("switch forwarding") && $0.contains("tenant.id=blue") }.count >= 2
+        }
         let restartSeconds = Date().timeIntervalSince(killed)
-        let second = try XCTUnwrap(SwitchHost.switches(config: daemon.configPath).first, daemon.output)
+        let second = try XCTUnwrap(SwitchHost.switches(of: daemon, tenant: "blue").first, daemon.output)
         XCTAssertNotEqual(second, first)
         BlockHost.assertJailed(second, uid: 900_065_535)
 
@@ -116,14 +122,25 @@ final class SwitchProcessTests: XCTestCase {
 }
 
 enum SwitchHost {
-    /// Pids of `bulkhead switch --config <config>` processes.
-    static func switches(config: String) -> [Int32] {
+    /// Pids of the `bulkhead switch` processes of `daemon` (of `tenant`'s, when given): they
+    /// read the configuration the daemon applied, `<stateDirectory>/applied.json`.
+    static func switches(of daemon: RunningDaemon, tenant: String? = nil) -> [Int32] {
+        children(of: daemon, "switch", tenant: tenant)
+    }
+
+    /// Pids of `daemon`'s `bulkhead <subcommand>` children (of `tenant`'s, when given).
+    static func children(of daemon: RunningDaemon, _ subcommand: String, tenant: String? = nil) -> [Int32] {
+        let config = daemon.stateDirectory + "/applied.json"
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { Int32($0) }.filter { pid in
             guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
             let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard arguments.count > 1, arguments[1] == "switch", let i = arguments.firstIndex(of: "--config") else { return false }
-            return i + 1 < arguments.count && arguments[i + 1] == config
+            func value(_ option: String) -> String? {
+                guard let i = arguments.firstIndex(of: option), i + 1 < arguments.count else { return nil }
+                return arguments[i + 1]
+            }
+            guard arguments.count > 1, arguments[1] == subcommand else { return false }
+            return value("--config") == config && (tenant == nil || value("--tenant") == tenant)
         }.sorted()
     }
 }

@@ -111,7 +111,7 @@ final class VhostUserPortAttackTests: XCTestCase {
 
     func testHostileRingsAndAKickStormCostTheSwitchNothing() throws {
         let daemon = try daemonWithVMPorts()
-        let switchPID = try XCTUnwrap(SwitchHost.switches(config: daemon.configPath).first)
+        let switchPID = try XCTUnwrap(SwitchHost.switches(of: daemon, tenant: "blue").first)
         let client = try NetClient(socket: daemon.stateDirectory + "/tenants/blue/net/vm.sock")
         client.postReceiveBuffers()
 
@@ -154,7 +154,7 @@ final class VhostUserPortAttackTests: XCTestCase {
         XCTAssertLessThan(spent, 0.5, "a kick storm must not cost the switch a core (\(kicks) kicks in 2 s)")
 
         // Everything else keeps working, in the same switch process.
-        XCTAssertEqual(SwitchHost.switches(config: daemon.configPath), [switchPID], "the switch survived:\n\(daemon.output)")
+        XCTAssertEqual(SwitchHost.switches(of: daemon, tenant: "blue"), [switchPID], "the switch survived:\n\(daemon.output)")
         for tenant in ["blue", "red"] {
             let ping = try Host.inNamespace(ns(tenant, "a"), ["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.0.2"])
             XCTAssertEqual(ping.status, 0, "\(tenant): \(ping.output)")
