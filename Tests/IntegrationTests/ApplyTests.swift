@@ -35,7 +35,7 @@ final class ApplyTests: XCTestCase {
         var configuration = try TestTopology.demo()
         let daemon = try RunningDaemon(configuration: configuration)
         try BlockHost.waitFor("a switch per tenant", timeout: 30) { SwitchHost.switches(of: daemon).count == 2 }
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         let redSwitch = SwitchHost.switches(of: daemon, tenant: "red")
         var redBlockServer: Int32 = 0, blueBlockServer: Int32 = 0
         try BlockHost.waitFor("a block server per tenant", timeout: 30) {

@@ -141,7 +141,8 @@ final class BlockIntegrationTests: XCTestCase {
             "host": ["stateDirectory": stateDirectory],
             "tenants": [["id": "t1", "volumes": [["id": "v", "sizeBytes": 16 << 20]]]],
         ])
-        let configPath = daemon.configPath
+        // The children read the document the daemon applied.
+        let configPath = stateDirectory + "/applied.json"
         try BlockHost.waitFor("the first block server ready", timeout: 30) { daemon.output.occurrences(of: "block server ready") >= 1 }
         let firstPIDs = BlockHost.blockServers(config: configPath, tenant: "t1")
         XCTAssertEqual(firstPIDs.count, 1, "one block server for t1:\n\(daemon.output)")
@@ -198,7 +199,8 @@ final class BlockIntegrationTests: XCTestCase {
             "host": ["stateDirectory": stateDirectory],
             "tenants": [["id": "t1", "volumes": [["id": "v", "sizeBytes": 16 << 20]]]],
         ])
-        let configPath = daemon.configPath
+        // The children read the document the daemon applied.
+        let configPath = stateDirectory + "/applied.json"
         try BlockHost.waitFor("the block server ready", timeout: 30) { daemon.output.occurrences(of: "block server ready") >= 1 }
         XCTAssertEqual(BlockHost.blockServers(config: configPath, tenant: "t1").count, 1)
         daemon.stop(signal: SIGKILL)

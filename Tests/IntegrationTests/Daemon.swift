@@ -5,6 +5,8 @@ import XCTest
 final class RunningDaemon: LoggedProcess, @unchecked Sendable {
     let configPath: String
     let stateDirectory: String
+    /// Tenants with ports: each has a switch of its own.
+    let switchCount: Int
     private let ownsStateDirectory: Bool
 
     /// The `bulkhead` executable built next to the test bundle.
@@ -29,12 +31,25 @@ final class RunningDaemon: LoggedProcess, @unchecked Sendable {
         self.ownsStateDirectory = ownsStateDirectory
         let host = configuration["host"] as? [String: Any]
         stateDirectory = host?["stateDirectory"] as? String ?? ""
+        switchCount = (configuration["tenants"] as? [[String: Any]] ?? []).filter { !($0["ports"] as? [Any] ?? []).isEmpty }.count
         configPath = NSTemporaryDirectory() + "bulkhead-test-\(UUID().uuidString).json"
         let data = try JSONSerialization.data(withJSONObject: configuration, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: configPath))
         try super.init(executable: RunningDaemon.binary, arguments: ["run", "--config", configPath])
         if waitForReady {
             try waitFor("bulkhead ready", timeout: 30)
+        }
+    }
+
+    /// Waits until every tenant's switch (one per tenant with ports) has said it forwards.
+    func waitForForwarding(timeout: TimeInterval = 30) throws {
+        try waitFor("switch forwarding", timeout: timeout)
+        let deadline = Date().addingTimeInterval(timeout)
+        while output.occurrences(of: "switch forwarding") < switchCount {
+            guard Date() < deadline, isRunning else {
+                throw DaemonFailure(message: "\(switchCount) switches did not all say they forward:\n\(output)")
+            }
+            Thread.sleep(forTimeInterval: 0.02)
         }
     }
 

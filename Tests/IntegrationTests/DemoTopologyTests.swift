@@ -106,7 +106,7 @@ final class DemoTopologyTests: XCTestCase {
             }
         }
         let intoRed = try captureForeignFrames(into: "red", ownMACs: redMACs)
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         // The packet workers are threads of the switch process, the daemon's child.
         let switchPID = try XCTUnwrap(SwitchHost.switches(of: daemon, tenant: "blue").first, daemon.output)
         let before = workerCPUMilliseconds(pid: switchPID)

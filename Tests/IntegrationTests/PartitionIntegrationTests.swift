@@ -298,7 +298,9 @@ final class PartitionIntegrationTests: XCTestCase {
         let refusal = bed.log("blue", "tampered", containing: "measured launch refused").first ?? ""
         XCTAssertTrue(refusal.contains(tampered), "the refusal names the file: \(refusal)")
         XCTAssertTrue(refusal.contains(actual) && refusal.contains(image.sha256), "and both digests: \(refusal)")
-        try bed.waitForLog("blue", "tampered", containing: "partition tampered exited (status 1); its restart policy keeps it down")
+        // The daemon measures before it starts the VMM: no process is started for it at all.
+        try bed.waitForLog("blue", "tampered", containing: "partition tampered not started: measured launch refused")
+        XCTAssertEqual(bed.processes("partition", tenant: "blue", id: "tampered"), [], "no VMM runs for it")
         XCTAssertFalse(FileManager.default.fileExists(atPath: bed.consolePath("blue", "tampered")), "no guest ran: no console log")
         XCTAssertEqual(bed.log("blue", "tampered", containing: "partition running"), [])
 

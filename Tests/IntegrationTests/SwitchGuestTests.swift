@@ -15,7 +15,7 @@ final class SwitchGuestTests: XCTestCase {
 
         // The demo gives each tenant a vhost-user port `vm` (10.0.0.3).
         let daemon = try RunningDaemon(configuration: try TestTopology.demo())
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         let socket = daemon.stateDirectory + "/tenants/blue/net/vm.sock"
         let owner = try BlockHost.owner(socket)
         XCTAssertEqual(owner.uid, 0, "the socket is root's")

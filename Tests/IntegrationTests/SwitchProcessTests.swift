@@ -13,8 +13,8 @@ final class SwitchProcessTests: XCTestCase {
         try Host.requireNetworkPrivileges()
         try BlockHost.requireRoot()
         let daemon = try RunningDaemon(configuration: TestTopology.demo())
-        try daemon.waitFor("switch forwarding", timeout: 30)
-        // One switch per tenant: blue's holds only blue's ports.
+        // One switch per tenant, each jailed before it says it forwards: blue's holds only blue's ports.
+        try BlockHost.waitFor("both tenants' switches forwarding", timeout: 30) { daemon.output.occurrences(of: "switch forwarding") >= 2 }
         try BlockHost.waitFor("a switch per tenant", timeout: 10) { SwitchHost.switches(of: daemon).count == 2 }
         let pids = SwitchHost.switches(of: daemon, tenant: "blue")
         XCTAssertEqual(pids.count, 1, "one switch process for blue:\n\(daemon.output)")
@@ -114,7 +114,7 @@ final class SwitchProcessTests: XCTestCase {
         }
         // The next daemon on the same state directory cleans up and forwards.
         let next = try RunningDaemon(configuration: TestTopology.demo(stateDirectory: daemon.stateDirectory))
-        try next.waitFor("switch forwarding", timeout: 30)
+        try next.waitForForwarding()
         let ping = try Host.inNamespace(ns("red", "a"), ["ping", "-c", "1", "-W", "2", "10.0.0.2"])
         XCTAssertEqual(ping.status, 0, ping.output + next.output)
         XCTAssertEqual(next.stop(), 0)

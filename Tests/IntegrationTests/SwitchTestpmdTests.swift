@@ -22,7 +22,7 @@ final class SwitchTestpmdTests: XCTestCase {
         XCTAssertEqual(try Host.run([cc, "-shared", "-fPIC", "-O2", "-o", shim, source, "-ldl"]).status, 0)
 
         let daemon = try RunningDaemon(configuration: try TestTopology.demo())
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         let socket = daemon.stateDirectory + "/tenants/blue/net/vm.sock"
         let blueA = TestTopology.namespace("blue", "a"), blueAInterface = TestTopology.interface("blue", "a")
         let intoRed = try ["a", "b"].map {

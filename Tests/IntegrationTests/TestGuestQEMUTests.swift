@@ -177,7 +177,7 @@ final class TestGuestQEMUTests: XCTestCase {
         try Host.requireNetworkPrivileges()
         try BlockHost.requireRoot()
         let daemon = try RunningDaemon(configuration: try TestTopology.demo())
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         let redA = TestTopology.namespace("red", "a")
         // An address only red has: if the guest hears from it, the tenants touch.
         try Host.run(["ip", "-n", redA, "addr", "add", "10.0.0.77/24", "dev", TestTopology.interface("red", "a")])
@@ -220,7 +220,7 @@ final class TestGuestQEMUTests: XCTestCase {
         let tools = try TestGuestTools.require(network: true)
         try Host.requireNetworkPrivileges()
         let daemon = try RunningDaemon(configuration: try TestTopology.demo())
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         let directory = try TestGuestTools.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
 

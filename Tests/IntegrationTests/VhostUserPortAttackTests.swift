@@ -19,7 +19,7 @@ final class VhostUserPortAttackTests: XCTestCase {
     private func daemonWithVMPorts() throws -> RunningDaemon {
         try Host.requireNetworkPrivileges()
         let daemon = try RunningDaemon(configuration: try TestTopology.demo())
-        try daemon.waitFor("switch forwarding", timeout: 30)
+        try daemon.waitForForwarding()
         return daemon
     }
 
