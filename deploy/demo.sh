@@ -34,4 +34,8 @@ PY
   echo "demo.sh: this compiler built a test guest that measures $digest, not the digest in configs/demo.json;" \
        "running $config, a copy with this digest" >&2
 fi
+# The management API's socket belongs to group 64990 (host.controlSocketGroup): its members may
+# connect, and each call is then authorised by the caller's uid (the demo's principals are uids
+# 64991-64995; `useradd -u 64992 -G bulkhead-api blue-admin` makes one a login).
+getent group 64990 >/dev/null || groupadd -g 64990 bulkhead-api
 exec .build/release/bulkhead run --config "$config" "$@"

@@ -23,9 +23,19 @@ import Testing
                      ips: prefixes(["10.0.0.3/24", "fd00::3/64"])),
             ], volumes: [Volume(id: "data", sizeBytes: 1 << 30, qos: qos)], partitions: [guest], acl: [telnet])
         }
+        let limits = HostLimits(
+            services: ServiceLimits(switch: ResourceLimits(memoryMiB: 512, cpuWeight: 200, pids: 256),
+                                    blockServer: ResourceLimits(memoryMiB: 256, cpuWeight: 100, pids: 256)),
+            partitions: ResourceLimits(cpuPercent: 100, pids: 64))
         let expected = HostConfiguration(
-            host: HostSettings(stateDirectory: "/var/lib/bulkhead/demo"),
-            principals: [Principal(name: "ops", uid: 0, role: .hostAdmin)],
+            host: HostSettings(stateDirectory: "/var/lib/bulkhead/demo", controlSocketGroup: 64990,
+                               auditLog: "/var/lib/bulkhead/demo/audit.log", metrics: "127.0.0.1:9464", limits: limits),
+            principals: [Principal(name: "ops", uid: 0, role: .hostAdmin),
+                         Principal(name: "operator", uid: 64991, role: .operator),
+                         Principal(name: "blue-admin", uid: 64992, role: .tenantAdmin, tenant: "blue"),
+                         Principal(name: "red-admin", uid: 64993, role: .tenantAdmin, tenant: "red"),
+                         Principal(name: "blue-viewer", uid: 64994, role: .tenantViewer, tenant: "blue"),
+                         Principal(name: "auditor", uid: 64995, role: .auditor)],
             tenants: [
                 tenant("blue", vni: 5001, macs: ("02:00:00:00:01:01", "02:00:00:00:01:02", "02:00:00:00:01:03"),
                        rateLimit: RateLimit(bitsPerSecond: 20_000_000_000), qos: nil),
