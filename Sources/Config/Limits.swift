@@ -13,7 +13,7 @@ public struct ResourceLimits: Sendable, Equatable {
 
     public static let memoryMiBRange = 16...4_194_304
     public static let cpuWeightRange = 1...10_000
-    public static let cpuPercentRange = 1...102_400
+    public static let cpuPercentRange = 1...100_000
     public static let pidsRange = 8...4_194_304
 
     public init(memoryMiB: Int? = nil, cpuWeight: Int? = nil, cpuPercent: Int? = nil, pids: Int? = nil) {
