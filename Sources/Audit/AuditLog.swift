@@ -268,17 +268,21 @@ public final class AuditLog: Sendable {
 
     /// Reads the log at `path` and the head at `headPath` and verifies the whole chain
     /// (`AuditVerifier`). The head is read before and after the log, and both again when it
-    /// changed, so a writer appending meanwhile is not taken for tampering. A missing head is
-    /// passed on as such (reported `headMissing`).
-    /// - Throws: `.system` when the log cannot be read.
-    public static func verify(path: String, headPath: String) throws(AuditError) -> AuditVerification {
+    /// changed, so a writer appending meanwhile is not taken for tampering. A missing head, or
+    /// none asked for (`headPath` nil), is reported as `headMissing`.
+    /// - Throws: `.system` when the log or the head cannot be read.
+    public static func verify(path: String, headPath: String?) throws(AuditError) -> AuditVerification {
+        func readHead() throws(AuditError) -> [UInt8]? {
+            guard let headPath else { return nil }
+            return try io { () throws(SystemError) in try readIfPresent(headPath) }
+        }
         var attempts = 0
         while true {
-            let before = try io { () throws(SystemError) in try readIfPresent(headPath) }
+            let before = try readHead()
             guard let log = try io({ () throws(SystemError) in try readIfPresent(path) }) else {
                 throw .system(SystemError("open(\(path))", errno: ENOENT))
             }
-            let after = try io { () throws(SystemError) in try readIfPresent(headPath) }
+            let after = try readHead()
             attempts += 1
             if before == after || attempts == 5 { return AuditVerifier.verify(log: log, head: after) }
         }

@@ -97,6 +97,7 @@ final class AuditLogTests: XCTestCase {
         let threads = 8, perThread = 200
         let sequences = Mutex<[UInt64]>([])
         let failures = Mutex<[String]>([])
+        let started = Date()
         DispatchQueue.concurrentPerform(iterations: threads) { thread in
             for number in 0..<perThread {
                 do {
@@ -107,6 +108,9 @@ final class AuditLogTests: XCTestCase {
                 }
             }
         }
+        let elapsed = Date().timeIntervalSince(started)
+        print("audit: \(threads * perThread) appends from \(threads) threads in \(String(format: "%.2f", elapsed)) s, "
+              + "\(String(format: "%.2f", elapsed * 1000 / Double(threads * perThread))) ms each (write, fdatasync, head rename and fsyncs)")
         XCTAssertEqual(failures.withLock { $0 }, [])
         XCTAssertEqual(sequences.withLock { $0.sorted() }, Array(1...UInt64(threads * perThread)))
         XCTAssertEqual(log.lastSequence, UInt64(threads * perThread))
