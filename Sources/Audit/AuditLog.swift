@@ -24,6 +24,8 @@ public enum AuditError: Error, Sendable, Equatable, CustomStringConvertible {
     case recordTooLarge(bytes: Int)
     /// A write failed and could not be undone: the log refuses appends until it is reopened.
     case broken(reason: String)
+    /// The whole chain was checked on open (`verifyingChain`) and found wanting.
+    case verificationFailed(path: String, problem: AuditProblem)
 
     public var description: String {
         switch self {
@@ -43,6 +45,8 @@ public enum AuditError: Error, Sendable, Equatable, CustomStringConvertible {
         case .recordTooLarge(let bytes):
             "audit record of \(bytes) bytes is longer than the \(AuditRecordCodec.maximumLineLength) a record may have"
         case .broken(let reason): "audit log is broken: \(reason)"
+        case .verificationFailed(let path, let problem):
+            "audit log \(path): \(problem); run `bulkhead audit verify` and move it aside to start a new one"
         }
     }
 }
@@ -84,10 +88,11 @@ public final class AuditLog: Sendable {
     ///   log's write and the head's update): the head is repaired;
     /// - a partial last line (a crash during a write that was never acknowledged): cut off;
     /// - anything else: throws, naming the record. Only the tail is read here: the whole chain
-    ///   is checked by `AuditLog.verify(path:headPath:)` and `bulkhead audit verify`.
+    ///   is checked by `AuditLog.verify(path:headPath:)` and `bulkhead audit verify`, or here
+    ///   with `verifyingChain` (which reads the whole log: about a second per 100,000 records).
     /// - Throws: `AuditError`: `.locked`, `.headMissing`, `.headMalformed`, `.cutShort`,
-    ///   `.tampered`, `.malformed`, or `.system` naming the call.
-    public init(path: String, headPath: String) throws(AuditError) {
+    ///   `.tampered`, `.malformed`, `.verificationFailed`, or `.system` naming the call.
+    public init(path: String, headPath: String, verifyingChain: Bool = false) throws(AuditError) {
         self.path = path
         self.headPath = headPath
         let log = try io { () throws(SystemError) in
@@ -124,6 +129,13 @@ public final class AuditLog: Sendable {
         } else {
             head = .empty
             headCurrent = false
+        }
+
+        if verifyingChain, last != nil {
+            let bytes = try io { () throws(SystemError) in try log.read(count: Int(clamping: size), at: 0) }
+            if let problem = AuditVerifier.verify(log: bytes, head: headBytes).problem {
+                throw .verificationFailed(path: path, problem: problem)
+            }
         }
 
         let current: AuditHead
@@ -186,7 +198,9 @@ public final class AuditLog: Sendable {
                 }
                 state.headCurrent = true
             }
-            let sequence = state.sequence + 1  // at most one per write of the log: never near UInt64.max
+            // The count comes from the file: one that says UInt64.max is refused, not trapped on.
+            let (sequence, exhausted) = state.sequence.addingReportingOverflow(1)
+            if exhausted { throw .broken(reason: "the log's last record has the largest sequence number there is") }
             let time = AuditTime.rfc3339(millisecondsSinceEpoch: realtimeMilliseconds())
             let body = AuditRecordCodec.body(sequence: sequence, time: time, event: event, previousHash: state.hash)
             let (line, hash) = AuditRecordCodec.line(body: body)

@@ -221,6 +221,29 @@ final class AuditLogTests: XCTestCase {
         XCTAssertEqual(try open().lastSequence, 5, "the original opens again")
     }
 
+    /// The tail check on open misses a record removed from the middle; `verifyingChain` does not.
+    func testVerifyingTheChainOnOpenFindsTamperingInTheMiddle() throws {
+        do {
+            let log = try open()
+            for number in 1...6 { try log.append(sampleEvent(number)) }
+        }
+        let original = try readBytes(logPath)
+        var lines = splitLines(original)
+        lines.remove(at: 4)
+        try writeBytes(lines.flatMap { $0 }, to: logPath)
+        XCTAssertEqual(try open().lastSequence, 6, "the tail alone looks right")
+        do throws(AuditError) {
+            _ = try AuditLog(path: logPath, headPath: headPath, verifyingChain: true)
+            XCTFail("a log with a record removed opened")
+        } catch {
+            guard case .verificationFailed(logPath, let problem) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(problem.kind, .removed, "\(problem)")
+            XCTAssertEqual(problem.line, 5, "\(problem)")
+        }
+        try writeBytes(original, to: logPath)
+        XCTAssertEqual(try AuditLog(path: logPath, headPath: headPath, verifyingChain: true).lastSequence, 6)
+    }
+
     func testASecondWriterIsLockedOut() throws {
         let first = try open()
         assertOpenFails("second open") { $0 == .locked(path: self.logPath) }
