@@ -1,3 +1,4 @@
+import Dispatch
 import HostOS
 import Synchronization
 #if canImport(Glibc)
@@ -63,6 +64,15 @@ public final class AuditLog: Sendable {
     /// The head file.
     public let headPath: String
     private let state: Mutex<State>
+    /// Async appends waiting for the writer thread, and whether it is draining them.
+    private let queue = Mutex(WriterQueue())
+    /// The writer thread of async appends (a Dispatch thread, not a Swift concurrency one).
+    private let writer = DispatchQueue(label: "bulkhead.audit-writer")
+
+    private struct WriterQueue {
+        var waiting: [(event: AuditEvent, continuation: CheckedContinuation<Result<UInt64, AuditError>, Never>)] = []
+        var draining = false
+    }
 
     /// Lines between the offsets `records(after:limit:)` remembers.
     private static let indexStride: UInt64 = 256
@@ -182,62 +192,128 @@ public final class AuditLog: Sendable {
     public var head: AuditHead { state.withLock { AuditHead(sequence: $0.sequence, hash: $0.hash) } }
 
     /// Appends `event`, time-stamped now, as the next record, and returns its sequence number
-    /// once the record is on the disk and the head updated.
+    /// once the record is on the disk and the head updated. Blocks the calling thread through
+    /// the disk's flushes (milliseconds): async code calls the async overload.
     /// - Throws: `.recordTooLarge`; `.system` when a write, fdatasync or the head's update
     ///   failed (a record whose write failed is cut off again; when even that fails, or the data
     ///   could not be flushed, the log turns `.broken` and refuses further appends).
     @discardableResult
     public func append(_ event: AuditEvent) throws(AuditError) -> UInt64 {
-        let headPath = self.headPath
-        return try state.withLock { (state) throws(AuditError) -> UInt64 in
-            if let reason = state.broken { throw .broken(reason: reason) }
-            if !state.headCurrent {
-                let head = AuditHead(sequence: state.sequence, hash: state.hash)
+        try appendBatch([event])[0].get()
+    }
+
+    /// Appends `event` as the synchronous `append` does, without holding a Swift concurrency
+    /// thread through the disk's flushes: the log's writer thread takes the records that
+    /// gathered while it flushed the previous ones and writes them with one write(2), one
+    /// fdatasync and one head update (group commit), so concurrent callers share the flushes.
+    /// Returns the record's sequence number once it is on the disk and the head updated.
+    /// - Throws: as the synchronous `append`.
+    @discardableResult
+    public func append(_ event: AuditEvent) async throws(AuditError) -> UInt64 {
+        let result: Result<UInt64, AuditError> = await withCheckedContinuation { continuation in
+            let schedule = queue.withLock { queue in
+                queue.waiting.append((event, continuation))
+                defer { queue.draining = true }
+                return !queue.draining
+            }
+            if schedule { writer.async { self.drain() } }
+        }
+        return try result.get()
+    }
+
+    /// The writer thread's loop: appends what is waiting, in batches, until nothing is.
+    private func drain() {
+        while true {
+            let batch = queue.withLock { queue in
+                let batch = queue.waiting
+                queue.waiting.removeAll()
+                if batch.isEmpty { queue.draining = false }
+                return batch
+            }
+            if batch.isEmpty { return }
+            let results = appendBatch(batch.map(\.event))
+            for (waiter, result) in zip(batch, results) { waiter.continuation.resume(returning: result) }
+        }
+    }
+
+    /// Appends `events` in order, written with one write(2) and one fdatasync, then the head
+    /// updated once; one result per event (an event too large fails alone).
+    private func appendBatch(_ events: [AuditEvent]) -> [Result<UInt64, AuditError>] {
+        let path = self.path, headPath = self.headPath
+        return state.withLock { state in
+            do throws(AuditError) {
+                if let reason = state.broken { throw .broken(reason: reason) }
+                if !state.headCurrent {
+                    let head = AuditHead(sequence: state.sequence, hash: state.hash)
+                    try io { () throws(SystemError) in
+                        try StateFiles.writeAtomically(headPath, contents: head.encoded, mode: 0o600, durable: true)
+                    }
+                    state.headCurrent = true
+                }
+                let time = AuditTime.rfc3339(millisecondsSinceEpoch: realtimeMilliseconds())
+                var results: [Result<UInt64, AuditError>] = []
+                var bytes: [UInt8] = []
+                var starts: [UInt64] = []
+                var sequence = state.sequence, hash = state.hash
+                for event in events {
+                    // The count comes from the file: one that says UInt64.max is refused, not trapped on.
+                    let (next, exhausted) = sequence.addingReportingOverflow(1)
+                    if exhausted {
+                        results.append(.failure(.broken(reason: "the log's last record has the largest sequence number there is")))
+                        continue
+                    }
+                    let body = AuditRecordCodec.body(sequence: next, time: time, event: event, previousHash: hash)
+                    let (line, lineHash) = AuditRecordCodec.line(body: body)
+                    guard line.count <= AuditRecordCodec.maximumLineLength + 1 else {
+                        results.append(.failure(.recordTooLarge(bytes: line.count - 1)))
+                        continue
+                    }
+                    starts.append(state.size + UInt64(bytes.count))
+                    bytes += line
+                    sequence = next
+                    hash = lineHash
+                    results.append(.success(next))
+                }
+                guard !bytes.isEmpty else { return results }
+
+                let start = state.size
+                do throws(SystemError) {
+                    let written = try state.log.writeOnce(bytes)
+                    guard written == bytes.count else {
+                        throw SystemError("write(\(path)): \(written) of \(bytes.count) bytes", errno: ENOSPC)
+                    }
+                    try state.log.synchronizeData()
+                } catch {
+                    // Cut the records off again: a line that may not be on the disk must not stay
+                    // in the log (its successor would chain onto it). fdatasync's failure leaves
+                    // the page cache in doubt: no more appends until the log is reopened and checked.
+                    do throws(SystemError) {
+                        try state.log.truncate(to: Int(start))
+                        try state.log.synchronizeData()
+                    } catch let undo {
+                        state.broken = "a failed append (\(error)) could not be cut off: \(undo)"
+                        throw .system(error)
+                    }
+                    if error.call.hasPrefix("fdatasync") { state.broken = "\(error)" }
+                    throw .system(error)
+                }
+                for (offset, lineStart) in starts.enumerated() where state.index != nil {
+                    // Written records are numbered on from the last one, in order.
+                    if (state.sequence + UInt64(offset)) % Self.indexStride == 0 { state.index?.append(lineStart) }
+                }
+                state.size = start + UInt64(bytes.count)
+                state.sequence = sequence
+                state.hash = hash
+                state.headCurrent = false
+                let head = AuditHead(sequence: sequence, hash: hash)
                 try io { () throws(SystemError) in
                     try StateFiles.writeAtomically(headPath, contents: head.encoded, mode: 0o600, durable: true)
                 }
                 state.headCurrent = true
-            }
-            // The count comes from the file: one that says UInt64.max is refused, not trapped on.
-            let (sequence, exhausted) = state.sequence.addingReportingOverflow(1)
-            if exhausted { throw .broken(reason: "the log's last record has the largest sequence number there is") }
-            let time = AuditTime.rfc3339(millisecondsSinceEpoch: realtimeMilliseconds())
-            let body = AuditRecordCodec.body(sequence: sequence, time: time, event: event, previousHash: state.hash)
-            let (line, hash) = AuditRecordCodec.line(body: body)
-            guard line.count <= AuditRecordCodec.maximumLineLength + 1 else { throw .recordTooLarge(bytes: line.count - 1) }
-
-            let start = state.size
-            do throws(SystemError) {
-                let written = try state.log.writeOnce(line)
-                guard written == line.count else {
-                    throw SystemError("write(\(self.path)): \(written) of \(line.count) bytes", errno: ENOSPC)
-                }
-                try state.log.synchronizeData()
+                return results
             } catch {
-                // Cut the record off again: a line that may not be on the disk must not stay in
-                // the log (its successor would chain onto it). fdatasync's failure leaves the
-                // page cache in doubt: no more appends until the log is reopened and checked.
-                do throws(SystemError) {
-                    try state.log.truncate(to: Int(start))
-                    try state.log.synchronizeData()
-                } catch let undo {
-                    state.broken = "a failed append (\(error)) could not be cut off: \(undo)"
-                    throw .system(error)
-                }
-                if error.call.hasPrefix("fdatasync") { state.broken = "\(error)" }
-                throw .system(error)
+                return events.map { _ in .failure(error) }
             }
-            state.size = start + UInt64(line.count)
-            state.sequence = sequence
-            state.hash = hash
-            state.headCurrent = false
-            if state.index != nil, (sequence - 1) % Self.indexStride == 0 { state.index?.append(start) }
-            let head = AuditHead(sequence: sequence, hash: hash)
-            try io { () throws(SystemError) in
-                try StateFiles.writeAtomically(headPath, contents: head.encoded, mode: 0o600, durable: true)
-            }
-            state.headCurrent = true
-            return sequence
         }
     }
 

@@ -124,6 +124,48 @@ final class AuditLogTests: XCTestCase {
         XCTAssertEqual(seen.count, threads * perThread)
     }
 
+    /// Async appends from many tasks share the writer thread's flushes (group commit), mixed
+    /// with synchronous ones from a thread: one chain, every record once, in sequence order.
+    func testAsyncAppendsMakeOneChainWithSharedFlushes() async throws {
+        let log = try open()
+        let tasks = 16, perTask = 100
+        let started = Date()
+        let synchronous = Thread {
+            for number in 0..<50 { _ = try? log.append(sampleEvent(number, thread: 99)) }
+        }
+        synchronous.start()
+        let sequences = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for task in 0..<tasks {
+                group.addTask {
+                    var sequences: [UInt64] = []
+                    for number in 0..<perTask { sequences.append(try await log.append(sampleEvent(number, thread: task))) }
+                    return sequences
+                }
+            }
+            var all: [UInt64] = []
+            for try await some in group {
+                XCTAssertEqual(some, some.sorted(), "one task's records are in its order")
+                all += some
+            }
+            return all
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        let deadline = Date().addingTimeInterval(60)
+        while log.lastSequence < UInt64(tasks * perTask + 50) && Date() < deadline { try await Task.sleep(nanoseconds: 1_000_000) }
+        print("audit: \(tasks * perTask) async appends from \(tasks) tasks in \(String(format: "%.2f", elapsed)) s, "
+              + "\(String(format: "%.3f", elapsed * 1000 / Double(tasks * perTask))) ms each (group commit)")
+        XCTAssertEqual(Set(sequences).count, tasks * perTask)
+        XCTAssertEqual(log.lastSequence, UInt64(tasks * perTask + 50))
+        let report = try verifyFiles()
+        XCTAssertEqual(report.summary, "1650 records, chain intact, head matches record 1650")
+        var seen = Set<String>()
+        for line in splitLines(try readBytes(logPath)) {
+            let detail = try decodeLine(line).event.detail
+            seen.insert("\(detail["thread"] ?? "?")/\(detail["number"] ?? "?")")
+        }
+        XCTAssertEqual(seen.count, tasks * perTask + 50)
+    }
+
     func testTornLastLineIsCutOffOnOpen() throws {
         do {
             let log = try open()
