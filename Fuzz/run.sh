@@ -396,6 +396,7 @@ seed("torn", b"".join(lines) + lines[0][:30])
 seed("no-head", b"".join(lines), b"", flags=1)
 seed("rehash", b"".join(lines[:2] + [lines[2].replace(b"denied", b"failed")] + lines[3:]), flags=2)
 seed("rechain", b"".join(lines[:2] + lines[3:]), flags=6)
+seed("anchored", b"".join(lines), flags=8)
 PY
 fi
 

@@ -3,7 +3,8 @@
 // Input: byte 0 = flags, bytes 1-2 = the head's length (little-endian, clamped), then the log,
 // then the head (its last bytes). Flags: bit 0 no head; bit 1 rehash every line that decodes
 // (so the fuzzer reaches the chain checks past SHA-256); bit 2 also chain each rehashed line
-// onto the line before (so it reaches sequence, reorder and head checks).
+// onto the line before (so it reaches sequence, reorder and head checks); bit 3 also pass the
+// head as the anchor.
 //
 // Besides "never traps" (and ASan), it checks what a reader of the report relies on: an intact
 // report means every line is a record that chains onto the one before, from seq 1; a problem
@@ -21,7 +22,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ count: Int) -> CInt {
 
     if flags & 2 != 0 { log = rehashed(log, chaining: flags & 4 != 0) }
 
-    let report = AuditVerifier.verify(log: log, head: head)
+    let report = AuditVerifier.verify(log: log, head: head, anchor: flags & 8 != 0 ? head : nil)
     let lines = log.split(separator: 0x0A, omittingEmptySubsequences: false).dropLast()
     precondition(report.lines == lines.count, "\(report.lines) lines reported, \(lines.count) in the log")
     precondition(report.chained <= report.lines)

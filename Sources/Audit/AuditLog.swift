@@ -185,6 +185,9 @@ public final class AuditLog: Sendable {
                             headCurrent: true, broken: nil, index: nil))
     }
 
+    /// Where the head of the log at `path` lives when nothing else is said: `<path>.head`.
+    public static func defaultHeadPath(forLog path: String) -> String { path + ".head" }
+
     /// The sequence number of the last record; 0 for an empty log.
     public var lastSequence: UInt64 { state.withLock { $0.sequence } }
 
@@ -360,8 +363,14 @@ public final class AuditLog: Sendable {
     /// (`AuditVerifier`). The head is read before and after the log, and both again when it
     /// changed, so a writer appending meanwhile is not taken for tampering. A missing head, or
     /// none asked for (`headPath` nil), is reported as `headMissing`.
-    /// - Throws: `.system` when the log or the head cannot be read.
-    public static func verify(path: String, headPath: String?) throws(AuditError) -> AuditVerification {
+    /// `anchorPath` names a head saved earlier, away from the log (see `AuditVerifier.verify`).
+    /// - Throws: `.system` when the log, the head or the anchor cannot be read.
+    public static func verify(path: String, headPath: String?, anchorPath: String? = nil) throws(AuditError) -> AuditVerification {
+        var anchor: [UInt8]?
+        if let anchorPath {
+            anchor = try io { () throws(SystemError) in try readIfPresent(anchorPath) }
+            if anchor == nil { throw .system(SystemError("open(\(anchorPath))", errno: ENOENT)) }
+        }
         func readHead() throws(AuditError) -> [UInt8]? {
             guard let headPath else { return nil }
             return try io { () throws(SystemError) in try readIfPresent(headPath) }
@@ -374,7 +383,7 @@ public final class AuditLog: Sendable {
             }
             let after = try readHead()
             attempts += 1
-            if before == after || attempts == 5 { return AuditVerifier.verify(log: log, head: after) }
+            if before == after || attempts == 5 { return AuditVerifier.verify(log: log, head: after, anchor: anchor) }
         }
     }
 

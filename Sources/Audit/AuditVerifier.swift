@@ -44,6 +44,8 @@ public struct AuditVerification: Sendable, Equatable, CustomStringConvertible {
     public let chained: Int
     /// The head compared with, when one was given and readable.
     public let head: AuditHead?
+    /// The anchor (a head saved earlier, elsewhere) compared with, when one was given and matched.
+    public var anchor: AuditHead? = nil
     /// The first problem; nil when the log is intact.
     public let problem: AuditProblem?
     /// Things checked and found acceptable that a reader should know (a torn last line, a head
@@ -52,15 +54,20 @@ public struct AuditVerification: Sendable, Equatable, CustomStringConvertible {
 
     public var isIntact: Bool { problem == nil }
 
+    func with(problem: AuditProblem) -> AuditVerification {
+        AuditVerification(lines: lines, chained: chained, head: head, problem: problem, notes: notes)
+    }
+
     /// One line saying what was checked and what was found, then the notes.
     public var summary: String {
         if let problem {
             return "\(problem); \(chained) record(s) before it chain intact from the start"
         }
-        guard let head else { return "\(lines) records, chain intact" }
-        if lines == 0 { return "0 records, empty log, head at record 0" }
-        if head.sequence == UInt64(lines) { return "\(lines) records, chain intact, head matches record \(lines)" }
-        return "\(lines) records, chain intact, head matches record \(head.sequence) (one behind, see the note)"
+        let anchored = anchor.map { ", anchor matches record \($0.sequence)" } ?? ""
+        guard let head else { return "\(lines) records, chain intact" + anchored }
+        if lines == 0 { return "0 records, empty log, head at record 0" + anchored }
+        if head.sequence == UInt64(lines) { return "\(lines) records, chain intact, head matches record \(lines)" + anchored }
+        return "\(lines) records, chain intact, head matches record \(head.sequence) (one behind, see the note)" + anchored
     }
 
     public var description: String {
@@ -76,15 +83,48 @@ public struct AuditVerification: Sendable, Equatable, CustomStringConvertible {
 public enum AuditVerifier {
     /// Verifies `log` (the log file's bytes) against `head` (the head file's bytes; nil when
     /// there is none, which is itself reported, as `headMissing`, after the chain is checked).
-    public static func verify(log: [UInt8], head: [UInt8]?) -> AuditVerification {
+    /// `anchor` is a head saved earlier out of the log's writers' reach (a copy of the head
+    /// file, or the head the management API reported): the log must still hold the record it
+    /// names, unchanged, which catches a log cut short or rewritten together with its head.
+    public static func verify(log: [UInt8], head: [UInt8]?, anchor: [UInt8]? = nil) -> AuditVerification {
+        var report = verifyChain(log: log, head: head)
+        guard let anchor, report.problem == nil || report.problem?.kind == .headMissing else { return report }
+        let saved: AuditHead
+        switch AuditHead.decode(anchor[...]) {
+        case .success(let value): saved = value
+        case .failure(let error):
+            return report.with(problem: AuditProblem(kind: .headMalformed, line: 0, message: "the anchor is not a head: \(error)"))
+        }
+        if saved.sequence > UInt64(report.lines) {
+            return report.with(problem: AuditProblem(kind: .cutShort, line: report.lines + 1, message:
+                "the log ends after record \(report.lines) but the anchor names record \(saved.sequence): the log "
+                + "(and its head) were cut short since the anchor was saved"))
+        }
+        let hash = saved.sequence == 0 ? AuditRecordCodec.zeroHash
+            : (Chain(log: log, lines: lineRanges(log).lines).validRecord(at: Int(saved.sequence) - 1)?.hash ?? "")
+        guard hash == saved.hash else {
+            return report.with(problem: AuditProblem(kind: .changed, line: max(Int(saved.sequence), 1), message:
+                "record \(saved.sequence) differs from the anchor's: the log (and its head) were rewritten from that "
+                + "record or before since the anchor was saved"))
+        }
+        report.anchor = saved
+        return report
+    }
+
+    /// The complete lines' ranges, and how many bytes follow the last newline.
+    private static func lineRanges(_ log: [UInt8]) -> (lines: [Range<Int>], torn: Int) {
         var lines: [Range<Int>] = []
         var start = 0
         for index in log.indices where log[index] == 0x0A {
             lines.append(start..<index)
             start = index + 1
         }
+        return (lines, log.count - start)
+    }
+
+    private static func verifyChain(log: [UInt8], head: [UInt8]?) -> AuditVerification {
+        let (lines, torn) = lineRanges(log)
         var notes: [String] = []
-        let torn = log.count - start
         if torn > 0 {
             notes.append("line \(lines.count + 1) is a partial record (\(torn) bytes, no newline): a write cut off by a crash, "
                          + "never acknowledged; the log writer cuts it off when it next opens the log")

@@ -15,7 +15,8 @@ struct AuditCommand: ParsableCommand {
             discussion: """
                 Reports the first record that was changed, removed, reordered or inserted, and whether the \
                 log was cut short (compared with the head, kept beside the log). Exit status: 0 intact, \
-                1 tampered or cut short (or no head to compare with), 2 unreadable.
+                1 tampered or cut short (or no head to compare with), 2 unreadable. Keep a copy of the head \
+                elsewhere and pass it as --anchor: whoever can rewrite the log can rewrite its head beside it.
                 """)
 
         @Argument(help: "The audit log.")
@@ -27,6 +28,11 @@ struct AuditCommand: ParsableCommand {
         @Flag(help: "Check the chain alone: records cut off the end of the log go unnoticed.")
         var noHead = false
 
+        @Option(help: ArgumentHelp(
+            "A head saved earlier, away from the log (a copy of FILE.head).",
+            discussion: "The log must still hold the record it names, unchanged: this catches a log cut short or rewritten together with its head."))
+        var anchor: String?
+
         func validate() throws {
             if noHead && head != nil { throw ValidationError("--head and --no-head exclude each other") }
         }
@@ -34,13 +40,15 @@ struct AuditCommand: ParsableCommand {
         func run() throws {
             let report: AuditVerification
             do {
-                report = try AuditLog.verify(path: file, headPath: noHead ? nil : head ?? file + ".head")
+                report = try AuditLog.verify(path: file, headPath: noHead ? nil : head ?? AuditLog.defaultHeadPath(forLog: file),
+                                             anchorPath: anchor)
             } catch {
                 FileHandle.standardError.write(Data("\(file): unreadable: \(error)\n".utf8))
                 throw ExitCode(2)
             }
             if noHead, report.problem?.kind == .headMissing {
-                print("\(file): \(report.lines) records, chain intact (no head: a log cut short is not detected)")
+                let anchored = report.anchor.map { ", anchor matches record \($0.sequence)" } ?? ""
+                print("\(file): \(report.lines) records, chain intact\(anchored) (no head: a log cut short is not detected)")
                 for note in report.notes { print("note: \(note)") }
                 return
             }

@@ -70,6 +70,16 @@ final class AuditCommandTests: XCTestCase {
         XCTAssertEqual(missingHead.status, 1, missingHead.output)
         XCTAssertTrue(missingHead.output.contains("head missing"), missingHead.output)
 
+        // An anchor saved before the cut catches it even with the head rewritten to match.
+        let anchorPath = directory + "/saved.head"
+        try writeBytes(Array(AuditHead(sequence: 6, hash: try decodeLine(lines[5]).hash).encoded.utf8), to: anchorPath)
+        try writeBytes(Array(AuditHead(sequence: 5, hash: try decodeLine(lines[4]).hash).encoded.utf8), to: logPath + ".head")
+        let rewrittenHead = try bulkhead(["audit", "verify", logPath])
+        XCTAssertEqual(rewrittenHead.status, 0, rewrittenHead.output)
+        let anchored = try bulkhead(["audit", "verify", logPath, "--anchor", anchorPath])
+        XCTAssertEqual(anchored.status, 1, anchored.output)
+        XCTAssertTrue(anchored.output.contains("cut short at line 6"), anchored.output)
+
         let unreadable = try bulkhead(["audit", "verify", directory + "/no-such.log"])
         XCTAssertEqual(unreadable.status, 2, unreadable.output)
         XCTAssertTrue(unreadable.output.contains("unreadable"), unreadable.output)

@@ -163,6 +163,35 @@ final class AuditVerifierTests: XCTestCase {
         XCTAssertEqual(report.summary, "7 records, chain intact, head matches record 7")
     }
 
+    /// An anchor (a head saved earlier, elsewhere) catches what the head beside the log cannot.
+    func testAnAnchorCatchesALogRewrittenWithItsHead() throws {
+        let fifth = try decodeLine(lines[4])
+        let anchor = Array(AuditHead(sequence: 5, hash: fifth.hash).encoded.utf8)
+        let grown = AuditVerifier.verify(log: log, head: head, anchor: anchor)
+        XCTAssertNil(grown.problem, "\(grown)")
+        XCTAssertEqual(grown.summary, "10 records, chain intact, head matches record 10, anchor matches record 5")
+
+        // Cut short to 3 records, the head rewritten to match.
+        let third = try decodeLine(lines[2])
+        let cutHead = Array(AuditHead(sequence: 3, hash: third.hash).encoded.utf8)
+        let cut = AuditVerifier.verify(log: lines.prefix(3).flatMap { $0 }, head: cutHead, anchor: anchor)
+        assertProblem(cut, .cutShort, line: 4, mentions: ["anchor names record 5"])
+
+        // Rewritten from record 4 on, a new chain and head.
+        var rewritten = Array(lines.prefix(3))
+        var previous = third.hash
+        for sequence in 4...10 {
+            let forged = forgedLine(sequence: UInt64(sequence), previousHash: previous)
+            rewritten.append(forged.line)
+            previous = forged.hash
+        }
+        let newHead = Array(AuditHead(sequence: 10, hash: previous).encoded.utf8)
+        XCTAssertNil(AuditVerifier.verify(log: rewritten.flatMap { $0 }, head: newHead).problem, "consistent without the anchor")
+        let report = AuditVerifier.verify(log: rewritten.flatMap { $0 }, head: newHead, anchor: anchor)
+        assertProblem(report, .changed, line: 5, mentions: ["record 5 differs from the anchor's"])
+        assertProblem(AuditVerifier.verify(log: log, head: head, anchor: Array("nonsense".utf8)), .headMalformed, line: 0)
+    }
+
     func testMissingHeadSaysTruncationCannotBeDetected() {
         let report = AuditVerifier.verify(log: log, head: nil)
         assertProblem(report, .headMissing, line: 0, mentions: ["10 record(s) is intact", "cut short", "cannot be detected"])
