@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="switch vhostuser virtio blockdevice vhostnet devices"
+targets="switch vhostuser virtio blockdevice vhostnet devices audit"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -145,6 +145,15 @@ case "$target" in
     compile_module Devices
     objects=("$modules/Virtio.o" "$modules/Devices.o")
     main=Fuzz/DevicesFuzz/FuzzMain.swift
+    ;;
+  audit)
+    # The audit record codec and verifier alone (no HostOS: AuditLog is not compiled), with
+    # libcrypto's SHA-256 through CDigest.
+    compile_c CDigest
+    compile_files Audit Sources/Audit/AuditRecord.swift Sources/Audit/AuditVerifier.swift
+    objects=("$modules/Audit.o")
+    link_extra+=(-lcrypto)
+    main=Fuzz/AuditFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
@@ -353,6 +362,41 @@ seeds = {
 }
 for name, data in seeds.items():
     open(f"{sys.argv[1]}/seed-{name}", "wb").write(data)
+PY
+fi
+
+if [[ "$target" == audit && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: byte 0 = flags (bit 0 no head, bit 1 rehash lines, bit 2 chain them), bytes 1-2 = the
+  # head's length, then the log, then the head (Fuzz/AuditFuzz/FuzzMain.swift): a log of five
+  # records as AuditLog writes it, and tampered copies of it.
+  python3 - "$corpus" <<'PY'
+import hashlib, struct, sys
+def record(seq, prev, principal="alice", uid="1000", action="partition.start", target="blue/guest",
+           outcome="allowed", reason="null", detail='{"image":"sha256"}'):
+    body = (f'{{"seq":{seq},"time":"2025-01-0{seq % 9 + 1}T12:00:00.{seq:03d}Z","principal":"{principal}","uid":{uid},'
+            f'"action":"{action}","target":"{target}","outcome":"{outcome}","reason":{reason},"detail":{detail},'
+            f'"prev":"{prev}"').encode()
+    digest = hashlib.sha256(body).hexdigest()
+    return body + f',"hash":"{digest}"}}\n'.encode(), digest
+lines, prev = [], "0" * 64
+kinds = [dict(), dict(principal="bulkhead", uid="null", action="launch.measured", target=""),
+         dict(outcome="denied", reason='"role auditor is read-only"'), dict(outcome="failed", reason='"exit status 1"', detail="{}"),
+         dict(principal="unknown", uid="4242", action="api.status", target="", detail='{"a":"x\\ty","b":""}')]
+for seq in range(1, 6):
+    line, prev = record(seq, prev, **kinds[seq - 1])
+    lines.append(line)
+head = f'{{"seq":5,"hash":"{prev}"}}\n'.encode()
+def seed(name, log, head=head, flags=0):
+    open(f"{sys.argv[1]}/seed-{name}", "wb").write(bytes([flags]) + struct.pack("<H", len(head)) + log + head)
+seed("intact", b"".join(lines))
+seed("removed", b"".join(lines[:2] + lines[3:]))
+seed("swapped", b"".join(lines[:1] + [lines[2], lines[1]] + lines[3:]))
+seed("cut", b"".join(lines[:3]))
+seed("torn", b"".join(lines) + lines[0][:30])
+seed("no-head", b"".join(lines), b"", flags=1)
+seed("rehash", b"".join(lines[:2] + [lines[2].replace(b"denied", b"failed")] + lines[3:]), flags=2)
+seed("rechain", b"".join(lines[:2] + lines[3:]), flags=6)
+seed("anchored", b"".join(lines), flags=8)
 PY
 fi
 

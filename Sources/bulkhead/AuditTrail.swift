@@ -1,3 +1,4 @@
+import Audit
 import Config
 import Foundation
 import HostOS
@@ -26,22 +27,48 @@ struct AuditEntry: Sendable {
 final class AuditTrail: Sendable {
     private let sink: @Sendable (AuditEntry) throws -> Void
     private let logger: Logger
+    /// The log itself, for the management API's reads.
+    let log: AuditLog?
 
     init(logger: Logger, sink: @escaping @Sendable (AuditEntry) throws -> Void) {
         self.logger = logger
         self.sink = sink
+        log = nil
+    }
+
+    /// Records into `log`: each record appended, flushed to disk and chained before `record` returns.
+    init(logger: Logger, log: AuditLog) {
+        self.logger = logger
+        self.log = log
+        sink = { entry in
+            let outcome: AuditOutcome
+            switch entry.outcome {
+            case .allowed: outcome = .allowed
+            case .denied(let reason): outcome = .denied(reason: reason)
+            case .failed(let reason): outcome = .failed(reason: reason)
+            }
+            _ = try log.append(AuditEvent(principal: entry.principal, uid: entry.uid, action: entry.action,
+                                          target: entry.target, outcome: outcome, detail: entry.detail))
+        }
     }
 
     /// Records `entry`; a failure to record is thrown (the caller does not go on with an
     /// action that could not be audited).
     func record(_ entry: AuditEntry) throws {
-        try sink(entry)
+        try sink(daemonUid(entry))
+    }
+
+    /// The daemon's own records carry its uid.
+    private func daemonUid(_ entry: AuditEntry) -> AuditEntry {
+        var entry = entry
+        if entry.principal == "bulkhead" && entry.uid == nil { entry.uid = getuid() }
+        return entry
     }
 
     /// Records an event that happened whatever the log says (a child died): a failure to record
     /// is logged, as loudly as it gets.
     func note(_ entry: AuditEntry) {
-        do { try sink(entry) } catch {
+        do { try sink(daemonUid(entry)) } catch {
             logger.critical("could not write the audit log", metadata: ["action": "\(entry.action)", "error": "\(error)"])
         }
     }
@@ -68,15 +95,14 @@ final class AuditTrail: Sendable {
         case .started(let spec, let pid):
             note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
                             outcome: .allowed, detail: ["pid": "\(pid)"]))
-        case .exited(let spec, let pid, let ending, let description, let restarting):
-            let failed: Bool
-            switch ending {
-            case .exited(let status)?: failed = spec.kind == .partition ? PartitionExit.ending(.exited(status: status)) == .failed : true
-            default: failed = true
-            }
+        case .exited(let spec, let pid, let ending, let description, let requested, let restarting):
+            // A child asked to stop, and a guest that powered off or rebooted, ended as it should;
+            // any other end (a crash, a seccomp kill, the OOM killer) is a failure.
+            let expected = requested || (spec.kind == .partition && ending.map { PartitionExit.ending($0) != .failed } == true)
             note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).exit", target: target(spec),
-                            outcome: failed ? .failed(description) : .allowed,
-                            detail: ["pid": "\(pid)", "ending": description, "restarting": "\(restarting)"]))
+                            outcome: expected ? .allowed : .failed(description),
+                            detail: ["pid": "\(pid)", "ending": description, "requested": "\(requested)",
+                                     "restarting": "\(restarting)"]))
         case .refused(let spec, let reason):
             note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
                             outcome: .failed(reason)))

@@ -8,6 +8,7 @@ import Synchronization
 import Switch
 import SwitchEngine
 import UnixSignals
+import Audit
 
 /// A startup failure, said so that an operator knows what to fix.
 struct DaemonError: Error, CustomStringConvertible {
@@ -45,9 +46,18 @@ struct Daemon {
             throw DaemonError("\(preconditions.missing.count) host precondition(s) not met: "
                 + preconditions.missing.joined(separator: "; "))
         }
-        let audit = AuditTrail(logger: logger, sink: { [logger] entry in
-            logger.info("audit", metadata: ["action": "\(entry.action)", "target": "\(entry.target)", "outcome": "\(entry.outcome)"])
-        })
+        let auditPath = configuration.host.auditLogPath
+        let auditLog: AuditLog
+        do {
+            try FileManager.default.createDirectory(atPath: (auditPath as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            // The whole chain is checked: a daemon does not append to a log someone changed.
+            auditLog = try AuditLog(path: auditPath, headPath: AuditLog.defaultHeadPath(forLog: auditPath), verifyingChain: true)
+        } catch {
+            throw DaemonError("the audit log \(auditPath) cannot be used: \(error). Nothing is started without an intact "
+                + "audit log: check it with `bulkhead audit verify \(auditPath)`, and move it aside to start a new one")
+        }
+        let audit = AuditTrail(logger: logger, log: auditLog)
         // Platform integrity: what runs and what it was told, before anything starts.
         try audit.daemonStarted(executableDigest: SelfMeasurement.executableDigest(),
                                 configurationDigest: SelfMeasurement.digest(Array(configurationText.utf8)),

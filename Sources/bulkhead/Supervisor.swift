@@ -74,8 +74,9 @@ struct ChildState: Sendable {
 /// Something the daemon records in the audit log.
 enum ChildEvent: Sendable {
     case started(ChildSpec, pid: Int32)
-    /// It ended; `ending` nil when it could not be waited for. `restarting`: it will be started again.
-    case exited(ChildSpec, pid: Int32, ending: ChildProcess.Ending?, description: String, restarting: Bool)
+    /// It ended; `ending` nil when it could not be waited for. `requested`: it was asked to stop;
+    /// `restarting`: it will be started again.
+    case exited(ChildSpec, pid: Int32, ending: ChildProcess.Ending?, description: String, requested: Bool, restarting: Bool)
     /// The preflight refused to start it.
     case refused(ChildSpec, reason: String)
     /// It could not be started at all.
@@ -245,7 +246,8 @@ final class ChildSupervisor: Service, Sendable {
             let wanted = slot.isWanted
             let declined = wanted && ending.map { !child.restartsAfter($0) } == true
             let description = ending.map(ChildSupervisor.describe) ?? "could not be waited for"
-            events(.exited(child, pid: pid, ending: ending, description: description, restarting: wanted && !declined))
+            events(.exited(child, pid: pid, ending: ending, description: description, requested: !wanted,
+                           restarting: wanted && !declined))
             slot.ended(description: description, down: declined)
             if !wanted {
                 logger.info("\(child.name) stopped (\(description))")
