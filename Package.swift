@@ -16,9 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
-        // The management API's server and `bulkhead ctl`'s client.
+        // The management API's server (Hummingbird) and `bulkhead ctl`'s client (SwiftNIO's HTTP/1.1).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
-        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
@@ -87,12 +86,13 @@ let package = Package(
         .target(name: "ManagementModel", dependencies: ["Config", "Switch"]),
         // The management API's server on the control socket (Hummingbird) and its client.
         .target(name: "Management", dependencies: [
-            "ManagementModel", "Config", "Switch",
+            "ManagementModel", "Config", "Switch", "HostOS",
             .product(name: "Hummingbird", package: "hummingbird"),
-            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
