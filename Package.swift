@@ -103,8 +103,9 @@ let package = Package(
         ]),
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
-        .testTarget(name: "ManagementTests", dependencies: ["ManagementModel", "Management", "Config", "Switch",
-                                                          .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "ManagementTests", dependencies: ["ManagementModel", "Management", "Config", "Switch", "HostOS",
+                                                          .product(name: "Logging", package: "swift-log"),
+                                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),

@@ -52,6 +52,8 @@ public struct ManagementServer: Service {
         let group: UInt32?
         /// Set when the socket file could not be given its group and mode: the server stops.
         let failure = Mutex<SystemError?>(nil)
+        /// Set once the socket listens: from then on the file is this server's.
+        let listened = Mutex(false)
         init(group: UInt32?) { self.group = group }
     }
 
@@ -76,6 +78,7 @@ public struct ManagementServer: Service {
         self.application = Application(
             responder: responder, server: .http1(configuration: http), configuration: configuration,
             onServerRunning: { channel in
+                ownership.listened.withLock { $0 = true }
                 do throws(SystemError) {
                     // lchown with uid (uid_t)-1 keeps the owner; a gid of -1 keeps the group.
                     try StateFiles.setOwner(socketPath, uid: UInt32.max, gid: ownership.group ?? UInt32.max,
@@ -97,6 +100,10 @@ public struct ManagementServer: Service {
     ///
     /// - Throws: when the socket cannot be bound or given its group and mode.
     public func run() async throws {
+        defer {
+            // The socket file goes with the server (NIO leaves it); only one that this server bound.
+            if ownership.listened.withLock({ $0 }) { try? StateFiles.remove(socketPath) }
+        }
         try await application.run()
         if let failure = ownership.failure.withLock({ $0 }) { throw failure }
     }

@@ -71,6 +71,7 @@ final class RealUidTests: XCTestCase {
             (FixtureUID.unknown, "GET", "/v1/health", nil, 403),
             (FixtureUID.unknown, "GET", "/v1/tenants", nil, 403),
             (FixtureUID.unknown, "POST", "/v1/tenants/blue/partitions/guest/stop", nil, 403),
+            (FixtureUID.unknown, "GET", "/v1/no-such-route", nil, 403),
             // Blue's tenant-admin: its own tenant, nothing of red's.
             (FixtureUID.blueAdmin, "GET", "/v1/health", nil, 200),
             (FixtureUID.blueAdmin, "GET", "/v1/tenants/blue/ports/a", nil, 200),
