@@ -16,6 +16,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        // The management API's server (Hummingbird) and `bulkhead ctl`'s client (SwiftNIO's HTTP/1.1).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
         // C shims: constants, struct mirrors and wrappers Swift cannot import directly.
@@ -82,9 +85,22 @@ let package = Package(
         .executableTarget(name: "bulkhead-vmm", dependencies: ["PartitionProcess"],
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
 
+        // The management API's requests, answers and authorization: pure, fuzzed (Fuzz/APIFuzz).
+        .target(name: "ManagementModel", dependencies: ["Config", "Switch"]),
+        // The management API's server on the control socket (Hummingbird) and its client.
+        .target(name: "Management", dependencies: [
+            "ManagementModel", "Config", "Switch", "HostOS",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet", "VMM", "PartitionProcess",
-            "URing", "Audit",
+            "Config", "ManagementModel", "Management", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
+            "VhostNet", "VMM", "PartitionProcess", "URing", "Audit",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -93,6 +109,9 @@ let package = Package(
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "HostOS"]),
+        .testTarget(name: "ManagementTests", dependencies: ["ManagementModel", "Management", "Config", "Switch", "HostOS",
+                                                          .product(name: "Logging", package: "swift-log"),
+                                                          .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),

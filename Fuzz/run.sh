@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 targets="switch vhostuser virtio blockdevice vhostnet devices audit"
+# The management API (request decoding, authorization, read answers).
+targets+=" api"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -154,6 +156,16 @@ case "$target" in
     objects=("$modules/Audit.o")
     link_extra+=(-lcrypto)
     main=Fuzz/AuditFuzz/FuzzMain.swift
+    ;;
+  api)
+    # The management API's pure part: decoding, authorization, answers (ManagementModel).
+    compile_module Virtio
+    compile_module Config
+    compile_module Metering
+    compile_module Switch
+    compile_module ManagementModel
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o" "$modules/ManagementModel.o")
+    main=Fuzz/APIFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
@@ -398,6 +410,16 @@ seed("rehash", b"".join(lines[:2] + [lines[2].replace(b"denied", b"failed")] + l
 seed("rechain", b"".join(lines[:2] + lines[3:]), flags=6)
 seed("anchored", b"".join(lines), flags=8)
 PY
+if [[ "$target" == api && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: byte 0 = caller (bits 0-2), method (bits 3-5), query follows (bit 6); path, newline,
+  # query, newline, body (Fuzz/APIFuzz/FuzzMain.swift).
+  printf '\x02/v1/tenants/blue/ports/a\n' > "$corpus/seed-show-port"
+  printf '\x03/v1/tenants/red\n' > "$corpus/seed-other-tenant"
+  printf '\x4a/v1/counters\ntenant=blue\n' > "$corpus/seed-counters"
+  printf '\x0a/v1/tenants/blue/partitions/guest/stop\n' > "$corpus/seed-stop"
+  printf '\x10/v1/configuration\n{"host": {"stateDirectory": "/x"}, "tenants": [{"id": "blue"}]}' > "$corpus/seed-apply"
+  printf '\x50/v1/configuration\ndryRun=true\n{"host": {}}' > "$corpus/seed-dry-run"
+  printf '\x44/v1/audit\nafter=3&limit=10\n' > "$corpus/seed-audit"
 fi
 
 if [[ "$target" == blockdevice ]]; then

@@ -4,21 +4,27 @@
 /// loses positions, and silently keeps one of two duplicate keys.
 
 /// A position in the source text; both 1-based. Columns count Unicode scalars.
-struct SourcePosition: Equatable, Sendable {
-    var line: Int
-    var column: Int
+public struct SourcePosition: Equatable, Sendable {
+    public var line: Int
+    public var column: Int
+
+    public init(line: Int, column: Int) { self.line = line; self.column = column }
 }
 
 /// One member of a JSON object, in source order.
-struct JSONMember: Sendable {
-    var key: String
-    var keyPosition: SourcePosition
-    var value: JSONValue
+public struct JSONMember: Sendable {
+    public var key: String
+    public var keyPosition: SourcePosition
+    public var value: JSONValue
+
+    public init(key: String, keyPosition: SourcePosition, value: JSONValue) {
+        self.key = key; self.keyPosition = keyPosition; self.value = value
+    }
 }
 
 /// A parsed JSON value and the position of its first character.
-struct JSONValue: Sendable {
-    enum Kind: Sendable {
+public struct JSONValue: Sendable {
+    public enum Kind: Sendable {
         case null
         case bool(Bool)
         /// The number's text exactly as written, so that integers stay exact.
@@ -28,11 +34,13 @@ struct JSONValue: Sendable {
         case object([JSONMember])
     }
 
-    var kind: Kind
-    var position: SourcePosition
+    public var kind: Kind
+    public var position: SourcePosition
+
+    public init(kind: Kind, position: SourcePosition) { self.kind = kind; self.position = position }
 
     /// A short name of the value's type for messages ("a string", "an array").
-    var typeDescription: String {
+    public var typeDescription: String {
         switch kind {
         case .null: "null"
         case .bool: "a boolean"
@@ -46,15 +54,15 @@ struct JSONValue: Sendable {
 
 /// Result of parsing: the value, unless the text is not JSON, and every problem found.
 /// Duplicate keys are problems that do not stop parsing (the first occurrence is kept).
-struct JSONParseResult {
-    var value: JSONValue?
-    var problems: [ConfigurationProblem]
+public struct JSONParseResult: Sendable {
+    public var value: JSONValue?
+    public var problems: [ConfigurationProblem]
 }
 
 /// Recursive-descent parser over UTF-8 bytes with a nesting limit, so that hostile input can
 /// neither overflow the stack nor trap.
-struct JSONParser {
-    static let defaultMaximumDepth = 64
+public struct JSONParser {
+    public static let defaultMaximumDepth = 64
 
     private let bytes: [UInt8]
     private var index = 0
@@ -75,7 +83,7 @@ struct JSONParser {
     }
 
     /// Parses `text` as one JSON document.
-    static func parse(_ text: String, maximumDepth: Int = JSONParser.defaultMaximumDepth) -> JSONParseResult {
+    public static func parse(_ text: String, maximumDepth: Int = JSONParser.defaultMaximumDepth) -> JSONParseResult {
         var parser = JSONParser(text, maximumDepth: maximumDepth)
         return parser.parseDocument()
     }

@@ -16,7 +16,8 @@ struct Bulkhead: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bulkhead",
         abstract: "Per-host dataplane for multi-tenant virtualization: tenant-segmented switch, block backend, partitions.",
-        subcommands: [Run.self, Validate.self, SwitchCommand.self, BlockServerCommand.self, PartitionCommand.self, VolumeCommand.self, AuditCommand.self]
+        subcommands: [Run.self, Validate.self, SwitchCommand.self, BlockServerCommand.self, PartitionCommand.self, VolumeCommand.self,
+                      AuditCommand.self, CtlCommand.self]
     )
 }
 
