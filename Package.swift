@@ -16,6 +16,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
         // C shims: constants, struct mirrors and wrappers Swift cannot import directly.
@@ -79,6 +82,17 @@ let package = Package(
         .executableTarget(name: "bulkhead-vmm", dependencies: ["PartitionProcess"],
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
 
+        // The Prometheus endpoint: the daemon's counters as text exposition, served over loopback or a Unix socket.
+        .target(name: "Observability", dependencies: [
+            "Switch", "HostOS",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
         .executableTarget(name: "bulkhead", dependencies: [
             "Config", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser", "VhostNet", "VMM", "PartitionProcess",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -87,6 +101,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "ObservabilityTests", dependencies: ["Observability", "Switch",
+                                                             .product(name: "Logging", package: "swift-log")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),
