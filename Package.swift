@@ -102,7 +102,8 @@ let package = Package(
 
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "ObservabilityTests", dependencies: ["Observability", "Switch",
-                                                             .product(name: "Logging", package: "swift-log")]),
+                                                             .product(name: "Logging", package: "swift-log"),
+                                                             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),

@@ -24,7 +24,14 @@ public final class MetricsServer: Service, Sendable {
     private let socketAccess: UnixSocketAccess
     private let snapshot: @Sendable () async -> MetricsSnapshot
     private let logger: Logger
-    private let bound = Mutex<MetricsListenAddress?>(nil)
+    private let state = Mutex<State>(.notStarted)
+
+    private enum State {
+        case notStarted
+        case listening(MetricsListenAddress)
+        /// `run` ended: with the error it threw, if any.
+        case ended(String?)
+    }
 
     /// Who may connect to a Unix socket endpoint: the file's group and permission bits, set
     /// right after the socket is bound.
@@ -53,7 +60,9 @@ public final class MetricsServer: Service, Sendable {
 
     /// Where the server listens once bound (a TCP address given with port 0 has its real port
     /// here); nil before and after.
-    public var boundAddress: MetricsListenAddress? { bound.withLock { $0 } }
+    public var boundAddress: MetricsListenAddress? {
+        state.withLock { if case .listening(let address) = $0 { address } else { nil } }
+    }
 
     /// Serves until the task is cancelled or a graceful shutdown of the enclosing `ServiceGroup`.
     /// A Unix socket is removed when the server stops.
@@ -87,11 +96,23 @@ public final class MetricsServer: Service, Sendable {
                 availableConnectionsDelegate: MaximumAvailableConnections(MetricsServer.maximumConnections)),
             onServerRunning: { [self] channel in self.serverRunning(channel) },
             logger: logger)
-        defer {
-            bound.withLock { $0 = nil }
-            if case .unix(let path) = address { try? StateFiles.remove(path) }
+        do {
+            try await application.run()
+        } catch {
+            stopped(error)
+            throw error
         }
-        try await application.run()
+        stopped(nil)
+    }
+
+    /// Removes the Unix socket only if this server bound it: a failed bind may have met
+    /// someone else's file there.
+    private func stopped(_ error: (any Error)?) {
+        let wasListening = state.withLock { state in
+            defer { state = .ended(error.map { "\($0)" }) }
+            if case .listening = state { return true } else { return false }
+        }
+        if wasListening, case .unix(let path) = address { try? StateFiles.remove(path) }
     }
 
     /// Records the bound address; restricts a Unix socket before the address is announced.
@@ -110,21 +131,27 @@ public final class MetricsServer: Service, Sendable {
                     "metrics.address": "\(address)", "error": "\(error)",
                 ])
                 channel.close(promise: nil)
+                try? StateFiles.remove(path)
                 return
             }
         }
-        bound.withLock { $0 = actual }
+        state.withLock { $0 = .listening(actual) }
         logger.info("metrics endpoint listening", metadata: ["metrics.address": "\(actual)"])
     }
 
     /// Waits until the server is bound, polling: for tests and for a caller that must announce
     /// the endpoint only once it answers.
-    /// - Throws: `MetricsServerError.notListening` after `timeout`.
+    /// - Throws: `MetricsServerError.stopped` with `run`'s error if it ended first (the address
+    ///   was in use, say); `MetricsServerError.notListening` after `timeout`.
     public func waitUntilListening(timeout: Duration = .seconds(10)) async throws -> MetricsListenAddress {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         while true {
-            if let address = boundAddress { return address }
+            switch state.withLock({ $0 }) {
+            case .listening(let address): return address
+            case .ended(let error): throw MetricsServerError.stopped(address, error ?? "without an error")
+            case .notStarted: break
+            }
             guard clock.now < deadline else { throw MetricsServerError.notListening(address, after: timeout) }
             try await Task.sleep(for: .milliseconds(5))
         }
@@ -133,11 +160,15 @@ public final class MetricsServer: Service, Sendable {
 
 /// A metrics server failure.
 public enum MetricsServerError: Error, CustomStringConvertible, Sendable {
+    /// The server was not bound within the time given.
     case notListening(MetricsListenAddress, after: Duration)
+    /// The server stopped before it was listening, for the reason given.
+    case stopped(MetricsListenAddress, String)
 
     public var description: String {
         switch self {
         case .notListening(let address, let timeout): "the metrics endpoint \(address) was not listening after \(timeout)"
+        case .stopped(let address, let reason): "the metrics endpoint \(address) stopped: \(reason)"
         }
     }
 }

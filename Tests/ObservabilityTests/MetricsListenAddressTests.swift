@@ -29,7 +29,7 @@ final class MetricsListenAddressTests: XCTestCase {
             ("[::ffff:127.0.0.1]:9464", "not an IPv6 address"),
             ("localhost:9464", "host name"),
             ("metrics.example.com:9464", "host name"),
-            ("127.0.0.1", "port"),
+            ("127.0.0.1", "expected HOST:PORT"),
             ("127.0.0.1:", "port"),
             ("127.0.0.1:0", "from 1 to 65535"),
             ("127.0.0.1:65536", "from 1 to 65535"),

@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import Observability
+import ServiceLifecycle
 import Switch
 import Synchronization
 import XCTest
@@ -17,18 +18,20 @@ final class MetricsServerTests: XCTestCase {
                 partitions: [PartitionMetrics(tenant: "blue", id: "guest", state: "running", starts: 1, restarts: 0)],
                 auditRecordsWritten: count)
         }
-        let task = Task { try await server.run() }
+        // Run as the daemon does: a service in a ServiceGroup, stopped by a graceful shutdown.
+        let group = ServiceGroup(services: [server], logger: Logger(label: "test"))
+        let task = Task { try await group.run() }
         do {
             let bound = try await server.waitUntilListening()
             try await body(server, bound)
         } catch {
-            task.cancel()
+            await group.triggerGracefulShutdown()
             _ = await task.result
             throw error
         }
-        task.cancel()
-        // The server ends when cancelled; a bind failure would have surfaced in waitUntilListening.
-        _ = await task.result
+        await group.triggerGracefulShutdown()
+        try await task.value
+        XCTAssertNil(server.boundAddress, "still listening after the shutdown")
     }
 
     func testServesMetricsOverLoopbackTCP() async throws {
