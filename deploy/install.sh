@@ -105,14 +105,19 @@ abs() { case "$1" in /*) echo "$1" ;; "") echo "" ;; *) echo "$state/$1" ;; esac
 audit=$(abs "$audit"); control=$(abs "$control")
 writable=("$state")
 for file in "$audit" "$control"; do
-  [ -n "$file" ] && writable+=("$(dirname "$file")")
+  [ -n "$file" ] || continue
+  dir=$(dirname "$file")
+  [[ " ${writable[*]} " == *" $dir "* ]] || writable+=("$dir")
 done
 
-install -d -m 0711 "$state"
-install -d -m 0700 "$state/images"
-did "$state (state directory), $state/images (partition kernels and images)"
+# Created where missing; an existing directory keeps its owner and mode.
+make_dir() {  # make_dir MODE DIR WHAT
+  if [ -d "$2" ]; then did "$2 ($3; exists)"; else install -d -m "$1" "$2"; did "$2 ($3)"; fi
+}
+make_dir 0711 "$state" "state directory"
+make_dir 0700 "$state/images" "partition kernels and images"
 for dir in "${writable[@]:1}"; do
-  [ -d "$dir" ] || { install -d -m 0700 "$dir"; did "$dir"; }
+  [ "$dir" = "$state" ] || make_dir 0700 "$dir" "written by the daemon"
 done
 
 render_unit() {
@@ -155,7 +160,7 @@ EOF
 if ((systemd)); then
   cat <<EOF
   3. systemctl enable --now bulkhead      (logs: journalctl -u bulkhead)
-  4. $prefix/bin/bulkhead ctl status
+  4. $prefix/bin/bulkhead ctl --help      (manage; the caller's uid decides what it may do)
 EOF
 else
   cat <<EOF
