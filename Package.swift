@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
         // The management API's server (Hummingbird) and `bulkhead ctl`'s client (SwiftNIO's HTTP/1.1).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
@@ -97,10 +98,20 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // The Prometheus endpoint: the daemon's counters as text exposition, served over loopback or a Unix socket.
+        .target(name: "Observability", dependencies: [
+            "Config", "Switch", "HostOS",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
             "Config", "ManagementModel", "Management", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
-            "VhostNet", "VMM", "PartitionProcess", "URing", "Audit",
+            "VhostNet", "VMM", "PartitionProcess", "URing", "Audit", "Observability",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -112,6 +123,9 @@ let package = Package(
         .testTarget(name: "ManagementTests", dependencies: ["ManagementModel", "Management", "Config", "Switch", "HostOS",
                                                           .product(name: "Logging", package: "swift-log"),
                                                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+        .testTarget(name: "ObservabilityTests", dependencies: ["Observability", "Switch",
+                                                             .product(name: "Logging", package: "swift-log"),
+                                                             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
         .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),

@@ -75,48 +75,6 @@ extension HostConfiguration {
     }
 }
 
-/// Where the Prometheus endpoint listens (`host.metrics`): loopback TCP or a Unix socket, never
-/// an address other hosts reach (it has every tenant's counters and no authentication).
-public enum MetricsListener: Sendable, Equatable {
-    case tcp(host: String, port: Int)
-    case unix(path: String)
-
-    /// "127.0.0.1:9464", "[::1]:9464", "localhost:9464" or "unix:/absolute/path".
-    public static func parse(_ text: String) -> Result<MetricsListener, ListenerProblem> {
-        if text.hasPrefix("unix:") {
-            let path = String(text.dropFirst(5))
-            guard path.hasPrefix("/"), path.count > 1, !path.contains("\0") else {
-                return .failure(ListenerProblem("\"\(text)\": a Unix socket is written unix:/absolute/path"))
-            }
-            return .success(.unix(path: path))
-        }
-        guard let colon = text.lastIndex(of: ":") else {
-            return .failure(ListenerProblem("\"\(text)\" is not HOST:PORT or unix:/path; e.g. \"127.0.0.1:9464\""))
-        }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
-            return .failure(ListenerProblem("\"\(text)\": the port must be 1...65535"))
-        }
-        guard ["127.0.0.1", "::1", "localhost"].contains(host) else {
-            return .failure(ListenerProblem("\"\(text)\": the metrics endpoint has every tenant's counters and no "
-                + "authentication, so it listens on loopback only (127.0.0.1, [::1]) or on a Unix socket (unix:/path)"))
-        }
-        return .success(.tcp(host: host == "localhost" ? "127.0.0.1" : host, port: port))
-    }
-
-    /// Why `text` is not a valid listener, or nil.
-    public static func problem(_ text: String) -> String? {
-        if case .failure(let problem) = parse(text) { return problem.reason }
-        return nil
-    }
-}
-
-public struct ListenerProblem: Error, Sendable, Equatable {
-    public var reason: String
-    public init(_ reason: String) { self.reason = reason }
-}
-
 extension HostSettings {
     /// The management socket's path: `controlSocket` resolved against the state directory.
     public var controlSocketPath: String { resolved(controlSocket, default: "control.sock") }

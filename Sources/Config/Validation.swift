@@ -62,8 +62,8 @@ struct Validator {
         let base = "/" + components.joined(separator: "/")
         checkPath(host.controlSocket, key: "controlSocket", base: base)
         checkPath(host.auditLog, key: "auditLog", base: base)
-        if let metrics = host.metrics, let reason = MetricsListener.problem(metrics) {
-            report("$.host.metrics", reason)
+        if let metrics = host.metrics {
+            do { _ = try MetricsListenAddress.parse(metrics) } catch { report("$.host.metrics", error.reason) }
         }
         checkLimits(host.limits.services.switch, path: "$.host.limits.switch")
         checkLimits(host.limits.services.blockServer, path: "$.host.limits.blockServer")
