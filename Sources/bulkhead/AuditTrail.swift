@@ -2,6 +2,7 @@ import Audit
 import Config
 import Foundation
 import HostOS
+import ManagementModel
 import Logging
 import PartitionProcess
 import URing
@@ -122,7 +123,7 @@ final class AuditTrail: Sendable {
         case .invalid(let error):
             entry = AuditEntry(principal: caller.name, uid: caller.uid, action: action, target: "configuration",
                                outcome: .failed("invalid: " + error.problems.map(\.description).joined(separator: "; ")))
-        case .refused(let reason), .failed(let reason):
+        case .failed(let reason):
             entry = AuditEntry(principal: caller.name, uid: caller.uid, action: action, target: "configuration",
                                outcome: .failed(reason))
         }

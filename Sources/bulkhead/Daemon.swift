@@ -9,6 +9,9 @@ import Switch
 import SwitchEngine
 import UnixSignals
 import Audit
+import Management
+import ManagementModel
+import Observability
 
 /// A startup failure, said so that an operator knows what to fix.
 struct DaemonError: Error, CustomStringConvertible {
@@ -59,7 +62,8 @@ struct Daemon {
         }
         let audit = AuditTrail(logger: logger, log: auditLog)
         // Platform integrity: what runs and what it was told, before anything starts.
-        try audit.daemonStarted(executableDigest: SelfMeasurement.executableDigest(),
+        let executableDigest = SelfMeasurement.executableDigest()
+        try audit.daemonStarted(executableDigest: executableDigest,
                                 configurationDigest: SelfMeasurement.digest(Array(configurationText.utf8)),
                                 configPath: configPath)
 
@@ -75,8 +79,18 @@ struct Daemon {
             "status": "\(state)/status.json",
         ])
         let reload = ReloadOnHangup(configPath: configPath, runtime: runtime, logger: logger)
+        let backend = DaemonBackend(runtime: runtime, audit: audit, started: Date(), executableDigest: executableDigest,
+                                    cgroups: .disabled(reason: "not configured"))
+        var services: [any Service] = [runtime.supervisor, reload]
+        do {
+            services.append(try managementServer(backend))
+            if let metrics = try metricsServer(backend) { services.append(metrics) }
+        } catch {
+            await runtime.teardown()
+            throw DaemonError("\(error)")
+        }
         let group = ServiceGroup(
-            services: [runtime.supervisor, reload],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         do {
@@ -88,6 +102,33 @@ struct Daemon {
         try? audit.daemonStopped()
         lock.unlock()
         logger.info("bulkhead stopped; every link and namespace it created is removed")
+    }
+}
+
+extension Daemon {
+    /// The management API on `host.controlSocket`: its directory is created, and a state
+    /// directory that holds it becomes passable (0711) so that principals other than root reach it.
+    func managementServer(_ backend: DaemonBackend) throws -> ManagementServer {
+        let path = configuration.host.controlSocketPath
+        let directory = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        if directory == configuration.host.stateDirectory {
+            try StateFiles.setOwner(directory, uid: 0, gid: 0, mode: 0o711)
+        }
+        logger.info("management API listening", metadata: ["socket": "\(path)",
+                                                           "socket.group": "\(configuration.host.controlSocketGroup ?? 0)"])
+        return ManagementServer(socketPath: path, socketGroup: configuration.host.controlSocketGroup, backend: backend,
+                                record: { try backend.record($0) }, logger: logger)
+    }
+
+    /// The Prometheus endpoint at `host.metrics`, if the configuration names one.
+    func metricsServer(_ backend: DaemonBackend) throws -> MetricsServer? {
+        guard let text = configuration.host.metrics else { return nil }
+        let address = try MetricsListenAddress.parse(text)
+        logger.info("metrics endpoint listening", metadata: ["metrics": "\(address)"])
+        return MetricsServer(address: address, socketAccess: .init(group: configuration.host.controlSocketGroup, mode: 0o660),
+                             logger: logger, snapshot: { await backend.metrics() })
     }
 }
 
@@ -117,8 +158,8 @@ struct ReloadOnHangup: Service {
                     logger.notice("SIGHUP: configuration applied", metadata: ["changes": "\(changes.isEmpty ? "none" : changes.joined(separator: "; "))"])
                 case .invalid(let error):
                     logger.error("SIGHUP: the configuration is invalid; nothing changed\n\(error)")
-                case .refused(let reason), .failed(let reason):
-                    logger.error("SIGHUP: nothing changed: \(reason)")
+                case .failed(let reason):
+                    logger.error("SIGHUP: the configuration was not applied: \(reason)")
                 }
             }
         } onGracefulShutdown: {}

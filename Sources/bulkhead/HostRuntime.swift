@@ -2,6 +2,7 @@ import Config
 import Foundation
 import HostOS
 import Logging
+import ManagementModel
 import PartitionProcess
 import Switch
 import SwitchEngine
@@ -28,18 +29,6 @@ enum Caller: Sendable {
         case .daemon(let action), .principal(_, _, let action): action
         }
     }
-}
-
-/// How an apply ended.
-enum ApplyOutcome: Sendable {
-    /// Applied (or, for a dry run, would apply) these changes; empty when nothing differed.
-    case applied([String])
-    /// The document is not a valid configuration, or changes what needs a restart: nothing changed.
-    case invalid(ConfigurationError)
-    /// Not attempted (another apply is running): nothing changed.
-    case refused(String)
-    /// Failed part-way: what was applied before the failure stays; the reason says where.
-    case failed(String)
 }
 
 /// The daemon's running host: the applied configuration, the kernel objects of the ports, and
@@ -219,15 +208,22 @@ actor HostRuntime {
     func apply(text newText: String, file: String?, dryRun: Bool, by caller: Caller) async -> ApplyOutcome {
         let outcome = await applying(newText, file: file, dryRun: dryRun)
         audit.applied(outcome, dryRun: dryRun, by: caller)
+        if !dryRun {
+            applyCounts.attempts += 1
+            if case .applied = outcome {} else { applyCounts.failures += 1 }
+        }
         return outcome
     }
+
+    /// Applies attempted and failed since the daemon started (dry runs not counted).
+    private(set) var applyCounts = (attempts: UInt64(0), failures: UInt64(0))
 
     func recordReloadUnreadable(path: String, error: String) {
         audit.applied(.failed("cannot read \(path): \(error)"), dryRun: false, by: .daemon(action: "config.reload"))
     }
 
     private func applying(_ newText: String, file: String?, dryRun: Bool) async -> ApplyOutcome {
-        guard !applying else { return .refused("another configuration change is being applied; try again when it is done") }
+        guard !applying else { return .failed("another configuration change is being applied; nothing was changed, try again when it is done") }
         let new: HostConfiguration
         do { new = try HostConfiguration.decode(newText, file: file) } catch {
             return .invalid(error)
@@ -236,7 +232,7 @@ actor HostRuntime {
         guard difference.needsRestart.isEmpty else {
             return .invalid(ConfigurationError(file: file, problems: difference.needsRestart))
         }
-        if dryRun { return .applied(difference.summary) }
+        if dryRun { return .applied(changes: difference.summary) }
         applying = true
         defer { applying = false }
         do {
@@ -267,7 +263,7 @@ actor HostRuntime {
         } catch {
             return .failed("\(error); the changes listed before it were applied: \(difference.summary.joined(separator: "; "))")
         }
-        return .applied(difference.summary)
+        return .applied(changes: difference.summary)
     }
 
     /// Applies one tenant's changes (see `apply`).

@@ -63,6 +63,8 @@ struct ChildState: Sendable {
     let partition: String?
     let phase: ChildPhase
     let pid: Int32?
+    /// Times it was started.
+    let starts: Int
     /// Starts after the first.
     let restarts: Int
     /// How it last ended, in words.
@@ -463,7 +465,7 @@ private final class Slot: Sendable {
         state.withLock { s in
             ChildState(key: spec.key, kind: spec.kind, tenant: spec.tenant, partition: spec.partition,
                        phase: s.process != nil ? .running : s.phase, pid: s.process?.pid,
-                       restarts: max(0, s.starts - 1), lastExit: s.lastExit, since: s.since)
+                       starts: s.starts, restarts: max(0, s.starts - 1), lastExit: s.lastExit, since: s.since)
         }
     }
 }

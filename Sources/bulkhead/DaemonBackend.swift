@@ -1,0 +1,104 @@
+import Audit
+import Config
+import Foundation
+import Management
+import ManagementModel
+import Observability
+import Switch
+
+/// What the management API and the metrics endpoint read and change: the daemon's runtime.
+struct DaemonBackend: ManagementBackend {
+    let runtime: HostRuntime
+    let audit: AuditTrail
+    let started: Date
+    let executableDigest: String
+    /// Whether the children run in cgroups of their own, or why not.
+    let cgroups: CgroupStatus
+
+    func snapshot() async -> ManagementSnapshot {
+        let (configuration, text) = await (runtime.configuration, runtime.text)
+        let daemon = ManagementModel.DaemonStatus(
+            pid: getpid(), startedAt: DaemonBackend.rfc3339(started), executableSHA256: executableDigest,
+            configurationSHA256: SelfMeasurement.digest(Array(text.utf8)), cgroups: cgroups)
+        let children = runtime.supervisor.states().map(DaemonBackend.status)
+        let statistics = runtime.board.statistics()
+        return ManagementSnapshot(configuration: configuration, configurationText: text,
+                                  status: HostStatus(daemon: daemon, children: children),
+                                  statistics: statistics.ports.isEmpty && statistics.segments.isEmpty ? nil : statistics)
+    }
+
+    func partition(_ action: PartitionAction, tenant: String, id: String) async throws(ManagementFailure) {
+        let done = await runtime.partition(HostRuntime.PartitionAction(rawValue: action.rawValue) ?? .restart, tenant: tenant, id: id)
+        guard done else {
+            throw ManagementFailure(.unavailable, "partition \(tenant)/\(id) is not running under this daemon (yet); try again")
+        }
+    }
+
+    func apply(document: String, dryRun: Bool, principal: String) async -> ApplyOutcome {
+        let uid = await runtime.configuration.principals.first { $0.name == principal }?.uid
+        let caller: Caller = uid.map { .principal(name: principal, uid: $0, action: "api.configuration.apply") }
+            ?? .daemon(action: "api.configuration.apply")
+        return await runtime.apply(text: document, file: nil, dryRun: dryRun, by: caller)
+    }
+
+    func auditRecords(after: UInt64, limit: Int) async throws(ManagementFailure) -> [String] {
+        guard let log = audit.log else { throw ManagementFailure(.unavailable, "this daemon keeps no audit log") }
+        do { return try log.records(after: after, limit: min(max(limit, 0), 1000)) } catch {
+            throw ManagementFailure(.failed, "the audit log cannot be read: \(error)")
+        }
+    }
+
+    /// The metrics endpoint's view: the switches' counters, every child and partition.
+    func metrics() async -> MetricsSnapshot {
+        let states = runtime.supervisor.states()
+        let statistics = runtime.board.statistics()
+        let applies = await runtime.applyCounts
+        return MetricsSnapshot(
+            switchStatistics: statistics.ports.isEmpty ? nil : statistics,
+            partitions: states.compactMap { state in
+                state.partition.map {
+                    PartitionMetrics(tenant: state.tenant, id: $0, state: state.phase.rawValue,
+                                     starts: UInt64(state.starts),
+                                     restarts: UInt64(state.restarts))
+                }
+            },
+            children: states.map { ChildMetrics(kind: $0.kind.rawValue, tenant: $0.tenant, partition: $0.partition,
+                                                restarts: UInt64($0.restarts), up: $0.phase == .running) },
+            auditRecordsWritten: audit.log?.lastSequence,
+            configurationApplies: ApplyMetrics(attempts: applies.attempts, failures: applies.failures))
+    }
+
+    /// Writes a management call's record; throws when it cannot (the call is then refused).
+    func record(_ event: APIAuditEvent) throws {
+        let outcome: AuditEntry.Outcome
+        switch event.outcome {
+        case .allowed: outcome = .allowed
+        case .denied(let reason): outcome = .denied(reason)
+        case .failed(let reason): outcome = .failed(reason)
+        }
+        try audit.record(AuditEntry(principal: event.principal, uid: event.uid, action: event.action, target: event.target,
+                                    outcome: outcome))
+    }
+
+    static func status(_ state: ChildState) -> ChildStatus {
+        let kind: ManagementModel.ChildKind = switch state.kind {
+        case .switch: .switch
+        case .blockServer: .blockServer
+        case .partition: .partition
+        }
+        let phase: ManagementModel.ChildState = switch state.phase {
+        case .running: .running
+        case .restarting: .restarting
+        case .stopped: .stopped
+        case .down: .down
+        }
+        return ChildStatus(kind: kind, tenant: state.tenant, id: state.partition, state: phase, pid: state.pid,
+                           restarts: state.restarts, lastExit: state.lastExit, since: rfc3339(state.since))
+    }
+
+    static func rfc3339(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+}
