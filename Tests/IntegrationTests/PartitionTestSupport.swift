@@ -111,10 +111,12 @@ final class PartitionTestbed {
     /// runs. With `capture`, the TAP ports' namespaces are made here first and a capture of every
     /// frame that enters each is running before the daemon starts, so none of a guest's frames
     /// can escape it.
-    init(image: PartitionGuestImage, guests: [Guest], extraAddresses: [String: [String]] = [:], capture: Bool = false) throws {
+    init(image: PartitionGuestImage, guests: [Guest], extraAddresses: [String: [String]] = [:], capture: Bool = false,
+         hostSettings: [String: Any] = [:]) throws {
         self.image = image
         self.guests = guests
         var config = try TestTopology.demo()
+        config["host"] = (config["host"] as? [String: Any] ?? [:]).merging(hostSettings) { _, new in new }
         var tenants = config["tenants"] as? [[String: Any]] ?? []
         for t in tenants.indices {
             let tenant = tenants[t]["id"] as? String ?? ""
