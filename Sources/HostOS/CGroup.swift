@@ -168,6 +168,10 @@ public struct CGroupTree: Sendable {
     /// The controllers enabled for the children's groups.
     public let controllers: Set<CGroupController>
 
+    /// The controllers `prepare` enabled in `startingGroup`'s subtree_control, which `leave`
+    /// disables again.
+    let enabledInStartingGroup: [CGroupController]
+
     /// The name of the daemon's own leaf, which no child's group may take.
     public static let daemonLeaf = "daemon"
     /// The subtree made when the daemon's cgroup is shared with other processes.
@@ -217,13 +221,23 @@ public struct CGroupTree: Sendable {
         }
         let root = others.isEmpty ? group : group + "/" + sharedSubtree
         let daemon = root + "/" + daemonLeaf
-        let enable = controllers.sorted().map { "+" + $0.rawValue }
+        // Only what prepare enables is undone (by a failure here, or by leave()): a controller
+        // the host had enabled already stays enabled.
+        let alreadyInGroup = Set(((try? readText(group + "/cgroup.subtree_control")) ?? "")
+            .split(whereSeparator: \.isWhitespace).compactMap { CGroupController(rawValue: String($0)) })
+        var enabledInGroup: [CGroupController] = []
 
         // Back to where it started, leaving nothing behind, when a step fails.
         func undo() {
+            if root == group {
+                for controller in enabledInGroup { _ = try? writeText(group + "/cgroup.subtree_control", "-" + controller.rawValue) }
+            }
             _ = try? writeText(group + "/cgroup.procs", "\(getpid())")
             _ = rmdir(daemon)
-            if root != group { _ = rmdir(root) }
+            if root != group {
+                _ = rmdir(root)
+                for controller in enabledInGroup { _ = try? writeText(group + "/cgroup.subtree_control", "-" + controller.rawValue) }
+            }
         }
         var step = ""
         do {
@@ -237,24 +251,27 @@ public struct CGroupTree: Sendable {
             step = "moving this process into \(daemon)"
             try writeText(daemon + "/cgroup.procs", "\(getpid())")
             if root != group {
-                step = "enabling controllers in \(group)/cgroup.subtree_control"
-                for controller in enable {
-                    do { try writeText(group + "/cgroup.subtree_control", controller) } catch {
+                for controller in controllers.sorted() where !alreadyInGroup.contains(controller) {
+                    do { try writeText(group + "/cgroup.subtree_control", "+" + controller.rawValue) } catch {
                         undo()
                         if error.errno == EBUSY { return .failure(.sharedGroup(group: group, otherProcesses: others, error: error)) }
-                        return .failure(.setupFailed(step: "\(step) (\(controller))", error: error))
+                        return .failure(.setupFailed(step: "enabling \(controller) in \(group)/cgroup.subtree_control", error: error))
                     }
+                    enabledInGroup.append(controller)
                 }
             }
-            for controller in enable {
+            for controller in controllers.sorted() {
                 step = "enabling \(controller) in \(root)/cgroup.subtree_control"
-                try writeText(root + "/cgroup.subtree_control", controller)
+                if root == group && alreadyInGroup.contains(controller) { continue }
+                try writeText(root + "/cgroup.subtree_control", "+" + controller.rawValue)
+                if root == group { enabledInGroup.append(controller) }
             }
         } catch {
             undo()
             return .failure(.setupFailed(step: step, error: error))
         }
-        return .success(CGroupTree(root: root, daemonGroup: daemon, startingGroup: group, controllers: controllers))
+        return .success(CGroupTree(root: root, daemonGroup: daemon, startingGroup: group, controllers: controllers,
+                                   enabledInStartingGroup: enabledInGroup))
     }
 
     /// Creates the group `<root>/<name>`, or takes the existing one, and writes `limits` to it
@@ -294,6 +311,9 @@ public struct CGroupTree: Sendable {
     /// leaf (and the `bulkhead` subtree, when `prepare` made one and it is empty). For a daemon
     /// started from a shell, and for tests: a systemd service's cgroup goes away with it anyway.
     public func leave() throws(CGroupError) {
+        // A group with controllers enabled for its children takes no process (unless it is the
+        // hierarchy's root): disable them first where the children's groups were made in it.
+        if root == startingGroup { disableEnabledControllers() }
         do {
             try Self.writeText(startingGroup + "/cgroup.procs", "\(getpid())")
         } catch {
@@ -301,15 +321,15 @@ public struct CGroupTree: Sendable {
         }
         if rmdir(daemonGroup) < 0 && errno != ENOENT { throw .system(SystemError("rmdir(\(daemonGroup))", errno: errno)) }
         if root != startingGroup {
-            // Disable the controllers there first (as the hierarchy was), then remove the subtree;
-            // both fail harmlessly while a child's group remains.
-            if rmdir(root) == 0 {
-                for controller in controllers.sorted() {
-                    _ = try? Self.writeText(startingGroup + "/cgroup.subtree_control", "-" + controller.rawValue)
-                }
-            } else if errno != ENOENT {
-                throw .system(SystemError("rmdir(\(root))", errno: errno))
-            }
+            // Fails while a child's group remains; the controllers then stay enabled above it.
+            if rmdir(root) < 0 && errno != ENOENT { throw .system(SystemError("rmdir(\(root))", errno: errno)) }
+            disableEnabledControllers()
+        }
+    }
+
+    private func disableEnabledControllers() {
+        for controller in enabledInStartingGroup {
+            _ = try? Self.writeText(startingGroup + "/cgroup.subtree_control", "-" + controller.rawValue)
         }
     }
 

@@ -27,15 +27,27 @@ public struct ChildProcess: Sendable {
     /// The corresponding C functions are `posix_spawn` and, with a cgroup, `clone3` and `execve`.
     public static func spawn(_ executable: String, arguments: [String], stdin: Int32,
                              cgroup: borrowing CGroup? = nil) throws(SystemError) -> ChildProcess {
+        switch cgroup {
+        case .some(let group): try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: group.descriptor.rawValue)
+        case .none: try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: nil)
+        }
+    }
+
+    /// Starts `executable` inside `cgroup`: `spawn(_:arguments:stdin:cgroup:)` for a group at hand
+    /// rather than an optional one (a noncopyable value does not become an Optional without
+    /// being consumed).
+    public static func spawn(_ executable: String, arguments: [String], stdin: Int32,
+                             cgroup: borrowing CGroup) throws(SystemError) -> ChildProcess {
+        try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: cgroup.descriptor.rawValue)
+    }
+
+    private static func spawn(_ executable: String, arguments: [String], stdin: Int32,
+                              cgroupDescriptor: Int32?) throws(SystemError) -> ChildProcess {
         let argv = ([executable] + arguments).map { strdup($0) }
         defer { for pointer in argv { free(pointer) } }
         var pid: Int32 = 0
-        let cgroupFD: Int32? = switch cgroup {
-        case .some(let group): group.descriptor.rawValue
-        case .none: nil
-        }
-        if let cgroupFD {
-            let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn_in_cgroup(executable, $0.baseAddress, stdin, cgroupFD, &pid) }
+        if let cgroupDescriptor {
+            let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn_in_cgroup(executable, $0.baseAddress, stdin, cgroupDescriptor, &pid) }
             if r < 0 { throw SystemError("clone3(CLONE_INTO_CGROUP)+execve(\(executable))", negated: r) }
         } else {
             let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn(executable, $0.baseAddress, stdin, &pid) }
