@@ -436,7 +436,12 @@ extension CGroupTree {
 ///
 /// To tell why a child died: read `oomKills()` before spawning it; when it ends killed by
 /// SIGKILL and the count went up, the kernel's OOM killer killed it at the group's memory.max.
-public struct CGroup: ~Copyable, Sendable {
+///
+/// A class rather than a ~Copyable struct: the supervisor keeps one per child across restarts,
+/// in optionals and closures, and reads it from the thread that reaps the child. The directory
+/// descriptor is still an owned `FileDescriptor`, closed when the last reference goes. Immutable,
+/// hence Sendable.
+public final class CGroup: Sendable {
     /// The group's name under the daemon's tree.
     public let name: String
     /// The group's directory, e.g. /sys/fs/cgroup/system.slice/bulkhead.service/switch.

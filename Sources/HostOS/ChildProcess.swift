@@ -26,19 +26,8 @@ public struct ChildProcess: Sendable {
     ///
     /// The corresponding C functions are `posix_spawn` and, with a cgroup, `clone3` and `execve`.
     public static func spawn(_ executable: String, arguments: [String], stdin: Int32,
-                             cgroup: borrowing CGroup? = nil) throws(SystemError) -> ChildProcess {
-        switch cgroup {
-        case .some(let group): try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: group.descriptor.rawValue)
-        case .none: try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: nil)
-        }
-    }
-
-    /// Starts `executable` inside `cgroup`: `spawn(_:arguments:stdin:cgroup:)` for a group at hand
-    /// rather than an optional one (a noncopyable value does not become an Optional without
-    /// being consumed).
-    public static func spawn(_ executable: String, arguments: [String], stdin: Int32,
-                             cgroup: borrowing CGroup) throws(SystemError) -> ChildProcess {
-        try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: cgroup.descriptor.rawValue)
+                             cgroup: CGroup? = nil) throws(SystemError) -> ChildProcess {
+        try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: cgroup?.descriptor.rawValue)
     }
 
     private static func spawn(_ executable: String, arguments: [String], stdin: Int32,
