@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <linux/openat2.h>
+#include <linux/close_range.h>
 #include <linux/falloc.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -643,3 +644,100 @@ int bh_wait_child(int pid, int *exited, int *code) {
     return 0;
 }
 
+
+// clone3's argument block, version 2 (Linux 5.7: the `cgroup` field); glibc 2.36 has no clone3
+// wrapper nor the struct, and <linux/sched.h> clashes with <sched.h>.
+struct bh_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+             set_tid, set_tid_size, cgroup;
+};
+_Static_assert(sizeof(struct bh_clone_args) == 88, "CLONE_ARGS_SIZE_VER2");
+#define BH_CLONE_INTO_CGROUP 0x200000000ULL
+const int bh_O_PATH = O_PATH;
+
+// The kernel's own sigaction layout: glibc's sigaction refuses its internal signals.
+struct bh_kernel_sigaction { void *handler; unsigned long flags; void *restorer; uint64_t mask; };
+
+// The child of bh_spawn_in_cgroup, in a copy of the parent's memory with every signal blocked:
+// redo what glibc's posix_spawn child does, then execve. Only async-signal-safe calls (the
+// parent is multithreaded). On failure the errno goes up the report pipe; exit status 127 is
+// posix_spawn's too.
+static void bh_spawn_child(const char *path, char *const argv[], int stdin_fd, int report,
+                           const sigset_t *mask) {
+    int err;
+    // The report pipe must outlive the dup2 onto 0 below (it is 0 when the parent had no stdin).
+    if (report < 3) {
+        int moved = fcntl(report, F_DUPFD_CLOEXEC, 3);
+        if (moved < 0) goto fail;
+        report = moved;
+    }
+    // Handlers belong to the parent: caught signals go back to SIG_DFL, ignored ones stay
+    // ignored, and glibc's two internal signals (SIGCANCEL, SIGSETXID) are ignored, as its
+    // posix_spawn leaves them.
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        if (sig == 32 || sig == 33) {
+            struct bh_kernel_sigaction ignore = { SIG_IGN, 0, NULL, 0 };
+            syscall(SYS_rt_sigaction, sig, &ignore, NULL, sizeof ignore.mask);
+            continue;
+        }
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) != 0) continue;
+        if (sa.sa_handler == SIG_IGN || sa.sa_handler == SIG_DFL) continue;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        sigaction(sig, &sa, NULL);
+    }
+    // posix_spawn's file actions: dup2(stdin_fd, 0) (clearing close-on-exec when stdin_fd is
+    // 0 already, as glibc does), then closefrom(3): here by marking 3 and up close-on-exec, so
+    // the report pipe stays open until execve succeeds and closes it with the rest.
+    if (stdin_fd == 0) {
+        int flags = fcntl(0, F_GETFD);
+        if (flags < 0 || fcntl(0, F_SETFD, flags & ~FD_CLOEXEC) < 0) goto fail;
+    } else if (dup2(stdin_fd, 0) < 0) {
+        goto fail;
+    }
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) goto fail;
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    execve(path, argv, environ);
+fail:
+    err = errno;
+    while (write(report, &err, sizeof err) < 0 && errno == EINTR) {}
+    _exit(127);
+}
+
+int bh_spawn_in_cgroup(const char *path, char *const argv[], int stdin_fd, int cgroup_fd, int *pid) {
+    if (cgroup_fd < 0) return -EBADF;
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) < 0) return -errno;
+    // No handler may run in the child before it has reset them (posix_spawn blocks them too).
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    struct bh_clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = BH_CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = (uint64_t)cgroup_fd;
+    long child = syscall(SYS_clone3, &args, sizeof args);
+    if (child == 0) bh_spawn_child(path, argv, stdin_fd, report[1], &old);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(report[1]);
+    if (child < 0) {
+        close(report[0]);
+        return -clone_errno;
+    }
+    // End of file: execve succeeded (it closed the pipe); an int: the child's errno.
+    int child_errno = 0;
+    ssize_t n;
+    do { n = read(report[0], &child_errno, sizeof child_errno); } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n == (ssize_t)sizeof child_errno) {
+        // Reap it, as posix_spawn does with a child that failed before execve.
+        while (waitpid((pid_t)child, NULL, 0) < 0 && errno == EINTR) {}
+        return -(child_errno ? child_errno : ECHILD);
+    }
+    *pid = (int)child;
+    return 0;
+}

@@ -17,13 +17,31 @@ public struct ChildProcess: Sendable {
     }
 
     /// Starts `executable` with `arguments` (argv[1...]) and `stdin` as its standard input.
-    /// The corresponding C function is `posix_spawn`.
-    public static func spawn(_ executable: String, arguments: [String], stdin: Int32) throws(SystemError) -> ChildProcess {
+    ///
+    /// With a `cgroup`, the child starts inside that group (clone3 with CLONE_INTO_CGROUP): it is
+    /// charged to the group's limits from its first instruction, before it could allocate
+    /// anything outside them, and no window exists in which it runs unlimited. The child sees
+    /// the same descriptors, signal mask and dispositions either way. A failed `execve` (a
+    /// missing or non-executable file) is thrown here in both cases.
+    ///
+    /// The corresponding C functions are `posix_spawn` and, with a cgroup, `clone3` and `execve`.
+    public static func spawn(_ executable: String, arguments: [String], stdin: Int32,
+                             cgroup: CGroup? = nil) throws(SystemError) -> ChildProcess {
+        try spawn(executable, arguments: arguments, stdin: stdin, cgroupDescriptor: cgroup?.descriptor.rawValue)
+    }
+
+    private static func spawn(_ executable: String, arguments: [String], stdin: Int32,
+                              cgroupDescriptor: Int32?) throws(SystemError) -> ChildProcess {
         let argv = ([executable] + arguments).map { strdup($0) }
         defer { for pointer in argv { free(pointer) } }
         var pid: Int32 = 0
-        let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn(executable, $0.baseAddress, stdin, &pid) }
-        if r < 0 { throw SystemError("posix_spawn(\(executable))", negated: r) }
+        if let cgroupDescriptor {
+            let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn_in_cgroup(executable, $0.baseAddress, stdin, cgroupDescriptor, &pid) }
+            if r < 0 { throw SystemError("clone3(CLONE_INTO_CGROUP)+execve(\(executable))", negated: r) }
+        } else {
+            let r = (argv + [nil]).withUnsafeBufferPointer { bh_spawn(executable, $0.baseAddress, stdin, &pid) }
+            if r < 0 { throw SystemError("posix_spawn(\(executable))", negated: r) }
+        }
         return ChildProcess(pid: pid)
     }
 

@@ -115,6 +115,18 @@ int bh_is_sealed_against_shrinking(int fd);
 /// daemon's but what it is handed. Stores the pid. Returns 0 or -errno.
 int bh_spawn(const char *path, char *const argv[], int stdin_fd, int *pid);
 
+/// bh_spawn's twin that starts the child inside the cgroup v2 group `cgroup_fd` (an O_PATH or
+/// O_RDONLY descriptor of the group's directory) with clone3(CLONE_INTO_CGROUP): the child is
+/// charged to the group from its first instruction, so nothing it allocates escapes the
+/// group's limits. Same descriptors, signal mask, signal dispositions and error reporting as
+/// bh_spawn (posix_spawn without attributes), but with fork's copy-on-write memory instead of a
+/// shared-memory vfork. Stores the pid. Returns 0 or -errno (of clone3, or of the child's setup
+/// or execve).
+int bh_spawn_in_cgroup(const char *path, char *const argv[], int stdin_fd, int cgroup_fd, int *pid);
+/// O_PATH (a _GNU_SOURCE flag Swift's Glibc module leaves out): a descriptor that names a file
+/// without opening it for I/O, enough for openat and CLONE_INTO_CGROUP.
+extern const int bh_O_PATH;
+
 /// waitpid(pid, &status, 0), retried on EINTR. Returns 0 and sets *exited (1 normal exit, 0 a
 /// signal) and *code (exit status or signal number), or -errno.
 int bh_wait_child(int pid, int *exited, int *code);
