@@ -67,10 +67,28 @@ struct Daemon {
                                 configurationDigest: SelfMeasurement.digest(Array(configurationText.utf8)),
                                 configPath: configPath)
 
+        // Resource isolation: a cgroup v2 group per child, or a fallback that says why not.
+        let cgroups: CGroupTree?
+        let cgroupStatus: CgroupStatus
+        switch CGroupTree.prepare() {
+        case .success(let tree):
+            cgroups = tree
+            cgroupStatus = .enabled(path: tree.root)
+            logger.info("children run in cgroups of their own", metadata: [
+                "cgroup.root": "\(tree.root)", "cgroup.controllers": "\(tree.controllers.sorted().map(\.rawValue).joined(separator: ","))",
+            ])
+        case .failure(let reason):
+            cgroups = nil
+            cgroupStatus = .disabled(reason: reason.description)
+            logger.warning("children run WITHOUT resource limits: \(reason)")
+        }
+        audit.note(AuditEntry(principal: "bulkhead", action: "daemon.cgroups", target: "",
+                              outcome: cgroups == nil ? .failed("not limiting children: \(cgroupStatus)") : .allowed,
+                              detail: cgroups.map { ["root": $0.root] } ?? [:]))
         let runtime: HostRuntime
         do {
             runtime = try await HostRuntime.start(configuration: configuration, text: configurationText,
-                                                  logLevel: logLevel, audit: audit, logger: logger)
+                                                  logLevel: logLevel, cgroups: cgroups, audit: audit, logger: logger)
         } catch {
             throw DaemonError("\(error)")
         }
@@ -80,7 +98,7 @@ struct Daemon {
         ])
         let reload = ReloadOnHangup(configPath: configPath, runtime: runtime, logger: logger)
         let backend = DaemonBackend(runtime: runtime, audit: audit, started: Date(), executableDigest: executableDigest,
-                                    cgroups: .disabled(reason: "not configured"))
+                                    cgroups: cgroupStatus)
         var services: [any Service] = [runtime.supervisor, reload]
         do {
             services.append(try managementServer(backend))

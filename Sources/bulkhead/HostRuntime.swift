@@ -53,7 +53,7 @@ actor HostRuntime {
     private var applying = false
 
     private init(configuration: HostConfiguration, text: String, network: consuming PortNetwork, jailUids: JailUidRecord,
-                 vmm: String, logLevel: String, audit: AuditTrail, logger: Logger) {
+                 vmm: String, logLevel: String, cgroups: CGroupTree?, audit: AuditTrail, logger: Logger) {
         self.configuration = configuration
         self.text = text
         self.network = network
@@ -66,13 +66,13 @@ actor HostRuntime {
         appliedPath = state + "/applied.json"
         workers = configuration.host.switchSettings.resolvedWorkers(onlineCores: onlineProcessorCount())
         board = StatusBoard(file: StatusFile(path: state + "/status.json", logger: logger))
-        supervisor = ChildSupervisor(logger: logger, events: { audit.childEvent($0) })
+        supervisor = ChildSupervisor(logger: logger, cgroups: cgroups, events: { audit.childEvent($0) })
     }
 
     /// Records the jail uids, sets up every tenant's ports and adds every child (they start when
     /// the supervisor runs). On failure, what was set up is removed.
-    static func start(configuration: HostConfiguration, text: String, logLevel: String, audit: AuditTrail,
-                      logger: Logger) async throws -> HostRuntime {
+    static func start(configuration: HostConfiguration, text: String, logLevel: String, cgroups: CGroupTree?,
+                      audit: AuditTrail, logger: Logger) async throws -> HostRuntime {
         let state = configuration.host.stateDirectory
         // Every tenant's jail uid is recorded before any child starts (each also reads it).
         let (record, added) = try JailUids.allocate(configuration)
@@ -90,7 +90,7 @@ actor HostRuntime {
             throw DaemonError("removing what an earlier run left failed: \(error)")
         }
         let runtime = HostRuntime(configuration: configuration, text: text, network: network, jailUids: record,
-                                  vmm: vmm, logLevel: logLevel, audit: audit, logger: logger)
+                                  vmm: vmm, logLevel: logLevel, cgroups: cgroups, audit: audit, logger: logger)
         try await runtime.bringUp()
         return runtime
     }
@@ -157,7 +157,8 @@ actor HostRuntime {
             name: "switch", metadata: ["tenant.id": "\(tenant.id)"],
             arguments: ["switch", "--config", appliedPath, "--tenant", tenant.id, "--workers", "\(workers)",
                         "--log-level", logLevel],
-            attach: { control, pid in attachment.run(control, pid: pid) }))
+            attach: { control, pid in attachment.run(control, pid: pid) },
+            limits: configuration.switchLimits(of: tenant).cgroup))
     }
 
     private func addBlockServer(_ tenant: Tenant) {
@@ -166,7 +167,7 @@ actor HostRuntime {
             key: ChildSpec.key(.blockServer, tenant: tenant.id), kind: .blockServer, tenant: tenant.id,
             name: "block server", metadata: ["tenant.id": "\(tenant.id)"],
             arguments: ["block-server", "--config", appliedPath, "--tenant", tenant.id, "--stop-when-stdin-closes"],
-            attach: nil))
+            attach: nil, limits: configuration.blockServerLimits(of: tenant).cgroup))
     }
 
     /// A partition's VMM; before every start its boot files are measured (and the result
@@ -188,7 +189,8 @@ actor HostRuntime {
                 let report = LaunchMeasurement.measure(partition)
                 audit.launchMeasured(target: target, report: report)
                 return report.refusal.map { "measured launch refused: \($0)" }
-            }))
+            },
+            limits: configuration.limits(of: partition).cgroup))
     }
 
     private func tenantLogger(_ id: String) -> Logger {
@@ -263,6 +265,14 @@ actor HostRuntime {
         } catch {
             return .failed("\(error); the changes listed before it were applied: \(difference.summary.joined(separator: "; "))")
         }
+        // Limits change in place: the children that kept running are held to the new ones.
+        for tenant in new.tenants {
+            supervisor.setLimits(ChildSpec.key(.switch, tenant: tenant.id), new.switchLimits(of: tenant).cgroup)
+            supervisor.setLimits(ChildSpec.key(.blockServer, tenant: tenant.id), new.blockServerLimits(of: tenant).cgroup)
+            for partition in tenant.partitions {
+                supervisor.setLimits(ChildSpec.key(.partition, tenant: tenant.id, partition: partition.id), new.limits(of: partition).cgroup)
+            }
+        }
         return .applied(changes: difference.summary)
     }
 
@@ -311,5 +321,13 @@ actor HostRuntime {
         case .stop: return await supervisor.stop(key)
         case .restart: return await supervisor.restart(key)
         }
+    }
+}
+
+extension ResourceLimits {
+    /// These limits as the cgroup files take them.
+    var cgroup: CGroupLimits {
+        CGroupLimits(memoryMaxBytes: memoryMiB.map { UInt64($0) << 20 }, cpuWeight: cpuWeight,
+                     cpuQuotaPercent: cpuPercent, pidsMax: pids)
     }
 }

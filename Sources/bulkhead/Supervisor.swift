@@ -37,6 +37,11 @@ struct ChildSpec: Sendable {
     /// Runs before every start; a reason refuses the start and leaves the child down (a
     /// partition whose kernel does not match its digest).
     var preflight: (@Sendable () -> String?)? = nil
+    /// The limits of its cgroup (`<tree>/<cgroupName>`), where the daemon has a cgroup tree.
+    var limits = CGroupLimits()
+
+    /// Its cgroup's name: the key with '-' for '/' ("partition-blue-guest").
+    var cgroupName: String { key.replacingOccurrences(of: "/", with: "-") }
 
     static func key(_ kind: ChildKind, tenant: String, partition: String? = nil) -> String {
         partition.map { "\(kind.rawValue)/\(tenant)/\($0)" } ?? "\(kind.rawValue)/\(tenant)"
@@ -106,6 +111,9 @@ final class ChildSupervisor: Service, Sendable {
     let stopTimeout: Duration
     private let events: @Sendable (ChildEvent) -> Void
     private let executable: String
+    /// The daemon's cgroup v2 tree: each child is started inside a group of its own. Nil where
+    /// cgroup v2 is not delegated to the daemon (it said so at start).
+    let cgroups: CGroupTree?
     private let slots = Mutex<(byKey: [String: Slot], order: [String], stopping: Bool)>(([:], [], false))
     private let newSlots: AsyncStream<Slot>
     private let newSlotsInput: AsyncStream<Slot>.Continuation
@@ -114,8 +122,10 @@ final class ChildSupervisor: Service, Sendable {
     /// snapshot) must fit.
     static let controlBufferBytes = 8 << 20
 
-    init(logger: Logger, stopTimeout: Duration = .seconds(10), events: @escaping @Sendable (ChildEvent) -> Void = { _ in }) {
+    init(logger: Logger, stopTimeout: Duration = .seconds(10), cgroups: CGroupTree? = nil,
+         events: @escaping @Sendable (ChildEvent) -> Void = { _ in }) {
         self.logger = logger
+        self.cgroups = cgroups
         self.stopTimeout = stopTimeout
         self.events = events
         executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -145,6 +155,25 @@ final class ChildSupervisor: Service, Sendable {
         slots.withLock { s in
             s.byKey[key] = nil
             s.order.removeAll { $0 == key }
+        }
+        if let cgroups {
+            do { try cgroups.removeGroup(named: slot.spec.cgroupName) } catch {
+                logger.warning("could not remove the cgroup of a removed child", metadata: ["cgroup": "\(slot.spec.cgroupName)", "error": "\(error)"])
+            }
+        }
+        return true
+    }
+
+    /// Writes new limits to a child's cgroup: a running child is held to them at once, and
+    /// every later start uses them. False when there is no such child.
+    @discardableResult
+    func setLimits(_ key: String, _ limits: CGroupLimits) -> Bool {
+        guard let slot = slot(key) else { return false }
+        slot.limits = limits
+        if let cgroups {
+            do { _ = try cgroups.group(named: slot.spec.cgroupName, limits: limits) } catch {
+                logger.error("could not change a child's cgroup limits", metadata: ["cgroup": "\(slot.spec.cgroupName)", "error": "\(error)"])
+            }
         }
         return true
     }
@@ -247,7 +276,11 @@ final class ChildSupervisor: Service, Sendable {
             let ending = await outcome.ending.value
             let wanted = slot.isWanted
             let declined = wanted && ending.map { !child.restartsAfter($0) } == true
-            let description = ending.map(ChildSupervisor.describe) ?? "could not be waited for"
+            var description = ending.map(ChildSupervisor.describe) ?? "could not be waited for"
+            if ending == .killed(signal: SIGKILL), outcome.oomKilled() {
+                let limit = slot.limits.memoryMaxBytes.map { " (memory.max \($0 >> 20) MiB)" } ?? ""
+                description = "killed by the OOM killer: its cgroup's memory limit was reached\(limit)"
+            }
             events(.exited(child, pid: pid, ending: ending, description: description, requested: !wanted,
                            restarting: wanted && !declined))
             slot.ended(description: description, down: declined)
@@ -284,7 +317,7 @@ final class ChildSupervisor: Service, Sendable {
     /// Starts the child once. Returns its pid and a task that ends when it has exited and its
     /// control socket is done, with how it ended; a nil pid when it never started (`description` says why).
     private func runOnce(_ child: ChildSpec, slot: Slot, logger: Logger)
-        -> (pid: Int32?, ending: Task<ChildProcess.Ending?, Never>, description: String)
+        -> (pid: Int32?, ending: Task<ChildProcess.Ending?, Never>, oomKilled: @Sendable () -> Bool, description: String)
     {
         let none = Task<ChildProcess.Ending?, Never> { nil }
         let daemonEnd: Int32, childEnd: Int32
@@ -295,16 +328,26 @@ final class ChildSupervisor: Service, Sendable {
             try pair.second.setBufferSize(ChildSupervisor.controlBufferBytes)
             (daemonEnd, childEnd) = pair.release()
         } catch {
-            return (nil, none, "could not get a control socket: \(error)")
+            return (nil, none, { false }, "could not get a control socket: \(error)")
         }
         let program = child.executable ?? executable
+        // The child starts inside its group: nothing it allocates escapes the limit.
+        var group: CGroup? = nil
+        if let cgroups {
+            do { group = try cgroups.group(named: child.cgroupName, limits: slot.limits) } catch {
+                _ = close(childEnd)
+                _ = close(daemonEnd)
+                return (nil, none, { false }, "could not be started: its cgroup \(child.cgroupName) could not be made: \(error)")
+            }
+        }
+        let oomKillsBefore = (try? group?.oomKills()) ?? 0
         let started: ChildProcess
         do {
-            started = try ChildProcess.spawn(program, arguments: child.arguments, stdin: childEnd)
+            started = try ChildProcess.spawn(program, arguments: child.arguments, stdin: childEnd, cgroup: group)
         } catch {
             _ = close(childEnd)
             _ = close(daemonEnd)
-            return (nil, none, "could not be started (\(program)): \(error)")
+            return (nil, none, { false }, "could not be started (\(program)): \(error)")
         }
         // Only the child may hold its end: the daemon's end then sees end of file when it exits.
         _ = close(childEnd)
@@ -335,7 +378,12 @@ final class ChildSupervisor: Service, Sendable {
             if child.attach == nil { _ = close(daemonEnd) }
             return ended
         }
-        return (pid, ending, "started")
+        // The OOM killer's SIGKILL is told from an outside one by the group's oom_kill count.
+        let oomKilled: @Sendable () -> Bool = { [group] in
+            guard let group, let after = try? group.oomKills() else { return false }
+            return after > oomKillsBefore
+        }
+        return (pid, ending, oomKilled, "started")
     }
 
     static func describe(_ ending: ChildProcess.Ending) -> String {
@@ -369,10 +417,18 @@ private final class Slot: Sendable {
 
     let spec: ChildSpec
     private let state: Mutex<State>
+    private let currentLimits: Mutex<CGroupLimits>
 
     init(_ spec: ChildSpec, running: Bool) {
         self.spec = spec
         state = Mutex(State(wish: running ? .run : .stop, phase: .stopped))
+        currentLimits = Mutex(spec.limits)
+    }
+
+    /// The limits of its cgroup, changed at run time by an apply.
+    var limits: CGroupLimits {
+        get { currentLimits.withLock { $0 } }
+        set { currentLimits.withLock { $0 = newValue } }
     }
 
     var isWanted: Bool { state.withLock { $0.wish == .run } }

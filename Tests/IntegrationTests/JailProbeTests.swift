@@ -74,4 +74,43 @@ final class JailProbeTests: XCTestCase {
         XCTAssertEqual(verify.status, 0, "the audit log's chain is intact: \(verify.output)\(verify.error)")
         XCTAssertEqual(daemon.stop(), 0, daemon.output)
     }
+
+    /// A block server made to allocate 1 GiB at once (mmap with MAP_POPULATE) is held to its
+    /// cgroup's 64 MiB: the OOM killer ends it, the audit log says so, it is restarted, and the
+    /// other tenant's block server never notices.
+    func testAChildThatAllocatesWithoutBoundIsHeldToItsLimit() throws {
+        try Host.requireNetworkPrivileges()
+        try BlockHost.requireRoot()
+        var configuration = try TestTopology.demo()
+        var host = configuration["host"] as? [String: Any] ?? [:]
+        host["limits"] = ["blockServer": ["memoryMiB": 64]]
+        configuration["host"] = host
+        let daemon = try RunningDaemon(configuration: configuration)
+        if let line = daemon.output.split(separator: "\n").first(where: { $0.contains("children run WITHOUT resource limits") }) {
+            throw XCTSkip("cgroup v2 is not delegated to the daemon on this host, so no limit can hold a child: \(line)")
+        }
+        try daemon.waitFor("children run in cgroups of their own", timeout: 5)
+        var blue: Int32 = 0, red: Int32 = 0
+        try BlockHost.waitFor("a block server per tenant", timeout: 30) {
+            let b = SwitchHost.children(of: daemon, "block-server", tenant: "blue")
+            let r = SwitchHost.children(of: daemon, "block-server", tenant: "red")
+            (blue, red) = (b.first ?? 0, r.first ?? 0)
+            return b.count == 1 && r.count == 1 && daemon.output.occurrences(of: "block server ready") >= 2
+        }
+        // mmap(NULL, 1 GiB, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE, -1, 0)
+        try JailProbeTests.inject(blue, 9, [0, 1 << 30, 3, 0x8022, UInt64(bitPattern: -1), 0])
+        try daemon.waitFor("killed by the OOM killer", timeout: 20)
+        try BlockHost.waitFor("the audit record of the OOM kill", timeout: 10) {
+            ((try? JailProbeTests.auditRecords(daemon)) ?? []).contains {
+                $0["action"] as? String == "block-server.exit" && $0["target"] as? String == "blue"
+                    && ($0["reason"] as? String ?? "").contains("OOM killer")
+            }
+        }
+        try BlockHost.waitFor("blue's block server back", timeout: 30) {
+            let now = SwitchHost.children(of: daemon, "block-server", tenant: "blue")
+            return now.count == 1 && now != [blue]
+        }
+        XCTAssertEqual(SwitchHost.children(of: daemon, "block-server", tenant: "red"), [red], "red's block server never noticed")
+        XCTAssertEqual(daemon.stop(), 0, daemon.output)
+    }
 }
