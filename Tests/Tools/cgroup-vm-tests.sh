@@ -11,9 +11,11 @@
 #   shared   in a non-root group with another process (prepare must refuse, naming it)
 #
 # Usage: cgroup-vm-tests.sh [KERNEL_VERSION]   (after `swift build --build-tests`)
-#   KERNEL_VERSION  under /boot and /lib/modules, default: the newest /boot/vmlinuz-*
-# Needs qemu-system-x86, busybox-static, a C compiler and the Linux image. Prints the guest's
-# test output; exits 0 when every run printed its "BH-RUN ... passed" line.
+#   KERNEL_VERSION  /boot/vmlinuz-KERNEL_VERSION, default: the newest /boot/vmlinuz-*
+#   VM_TIMEOUT=S    seconds the guest may take (default 600; about 20 s here)
+#   KEEP=1          keep the work directory (initramfs, console log)
+# Needs qemu-system-x86, busybox-static, a C compiler and a Linux image (linux-image-cloud-amd64).
+# Prints the guest's test output; exits 0 when every run printed its "BH-RUN ... passed" line.
 set -euo pipefail
 
 die() { echo "cgroup-vm-tests: $*" >&2; exit 1; }
