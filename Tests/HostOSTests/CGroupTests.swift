@@ -13,8 +13,10 @@ final class CGroupTests: XCTestCase {
     private static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
 
-    /// Builds Tests/Tools/cgroup-probe.c once per test run.
+    /// Builds Tests/Tools/cgroup-probe.c once per test run, or takes the one built already at
+    /// $BULKHEAD_CGROUP_PROBE (a guest without a compiler: Tests/Tools/cgroup-vm-tests.sh).
     private static let probe: Result<String, Error> = Result {
+        if let prebuilt = ProcessInfo.processInfo.environment["BULKHEAD_CGROUP_PROBE"] { return prebuilt }
         let output = NSTemporaryDirectory() + "bulkhead-cgroup-probe-\(getpid())"
         let cc = Process()
         cc.executableURL = URL(fileURLWithPath: "/usr/bin/env")

@@ -11,9 +11,11 @@
 #   shared   in a non-root group with another process (prepare must refuse, naming it)
 #
 # Usage: cgroup-vm-tests.sh [KERNEL_VERSION]   (after `swift build --build-tests`)
-#   KERNEL_VERSION  under /boot and /lib/modules, default: the newest /boot/vmlinuz-*
-# Needs qemu-system-x86, busybox-static, a C compiler and the Linux image. Prints the guest's
-# test output; exits 0 when every run printed its "BH-RUN ... passed" line.
+#   KERNEL_VERSION  /boot/vmlinuz-KERNEL_VERSION, default: the newest /boot/vmlinuz-*
+#   VM_TIMEOUT=S    seconds the guest may take (default 600; about 20 s here)
+#   KEEP=1          keep the work directory (initramfs, console log)
+# Needs qemu-system-x86, busybox-static, a C compiler and a Linux image (linux-image-cloud-amd64).
+# Prints the guest's test output; exits 0 when every run printed its "BH-RUN ... passed" line.
 set -euo pipefail
 
 die() { echo "cgroup-vm-tests: $*" >&2; exit 1; }
@@ -45,19 +47,12 @@ done
 mkdir -p "$root/lib64"
 cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 
-# The tests build their probe with `cc -O1 -o OUT SOURCE`: the guest has no compiler, so its cc
-# hands out the one built here.
+# The guest has no compiler: the tests take the probe built here ($BULKHEAD_CGROUP_PROBE).
 cc -O1 -o "$root/bin/cgroup-probe" "$here/cgroup-probe.c"
-cat >"$root/usr/bin/cc" <<'EOF'
-#!/bin/sh
-while [ $# -gt 0 ]; do [ "$1" = -o ] && { cp /bin/cgroup-probe "$2"; exit $?; }; shift; done
-exit 1
-EOF
-chmod 755 "$root/usr/bin/cc"
 
 cat >"$root/init" <<EOF
 #!/bin/sh
-export PATH=/bin:/usr/bin
+export PATH=/bin:/usr/bin BULKHEAD_CGROUP_PROBE=/bin/cgroup-probe
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -67,6 +62,16 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 exec </dev/console >/dev/console 2>&1
 echo 4 >/proc/sys/kernel/printk
 echo "BH-KERNEL \$(uname -r) controllers: \$(cat /sys/fs/cgroup/cgroup.controllers)"
+# A run that hangs shows where: every process's state, wait channel and cgroup after 120 s.
+(
+  sleep 120
+  for dir in /proc/[0-9]*; do
+    [ -r \$dir/cmdline ] && [ -n "\$(tr -d '\\0' <\$dir/cmdline 2>/dev/null)" ] || continue
+    for task in \$dir/task/*; do
+      echo "BH-HUNG \${dir#/proc/}/\${task##*/} \$(tr '\\0' ' ' <\$dir/cmdline | cut -c1-60) \$(grep State: \$task/status) wchan=\$(cat \$task/wchan) \$(grep ^0:: \$dir/cgroup)"
+    done
+  done
+) &
 run() {  # NAME: the bundle's CGroupTests, then a marker line with its outcome
   { $bundle HostOSTests.CGroupTests; echo \$? >/tmp/rc; } 2>&1 | tee /tmp/out
   [ "\$(cat /tmp/rc)" = 0 ] && result=passed || result=failed
@@ -92,7 +97,8 @@ chmod 755 "$root/init"
 (cd "$root" && find . -mindepth 1 | sort | /bin/busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$work/initramfs.gz"
 timeout "${VM_TIMEOUT:-600}" qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot \
   -kernel "$kernel" -initrd "$work/initramfs.gz" \
-  -append "console=ttyS0 rdinit=/init panic=-1 quiet" | tee "$work/console" | grep -E --line-buffered "BH-|cgroup:|error|skipped|Executed|passed \(|failed \("
+  -append "console=ttyS0 rdinit=/init panic=-1 quiet" </dev/null | tee "$work/console" \
+  | grep -E --line-buffered "BH-|cgroup:|error|skipped|Executed|passed \(|failed \(" || true
 runs=$(grep -c "^BH-RUN .* passed" "$work/console" || true)
 [[ $runs == 3 ]] || die "$((3 - runs)) of 3 guest runs did not pass"
 echo "cgroup-vm-tests: all 3 guest runs passed"
