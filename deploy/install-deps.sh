@@ -11,6 +11,7 @@ packages=(
   qemu-system-x86                               # QEMU as an independent vhost-user-blk frontend
   linux-image-cloud-amd64 busybox-static        # a Linux guest (kernel, initramfs) under that QEMU
   python3-scapy python3-jsonschema              # crafted frames in attack tests; schema check
+  socat curl                                    # the management API's fuzzing bridge and raw calls in tests
   dpdk-dev                                      # dpdk-testpmd: an independent vhost-user-net frontend
 )
 missing=()

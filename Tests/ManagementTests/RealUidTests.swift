@@ -11,7 +11,16 @@ final class RealUidTests: XCTestCase {
 
     private static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
-    private static let bulkhead = repository.appendingPathComponent(".build/debug/bulkhead").path
+    /// A copy of the built `bulkhead` that every uid can run: the checkout (and its build
+    /// directory) may be private to root, as a clone in root's home is.
+    private static let bulkhead: String = {
+        let built = repository.appendingPathComponent(".build/debug/bulkhead").path
+        let copy = NSTemporaryDirectory() + "bulkhead-ctl-realuid-\(getpid())"
+        try? FileManager.default.removeItem(atPath: copy)
+        guard (try? FileManager.default.copyItem(atPath: built, toPath: copy)) != nil,
+              (try? FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy)) != nil else { return built }
+        return copy
+    }()
 
     override func setUp() async throws {
         guard getuid() == 0 else { throw XCTSkip("needs root: the test connects from other uids with setpriv") }
