@@ -20,13 +20,13 @@ struct CtlCommand: ParsableCommand {
 }
 
 struct CtlOptions: ParsableArguments {
-    @Option(help: "The control socket (default: $BULKHEAD_SOCKET, else /var/lib/bulkhead/control.sock).")
+    @Option(help: "The control socket (default: $BULKHEAD_SOCKET, else /run/bulkhead/control.sock, where deploy/host.json puts it).")
     var socket: String?
 
     @Flag(help: "Print the API's JSON body instead of a table.")
     var json = false
 
-    static let defaultSocket = "/var/lib/bulkhead/control.sock"
+    static let defaultSocket = "/run/bulkhead/control.sock"
 
     var socketPath: String {
         socket ?? ProcessInfo.processInfo.environment["BULKHEAD_SOCKET"].flatMap { $0.isEmpty ? nil : $0 } ?? CtlOptions.defaultSocket

@@ -21,7 +21,13 @@ final class JailProbeTests: XCTestCase {
     /// Makes thread `pid` call system call `number` with `arguments`.
     static func inject(_ pid: Int32, _ number: Int, _ arguments: [UInt64] = []) throws {
         let tool = try injector.get()
-        let run = try Host.run([tool, "\(pid)", "\(number)"] + arguments.map { "\($0)" })
+        var run = try Host.run([tool, "\(pid)", "\(number)"] + arguments.map { "\($0)" })
+        // The thread may have been caught between two system calls (it sends its counters once a
+        // second): it is let go untouched, and caught again.
+        for _ in 0..<20 where run.status != 0 && run.error.contains("not stopped after a syscall") {
+            Thread.sleep(forTimeInterval: 0.05)
+            run = try Host.run([tool, "\(pid)", "\(number)"] + arguments.map { "\($0)" })
+        }
         guard run.status == 0 else {
             if run.error.contains("PTRACE_SEIZE") { throw XCTSkip("needs ptrace (CAP_SYS_PTRACE) to probe a jailed child: \(run.error)") }
             throw DaemonFailure(message: "syscall-inject failed: \(run.output)\(run.error)")
