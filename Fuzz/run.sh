@@ -410,6 +410,7 @@ seed("rehash", b"".join(lines[:2] + [lines[2].replace(b"denied", b"failed")] + l
 seed("rechain", b"".join(lines[:2] + lines[3:]), flags=6)
 seed("anchored", b"".join(lines), flags=8)
 PY
+fi
 if [[ "$target" == api && -z "$(ls -A "$corpus")" ]]; then
   # Seeds: byte 0 = caller (bits 0-2), method (bits 3-5), query follows (bit 6); path, newline,
   # query, newline, body (Fuzz/APIFuzz/FuzzMain.swift).

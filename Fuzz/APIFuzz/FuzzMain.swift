@@ -103,7 +103,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             let outcome: ApplyOutcome
             do {
                 let configuration = try HostConfiguration.decode(text)
-                outcome = .applied(changes: ConfigurationDifference.changes(from: snapshot.configuration, to: configuration))
+                outcome = .applied(changes: ConfigurationChanges.changes(from: snapshot.configuration, to: configuration))
             } catch {
                 outcome = .invalid(error)
             }
