@@ -37,9 +37,11 @@ cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 ln -s ../../bin/busybox "$root/usr/bin/env"
 
-# The bundle at its own path, with every library it loads (and the loader).
-mkdir -p "$root$(dirname "$bundle")"
-cp "$bundle" "$root$bundle"
+# The bundle at a fixed path (the guest mounts a tmpfs on /tmp, where a checkout may live), with
+# every library it loads (and the loader).
+guest_bundle=/opt/bulkhead-tests/BulkheadPackageTests.xctest
+mkdir -p "$root$(dirname "$guest_bundle")"
+cp "$bundle" "$root$guest_bundle"
 for library in $(ldd "$bundle" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }'); do
   mkdir -p "$root$(dirname "$library")"
   cp -L "$library" "$root$library"
@@ -73,7 +75,7 @@ echo "BH-KERNEL \$(uname -r) controllers: \$(cat /sys/fs/cgroup/cgroup.controlle
   done
 ) &
 run() {  # NAME: the bundle's CGroupTests, then a marker line with its outcome
-  { $bundle HostOSTests.CGroupTests; echo \$? >/tmp/rc; } 2>&1 | tee /tmp/out
+  { $guest_bundle HostOSTests.CGroupTests; echo \$? >/tmp/rc; } 2>&1 | tee /tmp/out
   [ "\$(cat /tmp/rc)" = 0 ] && result=passed || result=failed
   echo "BH-RUN \$1 \$result"
 }
@@ -82,7 +84,7 @@ echo "BH-LEFT root: \$(ls /sys/fs/cgroup | grep -v '^cgroup\.\|^cpu\|^io\.\|^mem
 echo "+memory +cpu +pids" >/sys/fs/cgroup/cgroup.subtree_control
 mkdir /sys/fs/cgroup/service
 # A process of its own in the group, then exec: the bundle alone in "service".
-{ sh -c 'echo \$\$ >/sys/fs/cgroup/service/cgroup.procs; exec $bundle HostOSTests.CGroupTests'; echo \$? >/tmp/rc; } 2>&1 | tee /tmp/out
+{ sh -c 'echo \$\$ >/sys/fs/cgroup/service/cgroup.procs; exec $guest_bundle HostOSTests.CGroupTests'; echo \$? >/tmp/rc; } 2>&1 | tee /tmp/out
 [ "\$(cat /tmp/rc)" = 0 ] && result=passed || result=failed
 echo "BH-RUN service \$result"
 echo "BH-LEFT service: \$(ls -d /sys/fs/cgroup/service/*/ 2>/dev/null | tr '\n' ' ') subtree_control: \$(cat /sys/fs/cgroup/service/cgroup.subtree_control)"
