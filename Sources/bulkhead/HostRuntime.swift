@@ -193,6 +193,22 @@ actor HostRuntime {
             limits: configuration.limits(of: partition).cgroup))
     }
 
+    /// Sets up TAP ports whose earlier devices (a changed port's, same name) go only once the
+    /// last descriptor of their queues is closed: by the stopped switch's side as it is
+    /// released. Tried again for up to 5 s before the apply fails.
+    private func provisionAgain(_ tenant: Tenant, only: Set<String>) async throws {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while true {
+            do {
+                try network.provision(tenant, only: only, workers: workers)
+                return
+            } catch {
+                guard ContinuousClock.now < deadline else { throw error }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
     private func tenantLogger(_ id: String) -> Logger {
         var logger = self.logger
         logger[metadataKey: "tenant.id"] = "\(id)"
@@ -293,7 +309,7 @@ actor HostRuntime {
             network.remove(tenant: tenant.id, ports: change.tapPortsDown)
             for id in change.vhostUserPortsDown { listeners[tenant.id]?[id] = nil }
             board.forget(tenant: tenant.id)
-            try network.provision(tenant, only: change.tapPortsUp, workers: workers)
+            try await provisionAgain(tenant, only: change.tapPortsUp)
             let added = try VhostUserSockets.listen(tenant, only: change.vhostUserPortsUp,
                                                     stateDirectory: configuration.host.stateDirectory,
                                                     jailUids: jailUids, logger: logger)

@@ -99,10 +99,27 @@ final class ApplyTests: XCTestCase {
         try hangUp(daemon, expecting: "SIGHUP: the configuration is invalid; nothing changed", count: 2)
         XCTAssertTrue(daemon.output.contains("host.stateDirectory cannot change while the daemon runs"), daemon.output)
 
+        // A port that changes (blue's b gets another MAC and address) is set up again under its
+        // name; blue's other ports keep their devices.
+        let indexOfA = try Host.inNamespace(ns("blue", "a"), ["cat", "/sys/class/net/\(TestTopology.interface("blue", "a"))/ifindex"]).output
+        var changedPorts = bluePorts
+        changedPorts[1]["mac"] = "02:00:00:00:01:09"
+        changedPorts[1]["ips"] = ["10.0.0.9/24"]
+        tenants[blue]["ports"] = changedPorts
+        configuration["tenants"] = tenants
+        try write(configuration, to: daemon.configPath)
+        try hangUp(daemon, expecting: "SIGHUP: configuration applied", count: 2)
+        try BlockHost.waitFor("blue-a to reach b at its new address", timeout: 15) {
+            (try? Host.inNamespace(ns("blue", "a"), ["ping", "-c", "1", "-W", "1", "10.0.0.9"]))?.status == 0
+        }
+        XCTAssertEqual(try Host.inNamespace(ns("blue", "a"), ["cat", "/sys/class/net/\(TestTopology.interface("blue", "a"))/ifindex"]).output,
+                       indexOfA, "blue's unchanged port a kept its device")
+        XCTAssertEqual(SwitchHost.switches(of: daemon, tenant: "red"), redSwitch, "red's switch is still the first one")
+
         // Green leaves: its switch, ports and namespaces go; the others stay.
         configuration["tenants"] = tenants.filter { $0["id"] as? String != "green" }
         try write(configuration, to: daemon.configPath)
-        try hangUp(daemon, expecting: "SIGHUP: configuration applied", count: 2)
+        try hangUp(daemon, expecting: "SIGHUP: configuration applied", count: 3)
         try BlockHost.waitFor("green's switch to stop", timeout: 15) { SwitchHost.switches(of: daemon, tenant: "green").isEmpty }
         XCTAssertFalse(namespaceExists(ns("green", "a")), "green's namespaces are removed")
         let ping = try Host.inNamespace(ns("red", "a"), ["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.0.2"])
