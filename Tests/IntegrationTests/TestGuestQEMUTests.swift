@@ -66,7 +66,11 @@ final class TestGuestQEMUTests: XCTestCase {
             "-device", "virtio-blk-pci,drive=d0,disable-legacy=on",
             "-netdev", "tap,id=n0,ifname=\(peer.tap),script=no,downscript=no",
             "-device", "virtio-net-pci,netdev=n0,disable-legacy=on",
-        ], commandLine: "hostile=pci,virtio,ring storm=500 blk net ping=10.0.0.1")
+        // A fixed seed: the garbage is then the same every run. With some seeds QEMU (7.2) takes
+        // a garbage queue_enable as a device error ("wrong value for queue_enable") and the ring
+        // phase never reaches its queues, so the run depended on the TSC (seed=1 does that;
+        // 2 and 3 pass). Our own VMM's hostile-guest test keeps drawing its garbage at random.
+        ], commandLine: "hostile=pci,virtio,ring storm=500 seed=3 blk net ping=10.0.0.1")
         run.assertPassed()
         for check in ["survived pci", "survived virtio", "survived ring", "hostile virtio 00:01.0 ", "hostile virtio 00:02.0 ",
                       "hostile ring 00:01.0 queues=1 chains=9 ", "hostile ring 00:02.0 queues=2 chains=18 ", "blk readback ok", "net ping 10.0.0.1 ok replies=4/4 "] {
