@@ -16,10 +16,10 @@ struct DaemonBackend: ManagementBackend {
     let cgroups: CgroupStatus
 
     func snapshot() async -> ManagementSnapshot {
-        let (configuration, text) = await (runtime.configuration, runtime.text)
+        let (configuration, text, digest) = await (runtime.configuration, runtime.text, runtime.textDigest)
         let daemon = ManagementModel.DaemonStatus(
             pid: getpid(), startedAt: DaemonBackend.rfc3339(started), executableSHA256: executableDigest,
-            configurationSHA256: SelfMeasurement.digest(Array(text.utf8)), cgroups: cgroups)
+            configurationSHA256: digest, cgroups: cgroups)
         let children = runtime.supervisor.states().map(DaemonBackend.status)
         let statistics = runtime.board.statistics()
         return ManagementSnapshot(configuration: configuration, configurationText: text,
@@ -80,20 +80,9 @@ struct DaemonBackend: ManagementBackend {
                                     outcome: outcome))
     }
 
-    static func status(_ state: ChildState) -> ChildStatus {
-        let kind: ManagementModel.ChildKind = switch state.kind {
-        case .switch: .switch
-        case .blockServer: .blockServer
-        case .partition: .partition
-        }
-        let phase: ManagementModel.ChildState = switch state.phase {
-        case .running: .running
-        case .restarting: .restarting
-        case .stopped: .stopped
-        case .down: .down
-        }
-        return ChildStatus(kind: kind, tenant: state.tenant, id: state.partition, state: phase, pid: state.pid,
-                           restarts: state.restarts, lastExit: state.lastExit, since: rfc3339(state.since))
+    static func status(_ state: ChildSnapshot) -> ChildStatus {
+        ChildStatus(kind: state.kind, tenant: state.tenant, id: state.partition, state: state.phase, pid: state.pid,
+                    restarts: state.restarts, lastExit: state.lastExit, since: rfc3339(state.since))
     }
 
     static func rfc3339(_ date: Date) -> String {

@@ -40,7 +40,9 @@ actor HostRuntime {
     nonisolated let workers: Int
     private(set) var configuration: HostConfiguration
     /// The applied document's text: what the children read (`appliedPath`) and the API shows.
-    private(set) var text: String
+    private(set) var text: String { didSet { textDigest = SelfMeasurement.digest(Array(text.utf8)) } }
+    /// SHA-256 of `text`, taken once per change (the API's status shows it on every call).
+    private(set) var textDigest: String
     private var network: PortNetwork
     /// Tenant id to port id to the listening socket of each vhost-user port.
     private var listeners: [String: [String: SharedListener]] = [:]
@@ -56,6 +58,7 @@ actor HostRuntime {
                  vmm: String, logLevel: String, cgroups: CGroupTree?, audit: AuditTrail, logger: Logger) {
         self.configuration = configuration
         self.text = text
+        textDigest = SelfMeasurement.digest(Array(text.utf8))
         self.network = network
         self.jailUids = jailUids
         self.vmm = vmm

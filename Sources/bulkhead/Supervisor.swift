@@ -1,15 +1,10 @@
 import Foundation
 import HostOS
 import Logging
+// ChildKind and ChildState: the same words the management API reports them in.
+import ManagementModel
 import ServiceLifecycle
 import Synchronization
-
-/// What a child of the daemon is: the management API shows it, the audit log names it.
-enum ChildKind: String, Sendable {
-    case `switch` = "switch"
-    case blockServer = "block-server"
-    case partition = "partition"
-}
 
 /// One child process the daemon keeps running: a tenant's switch or block server, or a partition.
 struct ChildSpec: Sendable {
@@ -48,25 +43,14 @@ struct ChildSpec: Sendable {
     }
 }
 
-/// Where a child is in its life, as the management API reports it.
-enum ChildPhase: String, Sendable {
-    /// Running: started and not yet reaped.
-    case running
-    /// Waiting out the back-off before it is started again.
-    case restarting
-    /// Stopped on request (management API, a configuration change) or at shutdown.
-    case stopped
-    /// Stopped by its restart policy or refused by its preflight; `lastExit` says which.
-    case down
-}
-
-/// A child's state at one moment.
-struct ChildState: Sendable {
+/// A child's state at one moment. `phase` is never `.starting`: a child is running from its
+/// spawn; `.down` is a child its restart policy or preflight keeps down (`lastExit` says which).
+struct ChildSnapshot: Sendable {
     let key: String
     let kind: ChildKind
     let tenant: String
     let partition: String?
-    let phase: ChildPhase
+    let phase: ChildState
     let pid: Int32?
     /// Times it was started.
     let starts: Int
@@ -204,12 +188,10 @@ final class ChildSupervisor: Service, Sendable {
     }
 
     /// Every child's state, in the order they were added.
-    func states() -> [ChildState] {
+    func states() -> [ChildSnapshot] {
         let ordered = slots.withLock { s in s.order.compactMap { s.byKey[$0] } }
         return ordered.map { $0.snapshot() }
     }
-
-    func state(_ key: String) -> ChildState? { slot(key)?.snapshot() }
 
     private func slot(_ key: String) -> Slot? { slots.withLock { $0.byKey[key] } }
 
@@ -405,7 +387,7 @@ private final class Slot: Sendable {
     private struct State {
         var wish: Wish
         var process: ChildProcess?
-        var phase: ChildPhase
+        var phase: ChildState
         var starts = 0
         var lastExit: String?
         var since = Date()
@@ -517,9 +499,9 @@ private final class Slot: Sendable {
 
     func restarting() { state.withLock { $0.phase = .restarting } }
 
-    func snapshot() -> ChildState {
+    func snapshot() -> ChildSnapshot {
         state.withLock { s in
-            ChildState(key: spec.key, kind: spec.kind, tenant: spec.tenant, partition: spec.partition,
+            ChildSnapshot(key: spec.key, kind: spec.kind, tenant: spec.tenant, partition: spec.partition,
                        phase: s.process != nil ? .running : s.phase, pid: s.process?.pid,
                        starts: s.starts, restarts: max(0, s.starts - 1), lastExit: s.lastExit, since: s.since)
         }
