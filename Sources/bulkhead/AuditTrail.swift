@@ -7,125 +7,92 @@ import Logging
 import PartitionProcess
 import URing
 
-/// One thing the audit log records (see the Audit module for the record's form and chain).
-struct AuditEntry: Sendable {
-    enum Outcome: Sendable {
-        case allowed
-        case denied(String)
-        case failed(String)
-    }
-    var principal: String
-    var uid: UInt32?
-    var action: String
-    var target: String
-    var outcome: Outcome
-    var detail: [String: String] = [:]
-}
-
 /// The daemon's audit log: what the daemon itself records (its start and stop, every child's
 /// start and end, every measured launch, every configuration change), each record written and
 /// flushed to disk before the action it records is answered or goes on.
 final class AuditTrail: Sendable {
-    private let sink: @Sendable (AuditEntry) throws -> Void
     private let logger: Logger
-    /// The log itself, for the management API's reads.
-    let log: AuditLog?
+    /// The log itself (the management API reads it too).
+    let log: AuditLog
 
-    init(logger: Logger, sink: @escaping @Sendable (AuditEntry) throws -> Void) {
-        self.logger = logger
-        self.sink = sink
-        log = nil
-    }
-
-    /// Records into `log`: each record appended, flushed to disk and chained before `record` returns.
     init(logger: Logger, log: AuditLog) {
         self.logger = logger
         self.log = log
-        sink = { entry in
-            let outcome: AuditOutcome
-            switch entry.outcome {
-            case .allowed: outcome = .allowed
-            case .denied(let reason): outcome = .denied(reason: reason)
-            case .failed(let reason): outcome = .failed(reason: reason)
-            }
-            _ = try log.append(AuditEvent(principal: entry.principal, uid: entry.uid, action: entry.action,
-                                          target: entry.target, outcome: outcome, detail: entry.detail))
-        }
     }
 
-    /// Records `entry`; a failure to record is thrown (the caller does not go on with an
-    /// action that could not be audited).
-    func record(_ entry: AuditEntry) throws {
-        try sink(daemonUid(entry))
+    /// Records `event`: appended, flushed to disk and chained before this returns; a failure to
+    /// record is thrown (the caller does not go on with an action that could not be audited).
+    func record(_ event: AuditEvent) throws {
+        _ = try log.append(daemonUid(event))
     }
 
     /// The daemon's own records carry its uid.
-    private func daemonUid(_ entry: AuditEntry) -> AuditEntry {
-        var entry = entry
-        if entry.principal == "bulkhead" && entry.uid == nil { entry.uid = getuid() }
-        return entry
+    private func daemonUid(_ event: AuditEvent) -> AuditEvent {
+        var event = event
+        if event.principal == AuditEvent.daemonPrincipal && event.uid == nil { event.uid = getuid() }
+        return event
     }
 
     /// Records an event that happened whatever the log says (a child died): a failure to record
     /// is logged, as loudly as it gets.
-    func note(_ entry: AuditEntry) {
-        do { try sink(daemonUid(entry)) } catch {
-            logger.critical("could not write the audit log", metadata: ["action": "\(entry.action)", "error": "\(error)"])
+    func note(_ event: AuditEvent) {
+        do { try record(event) } catch {
+            logger.critical("could not write the audit log", metadata: ["action": "\(event.action)", "error": "\(error)"])
         }
     }
 
     func daemonStarted(executableDigest: String, configurationDigest: String, configPath: String) throws {
-        try record(AuditEntry(principal: "bulkhead", uid: getuid(), action: "daemon.start", target: configPath, outcome: .allowed,
+        try record(AuditEvent(principal: "bulkhead", uid: getuid(), action: "daemon.start", target: configPath, outcome: .allowed,
                               detail: ["executable.sha256": executableDigest, "configuration.sha256": configurationDigest,
                                        "pid": "\(getpid())"]))
     }
 
     func daemonStopped() throws {
-        try record(AuditEntry(principal: "bulkhead", uid: getuid(), action: "daemon.stop", target: "", outcome: .allowed))
+        try record(AuditEvent(principal: "bulkhead", uid: getuid(), action: "daemon.stop", target: "", outcome: .allowed))
     }
 
     func launchMeasured(target: String, report: LaunchMeasurement.Report) {
         var detail: [String: String] = [:]
         for (path, digest) in report.digests { detail[path] = digest }
-        note(AuditEntry(principal: "bulkhead", action: "launch.measured", target: target,
-                        outcome: report.refusal.map { .failed($0) } ?? .allowed, detail: detail))
+        note(AuditEvent(principal: "bulkhead", action: "launch.measured", target: target,
+                        outcome: report.refusal.map { .failed(reason: $0) } ?? .allowed, detail: detail))
     }
 
     func childEvent(_ event: ChildEvent) {
         switch event {
         case .started(let spec, let pid):
-            note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
+            note(AuditEvent(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
                             outcome: .allowed, detail: ["pid": "\(pid)"]))
         case .exited(let spec, let pid, let ending, let description, let requested, let restarting):
             // A child asked to stop, and a guest that powered off or rebooted, ended as it should;
             // any other end (a crash, a seccomp kill, the OOM killer) is a failure.
             let expected = requested || (spec.kind == .partition && ending.map { PartitionExit.ending($0) != .failed } == true)
-            note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).exit", target: target(spec),
-                            outcome: expected ? .allowed : .failed(description),
+            note(AuditEvent(principal: "bulkhead", action: "\(spec.kind.rawValue).exit", target: target(spec),
+                            outcome: expected ? .allowed : .failed(reason: description),
                             detail: ["pid": "\(pid)", "ending": description, "requested": "\(requested)",
                                      "restarting": "\(restarting)"]))
         case .refused(let spec, let reason):
-            note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
-                            outcome: .failed(reason)))
+            note(AuditEvent(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
+                            outcome: .failed(reason: reason)))
         case .failedToStart(let spec, let reason):
-            note(AuditEntry(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
-                            outcome: .failed(reason)))
+            note(AuditEvent(principal: "bulkhead", action: "\(spec.kind.rawValue).start", target: target(spec),
+                            outcome: .failed(reason: reason)))
         }
     }
 
     func applied(_ outcome: ApplyOutcome, dryRun: Bool, by caller: Caller) {
         let action = caller.action + (dryRun ? ".dry-run" : "")
-        let entry: AuditEntry
+        let entry: AuditEvent
         switch outcome {
         case .applied(let changes):
-            entry = AuditEntry(principal: caller.name, uid: caller.uid, action: action, target: "configuration", outcome: .allowed,
+            entry = AuditEvent(principal: caller.name, uid: caller.uid, action: action, target: "configuration", outcome: .allowed,
                                detail: ["changes": changes.isEmpty ? "none" : changes.joined(separator: "; ")])
         case .invalid(let error):
-            entry = AuditEntry(principal: caller.name, uid: caller.uid, action: action, target: "configuration",
-                               outcome: .failed("invalid: " + error.problems.map(\.description).joined(separator: "; ")))
+            entry = AuditEvent(principal: caller.name, uid: caller.uid, action: action, target: "configuration",
+                               outcome: .failed(reason: "invalid: " + error.problems.map(\.description).joined(separator: "; ")))
         case .failed(let reason):
-            entry = AuditEntry(principal: caller.name, uid: caller.uid, action: action, target: "configuration",
-                               outcome: .failed(reason))
+            entry = AuditEvent(principal: caller.name, uid: caller.uid, action: action, target: "configuration",
+                               outcome: .failed(reason: reason))
         }
         note(entry)
     }

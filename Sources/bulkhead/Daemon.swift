@@ -82,8 +82,8 @@ struct Daemon {
             cgroupStatus = .disabled(reason: reason.description)
             logger.warning("children run WITHOUT resource limits: \(reason)")
         }
-        audit.note(AuditEntry(principal: "bulkhead", action: "daemon.cgroups", target: "",
-                              outcome: cgroups == nil ? .failed("not limiting children: \(cgroupStatus)") : .allowed,
+        audit.note(AuditEvent(principal: AuditEvent.daemonPrincipal, action: "daemon.cgroups", target: "",
+                              outcome: cgroups == nil ? .failed(reason: "not limiting children: \(cgroupStatus)") : .allowed,
                               detail: cgroups.map { ["root": $0.root] } ?? [:]))
         let runtime: HostRuntime
         do {

@@ -42,8 +42,7 @@ struct DaemonBackend: ManagementBackend {
     }
 
     func auditRecords(after: UInt64, limit: Int) async throws(ManagementFailure) -> [String] {
-        guard let log = audit.log else { throw ManagementFailure(.unavailable, "this daemon keeps no audit log") }
-        do { return try log.records(after: after, limit: min(max(limit, 0), 1000)) } catch {
+        do { return try audit.log.records(after: after, limit: min(max(limit, 0), 1000)) } catch {
             throw ManagementFailure(.failed, "the audit log cannot be read: \(error)")
         }
     }
@@ -64,19 +63,19 @@ struct DaemonBackend: ManagementBackend {
             },
             children: states.map { ChildMetrics(kind: $0.kind.rawValue, tenant: $0.tenant, partition: $0.partition,
                                                 restarts: UInt64($0.restarts), up: $0.phase == .running) },
-            auditRecordsWritten: audit.log?.lastSequence,
+            auditRecordsWritten: audit.log.lastSequence,
             configurationApplies: ApplyMetrics(attempts: applies.attempts, failures: applies.failures))
     }
 
     /// Writes a management call's record; throws when it cannot (the call is then refused).
     func record(_ event: APIAuditEvent) throws {
-        let outcome: AuditEntry.Outcome
+        let outcome: AuditOutcome
         switch event.outcome {
         case .allowed: outcome = .allowed
-        case .denied(let reason): outcome = .denied(reason)
-        case .failed(let reason): outcome = .failed(reason)
+        case .denied(let reason): outcome = .denied(reason: reason)
+        case .failed(let reason): outcome = .failed(reason: reason)
         }
-        try audit.record(AuditEntry(principal: event.principal, uid: event.uid, action: event.action, target: event.target,
+        try audit.record(AuditEvent(principal: event.principal, uid: event.uid, action: event.action, target: event.target,
                                     outcome: outcome))
     }
 
