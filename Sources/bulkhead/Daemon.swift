@@ -77,14 +77,15 @@ struct Daemon {
             logger.info("children run in cgroups of their own", metadata: [
                 "cgroup.root": "\(tree.root)", "cgroup.controllers": "\(tree.controllers.sorted().map(\.rawValue).joined(separator: ","))",
             ])
+            audit.note(AuditEvent(principal: AuditEvent.daemonPrincipal, action: "daemon.cgroups", target: "",
+                                  outcome: .allowed, detail: ["root": tree.root]))
         case .failure(let reason):
             cgroups = nil
             cgroupStatus = .disabled(reason: reason.description)
             logger.warning("children run WITHOUT resource limits: \(reason)")
+            audit.note(AuditEvent(principal: AuditEvent.daemonPrincipal, action: "daemon.cgroups", target: "",
+                                  outcome: .failed(reason: "not limiting children: \(reason)")))
         }
-        audit.note(AuditEvent(principal: AuditEvent.daemonPrincipal, action: "daemon.cgroups", target: "",
-                              outcome: cgroups == nil ? .failed(reason: "not limiting children: \(cgroupStatus)") : .allowed,
-                              detail: cgroups.map { ["root": $0.root] } ?? [:]))
         let runtime: HostRuntime
         do {
             runtime = try await HostRuntime.start(configuration: configuration, text: configurationText,
