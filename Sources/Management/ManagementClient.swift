@@ -91,9 +91,13 @@ public struct ManagementClient: Sendable {
             head.headers.add(name: "Connection", value: "close")
             head.headers.add(name: "Content-Length", value: String(body?.count ?? 0))
             if body != nil { head.headers.add(name: "Content-Type", value: "application/json") }
-            try await outbound.write(.head(head))
-            if let body, !body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
+            // The whole request in one flush: the daemon answers (and, with "Connection: close",
+            // closes) as soon as the request is complete, which for a request without a body is
+            // after its head; a separate write of the end could then meet a closed channel.
+            var parts: [HTTPClientRequestPart] = [.head(head)]
+            if let body, !body.isEmpty { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            parts.append(.end(nil))
+            try await outbound.write(contentsOf: parts)
 
             var status: Int?
             var bytes: [UInt8] = []
