@@ -45,6 +45,8 @@ let package = Package(
         // Pure Swift, no syscalls: fuzzable.
         .target(name: "Virtio"),
         .target(name: "Config"),
+        // The fleet map's records and each tenant switch's view of it (pure: built from etcd's records).
+        .target(name: "FleetModel", dependencies: ["Config"]),
         // The VMM's device models (PCI, virtio-pci, serial, i8042): pure state machines, fuzzable.
         .target(name: "Devices", dependencies: ["Virtio"]),
         // Token buckets, shared by the switch's rate limits and the block backend's QoS.

@@ -422,10 +422,46 @@ struct DocumentDecoder {
         let limits = r.optional("limits", default: HostLimits(), hostLimits)
         let jailUidBase = r.optional("jailUidBase", context.uint32)
         let switchSettings = r.optional("switch", default: SwitchSettings(), switchSettings)
+        let fleet = r.optional("fleet", fleetSettings)
         guard r.isValid, let stateDirectory else { return nil }
         return HostSettings(stateDirectory: stateDirectory, controlSocket: controlSocket,
                             controlSocketGroup: controlSocketGroup, auditLog: auditLog, metrics: metrics, limits: limits,
-                            jailUidBase: jailUidBase ?? HostSettings.defaultJailUidBase, switchSettings: switchSettings)
+                            jailUidBase: jailUidBase ?? HostSettings.defaultJailUidBase, switchSettings: switchSettings,
+                            fleet: fleet)
+    }
+
+    func fleetSettings(_ value: JSONValue, _ path: String) -> FleetSettings? {
+        guard let r = context.object(value, path, type: "FleetSettings") else { return nil }
+        let hostId = r.required("hostId", context.string)
+        let underlay = r.required("underlayAddress", context.string)
+        let underlayMTU = r.optional("underlayMTU", default: 1500, context.int)
+        let etcd = r.required("etcd", etcdSettings)
+        let lease = r.optional("leaseSeconds", default: FleetSettings.defaultLeaseSeconds, context.int)
+        guard r.isValid, let hostId, let underlay, let etcd else { return nil }
+        guard let address = IPAddress(underlay) else {
+            context.report(path + ".underlayAddress", "\"\(underlay)\" is not an IPv4 or IPv6 address")
+            return nil
+        }
+        return FleetSettings(hostId: hostId, underlayAddress: address, underlayMTU: underlayMTU, etcd: etcd,
+                             leaseSeconds: lease)
+    }
+
+    func etcdSettings(_ value: JSONValue, _ path: String) -> EtcdSettings? {
+        guard let r = context.object(value, path, type: "EtcdSettings") else { return nil }
+        let endpoints = r.required("endpoints") { value, path in allDecoded(context.array(value, path, context.string) ?? [nil]) }
+        let prefix = r.optional("prefix", default: EtcdSettings.defaultPrefix, context.string)
+        let tls = r.optional("tls", etcdTLS)
+        guard r.isValid, let endpoints else { return nil }
+        return EtcdSettings(endpoints: endpoints, prefix: prefix, tls: tls)
+    }
+
+    func etcdTLS(_ value: JSONValue, _ path: String) -> EtcdTLS? {
+        guard let r = context.object(value, path, type: "EtcdTLS") else { return nil }
+        let ca = r.required("caFile", context.string)
+        let cert = r.optional("certFile", context.string)
+        let key = r.optional("keyFile", context.string)
+        guard r.isValid, let ca else { return nil }
+        return EtcdTLS(caFile: ca, certFile: cert, keyFile: key)
     }
 
     func hostLimits(_ value: JSONValue, _ path: String) -> HostLimits? {

@@ -27,6 +27,7 @@ public struct ConfigurationDifference: Sendable, Equatable {
             ("controlSocketGroup", old.host.controlSocketGroup != new.host.controlSocketGroup),
             ("auditLog", old.host.auditLogPath != new.host.auditLogPath),
             ("metrics", old.host.metrics != new.host.metrics),
+            ("fleet", old.host.fleet != new.host.fleet),
         ]
         for (key, changed) in fixed where changed {
             needsRestart.append(ConfigurationProblem(path: "$.host.\(key)", message:

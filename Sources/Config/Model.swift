@@ -38,6 +38,8 @@ public struct HostSettings: Sendable, Equatable {
     public var jailUidBase: UInt32
     /// The switch's engine settings (`host.switch`).
     public var switchSettings: SwitchSettings
+    /// This host's place in a fleet (`host.fleet`); nil: the host runs alone.
+    public var fleet: FleetSettings?
 
     /// Far above the uids of accounts and of the usual subordinate-uid ranges of containers.
     public static let defaultJailUidBase: UInt32 = 900_000_000
@@ -70,7 +72,9 @@ public struct HostSettings: Sendable, Equatable {
 
     public init(stateDirectory: String, controlSocket: String? = nil, controlSocketGroup: UInt32? = nil,
                 auditLog: String? = nil, metrics: String? = nil, limits: HostLimits = .init(),
-                jailUidBase: UInt32 = HostSettings.defaultJailUidBase, switchSettings: SwitchSettings = .init()) {
+                jailUidBase: UInt32 = HostSettings.defaultJailUidBase, switchSettings: SwitchSettings = .init(),
+                fleet: FleetSettings? = nil) {
+        self.fleet = fleet
         self.stateDirectory = stateDirectory
         self.controlSocket = controlSocket
         self.controlSocketGroup = controlSocketGroup

@@ -7,7 +7,11 @@ public enum ConfigurationSchema {
     public static let objects: [String: (allowed: Set<String>, required: Set<String>)] = [
         "HostConfiguration": (["host", "principals", "tenants"], ["host"]),
         "HostSettings": (["stateDirectory", "controlSocket", "controlSocketGroup", "auditLog", "metrics", "limits",
-                          "jailUidBase", "switch"], ["stateDirectory"]),
+                          "jailUidBase", "switch", "fleet"], ["stateDirectory"]),
+        "FleetSettings": (["hostId", "underlayAddress", "underlayMTU", "etcd", "leaseSeconds"],
+                          ["hostId", "underlayAddress", "etcd"]),
+        "EtcdSettings": (["endpoints", "prefix", "tls"], ["endpoints"]),
+        "EtcdTLS": (["caFile", "certFile", "keyFile"], ["caFile"]),
         "HostLimits": (["switch", "blockServer", "partitions", "partitionOverheadMiB"], []),
         "ServiceLimits": (["switch", "blockServer"], []),
         "ResourceLimits": (["memoryMiB", "cpuWeight", "cpuPercent", "pids"], []),

@@ -71,6 +71,61 @@ struct Validator {
         checkRange(host.limits.partitionOverheadMiB, 0...65536, path: "$.host.limits.partitionOverheadMiB",
                    what: "partitionOverheadMiB")
         checkJailUids(host)
+        if let fleet = host.fleet { validateFleet(fleet) }
+    }
+
+    private mutating func validateFleet(_ fleet: FleetSettings) {
+        let path = "$.host.fleet"
+        let id = fleet.hostId
+        let idOK = !id.isEmpty && id.count <= 63 && id.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d || $0 == 0x2e }
+            && id.utf8.first.map { $0 != 0x2d && $0 != 0x2e } == true
+        if !idOK {
+            report(path + ".hostId", "\(quote(id)) is not a host id: 1 to 63 of a-z, 0-9, '-' and '.', starting with a letter or digit")
+        }
+        switch fleet.underlayAddress {
+        case .v4(let a):
+            if a.rawValue == 0 || a.rawValue >> 24 == 127 || a.rawValue >> 28 >= 14 {
+                report(path + ".underlayAddress", "\(a) cannot be an underlay address (unspecified, loopback, multicast or reserved)")
+            }
+        case .v6(let a):
+            if (a.high == 0 && a.low <= 1) || a.high >> 56 == 0xFF {
+                report(path + ".underlayAddress", "\(a) cannot be an underlay address (unspecified, loopback or multicast)")
+            }
+        }
+        checkRange(fleet.underlayMTU, 1280...65535, path: path + ".underlayMTU", what: "underlay MTU")
+        checkRange(fleet.leaseSeconds, FleetSettings.leaseSecondsRange, path: path + ".leaseSeconds", what: "lease TTL (seconds)")
+        let etcd = fleet.etcd
+        if etcd.endpoints.isEmpty { report(path + ".etcd.endpoints", "lists no endpoint; give at least one http(s)://HOST:PORT") }
+        var secure = false
+        for (index, endpoint) in etcd.endpoints.enumerated() {
+            let endpointPath = path + ".etcd.endpoints[\(index)]"
+            let scheme = endpoint.hasPrefix("https://") ? "https://" : endpoint.hasPrefix("http://") ? "http://" : nil
+            guard let scheme else {
+                report(endpointPath, "\(quote(endpoint)) must start with http:// or https://"); continue
+            }
+            if scheme == "https://" { secure = true }
+            let rest = endpoint.dropFirst(scheme.count)
+            let authority = rest.hasSuffix("/") ? rest.dropLast() : rest
+            guard let colon = authority.lastIndex(of: ":"), !authority[..<colon].isEmpty,
+                  let port = Int(authority[authority.index(after: colon)...]), (1...65535).contains(port),
+                  !authority.contains("/"), !authority.contains("@"), !authority.contains("?") else {
+                report(endpointPath, "\(quote(endpoint)) is not SCHEME://HOST:PORT (e.g. http://10.0.0.5:2379)"); continue
+            }
+        }
+        if !etcd.prefix.hasPrefix("/") || etcd.prefix.hasSuffix("/") || etcd.prefix.contains("//") {
+            report(path + ".etcd.prefix", "\(quote(etcd.prefix)) must start with '/' and not end with '/' (e.g. /bulkhead)")
+        }
+        if secure && etcd.tls == nil {
+            report(path + ".etcd.tls", "https endpoints need tls.caFile (and certFile and keyFile for client certificates)")
+        }
+        if let tls = etcd.tls {
+            if (tls.certFile == nil) != (tls.keyFile == nil) {
+                report(path + ".etcd.tls", "certFile and keyFile go together: give both or neither")
+            }
+            for (key, file) in [("caFile", tls.caFile), ("certFile", tls.certFile), ("keyFile", tls.keyFile)] {
+                if let file, !file.hasPrefix("/") { report(path + ".etcd.tls." + key, "\(quote(file)) is not an absolute path") }
+            }
+        }
     }
 
     /// Tenants' jailed processes get uids of jailUidBase ..< jailUidBase + 65536: the whole range
@@ -258,6 +313,11 @@ struct Validator {
             }
         }
         checkRange(segment.mtu, 576...9000, path: path + ".mtu", what: "MTU")
+        if segment.vni != nil, let fleet = document.host?.fleet, segment.mtu + fleet.encapsulationOverhead > fleet.underlayMTU {
+            report(path + ".mtu", "MTU \(segment.mtu) plus the VXLAN encapsulation (\(fleet.encapsulationOverhead) bytes) does not fit "
+                + "the underlay MTU \(fleet.underlayMTU) ($.host.fleet.underlayMTU); use an MTU of at most "
+                + "\(fleet.underlayMTU - fleet.encapsulationOverhead) or raise the underlay's")
+        }
         let table = segment.macTable
         let tablePath = path + ".macTable"
         checkRange(table.maxEntries, 1...65_536, path: tablePath + ".maxEntries", what: "maxEntries")
