@@ -378,16 +378,18 @@ else:
     /// "marker"}]}. Prints how many it sent.
     static let vxlanSender = #"""
 import json, sys
-from scapy.all import Ether, IP, UDP, Raw, sendp, conf
+from scapy.all import Ether, IP, UDP, Raw, sendp, conf, get_if_hwaddr
 from scapy.layers.vxlan import VXLAN
 conf.verb = 0
 spec = json.loads(sys.argv[1])
+# The sending interface's own MAC: a bridge drops frames from a zero source MAC.
+own = get_if_hwaddr(spec["iface"])
 frames = []
 for f in spec["frames"]:
     marker = bytes.fromhex(f["marker"])
     inner = (Ether(src=f["inner_src_mac"], dst=f["inner_dst_mac"])
              / IP(src=f["inner_src_ip"], dst=f["inner_dst_ip"]) / UDP(sport=40000, dport=9) / Raw(marker * 4))
-    outer = (Ether(dst=spec["dst_mac"]) / IP(src=f["outer_src"], dst=f["outer_dst"])
+    outer = (Ether(src=own, dst=spec["dst_mac"]) / IP(src=f["outer_src"], dst=f["outer_dst"])
              / UDP(sport=49152, dport=4789) / VXLAN(vni=f["vni"], flags=0x08) / inner)
     frames.append(outer)
 sendp(frames, iface=spec["iface"], count=spec.get("count", 1))
