@@ -35,16 +35,26 @@ final class FleetTests: XCTestCase {
 
     private final class Fixture {
         let underlay: FleetUnderlay
-        var etcd: FleetEtcd
-        let etcdData: String
+        var etcd: FleetEtcd?
+        let etcdData = NSTemporaryDirectory() + "bh-fleet-etcd-\(UUID().uuidString)"
         var daemons: [String: FleetDaemon] = [:]
 
+        /// Sets the fleet up; on failure removes what it set up and throws with every log.
         init() throws {
             underlay = try FleetUnderlay()
+            do {
+                try start()
+            } catch {
+                let logs = logs()
+                stop()
+                throw DaemonFailure(message: "the fleet did not start: \(error)\n\(logs)")
+            }
+        }
+
+        private func start() throws {
             for (offset, host) in FleetTests.hosts.enumerated() {
                 try underlay.addMember(Fleet.namespace(ofHost: host), address: "10.99.0.\(offset + 1)")
             }
-            etcdData = NSTemporaryDirectory() + "bh-fleet-etcd-\(UUID().uuidString)"
             etcd = try FleetEtcd(dataDirectory: etcdData)
             // A run killed earlier may have left its port namespaces: the daemons create them anew.
             for port in FleetTests.ports + [FleetTests.lateBluePort] { Fleet.removeNamespace(port.namespace) }
@@ -71,12 +81,13 @@ final class FleetTests: XCTestCase {
 
         func logs() -> String {
             daemons.keys.sorted().map { "--- \($0):\n\(daemons[$0]?.output ?? "")" }.joined(separator: "\n")
-                + "\n--- etcd:\n\(etcd.output)"
+                + "\n--- etcd:\n\(etcd?.output ?? "")"
         }
 
         func stop() {
             daemons = [:]  // each daemon gets SIGTERM and removes its namespaces
-            etcd.kill9()
+            etcd?.kill9()
+            etcd = nil
             for port in FleetTests.ports + [FleetTests.lateBluePort] { Fleet.removeNamespace(port.namespace) }
             underlay.tearDown()
             try? FileManager.default.removeItem(atPath: etcdData)
@@ -361,7 +372,7 @@ final class FleetTests: XCTestCase {
         let redPing = try FleetBackground(namespace: port("h1", "red").namespace,
                                           ["ping", "-c", "100", "-i", "0.2", "-W", "1", "10.0.0.2"])
         Thread.sleep(forTimeInterval: 0.5)
-        fixture.etcd.kill9()
+        fixture.etcd?.kill9()
 
         try Fleet.waitFor("h1 to say it lost etcd (now \(h1.fleetState() ?? "no fleet status"))", timeout: 20) {
             h1.fleetState() == "disconnected"
