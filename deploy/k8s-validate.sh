@@ -3,7 +3,8 @@
 # unknown field is an error), with the `kubernetes-validate` package (PyPI), installed into a
 # virtual environment under .build-tools/ on first use. Then renders every host configuration of
 # the role ConfigMaps with the init container's own script (configmap-render.yaml) for a sample
-# node, and checks each with `bulkhead validate`.
+# node, and checks each with `bulkhead validate`; configs/fleet-*.json (README, "Running a fleet")
+# as well.
 #
 #   deploy/k8s-validate.sh [--kubernetes-version 1.30.0]
 #
@@ -91,5 +92,11 @@ for role_dir in "$WORK"/bulkhead-*/; do
     done
 done
 ((roles > 0)) || { say "no role ConfigMap with a host.json key"; status=1; }
+# The README's example fleet hosts (plain files, no placeholders).
+for file in "$REPO"/configs/fleet-*.json; do
+    [ -f "$file" ] || continue
+    say "=== ${file#"$REPO"/}"
+    "$BIN" validate --config "$file" || { say "FAILED: ${file#"$REPO"/}"; status=1; }
+done
 if ((status == 0)); then say "k8s-validate: all manifests and host configurations passed"; else say "k8s-validate: FAILED"; fi
 exit "$status"
