@@ -301,6 +301,7 @@ final class FleetDaemon: LoggedProcess, @unchecked Sendable {
         if let one = statistics["uplink"] as? [String: Any] { entries.append(one) }
         entries += statistics["uplink"] as? [[String: Any]] ?? []
         entries += statistics["uplinks"] as? [[String: Any]] ?? []
+        entries += (statistics["uplinks"] as? [String: [String: Any]] ?? [:]).values
         guard !entries.isEmpty else { return nil }
         var sum: [String: Int] = [:]
         for entry in entries {

@@ -11,7 +11,7 @@ import Glibc
 ///
 /// One fleet serves the class; the tests run in their numbered order, the last two change it:
 /// etcd is restarted (7), then h3 is killed (8).
-final class FleetTests: XCTestCase {
+final class FleetIntegrationTests: XCTestCase {
     // MARK: Topology
 
     static let ports: [FleetPort] = [
@@ -52,21 +52,21 @@ final class FleetTests: XCTestCase {
         }
 
         private func start() throws {
-            for (offset, host) in FleetTests.hosts.enumerated() {
+            for (offset, host) in FleetIntegrationTests.hosts.enumerated() {
                 try underlay.addMember(Fleet.namespace(ofHost: host), address: "10.99.0.\(offset + 1)")
             }
             etcd = try FleetEtcd(dataDirectory: etcdData)
             // A run killed earlier may have left its port namespaces: the daemons create them anew.
-            for port in FleetTests.ports + [FleetTests.lateBluePort] { Fleet.removeNamespace(port.namespace) }
-            for (offset, host) in FleetTests.hosts.enumerated() {
-                daemons[host] = try FleetDaemon(host: host, index: offset + 1, ports: FleetTests.ports.filter { $0.host == host },
-                                                leaseSeconds: FleetTests.leaseSeconds)
+            for port in FleetIntegrationTests.ports + [FleetIntegrationTests.lateBluePort] { Fleet.removeNamespace(port.namespace) }
+            for (offset, host) in FleetIntegrationTests.hosts.enumerated() {
+                daemons[host] = try FleetDaemon(host: host, index: offset + 1, ports: FleetIntegrationTests.ports.filter { $0.host == host },
+                                                leaseSeconds: FleetIntegrationTests.leaseSeconds)
             }
-            for host in FleetTests.hosts { try daemons[host]?.waitForForwarding() }
+            for host in FleetIntegrationTests.hosts { try daemons[host]?.waitForForwarding() }
             // Every host's map has the two others once each has registered and watched.
             for tenant in ["blue", "red"] {
                 for (from, to) in [("h1", "h2"), ("h2", "h3"), ("h3", "h1")] {
-                    let source = FleetTests.port(from, tenant), target = FleetTests.port(to, tenant)
+                    let source = FleetIntegrationTests.port(from, tenant), target = FleetIntegrationTests.port(to, tenant)
                     try Fleet.waitFor("\(tenant) \(from) to reach \(to)'s \(target.address)", timeout: 60) {
                         Fleet.pings(from: source.namespace, target.address)
                     }
@@ -88,10 +88,10 @@ final class FleetTests: XCTestCase {
             daemons = [:]  // each daemon gets SIGTERM and removes its namespaces
             etcd?.kill9()
             etcd = nil
-            for port in FleetTests.ports + [FleetTests.lateBluePort] { Fleet.removeNamespace(port.namespace) }
+            for port in FleetIntegrationTests.ports + [FleetIntegrationTests.lateBluePort] { Fleet.removeNamespace(port.namespace) }
             underlay.tearDown()
             try? FileManager.default.removeItem(atPath: etcdData)
-            for host in FleetTests.hosts { try? FileManager.default.removeItem(atPath: "/tmp/bh-fleet-\(host)") }
+            for host in FleetIntegrationTests.hosts { try? FileManager.default.removeItem(atPath: "/tmp/bh-fleet-\(host)") }
         }
     }
 
