@@ -72,7 +72,7 @@ let package = Package(
 
         // The switch's port drivers and engine loop (io_uring; TAP and vhost-user-net ports).
         .target(name: "SwitchEngine", dependencies: [
-            "Switch", "Config", "Virtio", "HostOS", "URing", "Netlink", "VhostNet",
+            "Switch", "Config", "FleetModel", "Virtio", "HostOS", "URing", "Netlink", "VhostNet",
             .product(name: "Logging", package: "swift-log"),
         ]),
 
@@ -89,7 +89,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
 
         // The management API's requests, answers and authorization: pure, fuzzed (Fuzz/APIFuzz).
-        .target(name: "ManagementModel", dependencies: ["Config", "Switch"]),
+        .target(name: "ManagementModel", dependencies: ["Config", "FleetModel", "Switch"]),
         // The management API's server on the control socket (Hummingbird) and its client.
         .target(name: "Management", dependencies: [
             "ManagementModel", "Config", "Switch", "HostOS",
@@ -111,8 +111,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // The fleet agent: this host's ports in etcd under a lease, and the fleet map watched from it.
+        .target(name: "Fleet", dependencies: ["Config", "FleetModel", .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "ManagementModel", "Management", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
+            "Fleet", "FleetModel", "Config", "ManagementModel", "Management", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
             "VhostNet", "VMM", "PartitionProcess", "URing", "Audit", "Observability",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

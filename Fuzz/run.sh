@@ -163,8 +163,10 @@ case "$target" in
     compile_module Config
     compile_module Metering
     compile_module Switch
+    compile_module FleetModel
     compile_module ManagementModel
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o" "$modules/ManagementModel.o")
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o" "$modules/FleetModel.o"
+             "$modules/ManagementModel.o")
     main=Fuzz/APIFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;

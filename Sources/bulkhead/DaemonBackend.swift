@@ -23,7 +23,8 @@ struct DaemonBackend: ManagementBackend {
         let children = runtime.supervisor.states().map(DaemonBackend.status)
         let statistics = runtime.board.statistics()
         return ManagementSnapshot(configuration: configuration, configurationText: text,
-                                  status: HostStatus(daemon: daemon, children: children),
+                                  status: HostStatus(daemon: daemon, children: children, fleet: runtime.fleet?.status(),
+                                                     underlayUnknownVNI: runtime.fleet?.unknownVNIDatagrams ?? 0),
                                   statistics: statistics.ports.isEmpty && statistics.segments.isEmpty ? nil : statistics)
     }
 
