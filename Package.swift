@@ -122,7 +122,7 @@ let package = Package(
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
 
-        .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "FleetModel"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "HostOS"]),
         .testTarget(name: "ManagementTests", dependencies: ["ManagementModel", "Management", "Config", "Switch", "HostOS",
                                                           .product(name: "Logging", package: "swift-log"),
