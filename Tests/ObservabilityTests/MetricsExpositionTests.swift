@@ -96,6 +96,16 @@ final class MetricsExpositionTests: XCTestCase {
         XCTAssertEqual(exposition.value("bulkhead_config_apply_failures_total", [:]), 2)
     }
 
+    func testFleetLinkIsExposedOnlyWithAFleet() throws {
+        let fleet = try Exposition(MetricsExposition.renderText(MetricsSnapshot(
+            fleet: FleetMetrics(connected: false, remoteHosts: 2, unknownVNIDatagrams: 17))))
+        XCTAssertEqual(fleet.value("bulkhead_fleet_connected", [:]), 0)
+        XCTAssertEqual(fleet.value("bulkhead_fleet_remote_hosts", [:]), 2)
+        XCTAssertEqual(fleet.value("bulkhead_underlay_unknown_vni_datagrams_total", [:]), 17)
+        let alone = try Exposition(MetricsExposition.renderText(MetricsSnapshot()))
+        XCTAssertNil(alone.value("bulkhead_fleet_connected", [:]))
+    }
+
     func testWhatTheDaemonDoesNotHaveIsNotExposed() throws {
         let exposition = try Exposition(MetricsExposition.renderText(MetricsSnapshot(
             partitions: [PartitionMetrics(tenant: "blue", id: "guest", state: "starting", starts: 1, restarts: 0)])))
