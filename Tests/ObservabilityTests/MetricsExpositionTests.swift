@@ -31,7 +31,8 @@ final class MetricsExpositionTests: XCTestCase {
             volumes: [VolumeMetrics(tenant: "blue", volume: "data", reads: 11, readBytes: 4096 * 11, writes: 5,
                                     writtenBytes: 4096 * 5, flushes: 2, errors: 1, throttled: 9)],
             auditRecordsWritten: 42,
-            configurationApplies: ApplyMetrics(attempts: 6, failures: 2))
+            configurationApplies: ApplyMetrics(attempts: 6, failures: 2),
+            fleet: FleetMetrics(connected: true, remoteHosts: 1, unknownVNIDatagrams: 3))
     }
 
     func testPortCountersCarryTheirLabelsAndAreCounters() throws {
