@@ -77,7 +77,7 @@ private func checkLayout(_ layout: SegmentLayout, frame: UnsafeRawBufferPointer,
                          headroom: Int, output: UnsafeRawBufferPointer) {
     precondition(layout.count >= 1, "empty layout")
     precondition(layout.length == layout.stride, "length differs from stride")
-    precondition(layout.lastLength <= layout.length && layout.lastLength > headroom, "last length")
+    precondition(layout.lastLength <= layout.length && layout.lastLength >= headroom + 14, "last length")
     let total = (layout.count - 1) * layout.stride + layout.lastLength
     precondition(total <= output.count, "layout past the output")
     for index in total..<output.count { precondition(output[index] == sentinel, "byte \(index) past the layout written") }

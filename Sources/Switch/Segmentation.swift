@@ -48,12 +48,14 @@ public enum Segmentation {
     /// The header must describe the frame as `OffloadCheck` requires (a GSO type that matches the
     /// parsed IP version and TCP, a partial checksum at the parsed TCP or UDP checksum field);
     /// `hdr_len` is not used: the headers copied into each segment are the parsed ones. A GSO
-    /// frame whose payload fits one segment becomes one packet. Trailing Ethernet padding is not
-    /// carried into segments. The TCP checksum of a segment is computed in full from the segment's
-    /// own pseudo-header, never adjusted from the tenant's partial sum.
+    /// frame whose payload fits one segment becomes one packet. A frame shorter than an Ethernet
+    /// header, or longer than the largest GSO frame (65550 bytes), is refused. Trailing Ethernet
+    /// padding is not carried into segments. The TCP checksum of a segment is computed in full
+    /// from the segment's own pseudo-header, never adjusted from the tenant's partial sum.
     public static func layOut(frame: UnsafeRawBufferPointer, header: VirtioNetHeader, headroom: Int,
                               into output: UnsafeMutableRawBufferPointer) -> SegmentLayout? {
-        guard headroom >= 0, headroom <= Wire.maxGSOFrameLength, frame.count <= Wire.maxGSOFrameLength,
+        guard headroom >= 0, headroom <= Wire.maxGSOFrameLength,
+              frame.count >= Wire.ethernetHeaderLength, frame.count <= Wire.maxGSOFrameLength,
               let frameStart = frame.baseAddress, let outputStart = output.baseAddress,
               header.isConsistent(frameLength: frame.count)
         else { return nil }

@@ -288,6 +288,7 @@ final class SegmentationTests: XCTestCase {
             ("checksum past the frame", udp, VirtioNetHeader(flags: 1, csumStart: 34, csumOffset: 6000), 200_000),
             ("output too small for the segments", tcp4, tso4, 2 * (8 + 54 + 1448) + 8 + 54 + 4000 - 2 * 1448 - 1),
             ("output too small for a copy", udp, VirtioNetHeader(), udp.count + Self.headroom - 1),
+            ("shorter than an Ethernet header", Array(udp[0..<13]), VirtioNetHeader(), 200_000),
             ("truncated TCP header", Array(tcp4[0..<50]), tso4, 200_000),
             ("IPv4 length past the frame", Array(tcp4[0..<1000]), tso4, 200_000),
             ("routing header", Self.tcp6Frame(payload: Self.payload(4000), extensions: [.routing()]),
