@@ -22,6 +22,16 @@ public struct SegmentLayout: Sendable, Equatable {
 
     /// Bytes from the first packet's start to the last one's end.
     public var totalLength: Int { (count - 1) * stride + lastLength }
+
+    /// How many packets one UDP_SEGMENT send may carry (at least 1). Linux refuses a send whose
+    /// datagram exceeds 65507 bytes over IPv4 (65535 less the IP and UDP headers), and one of more
+    /// than UDP_MAX_SEGMENTS packets (64, raised to 128 in recent kernels): a 64 KiB TSO
+    /// frame with a 1448-byte MSS is 46 packets of 1510 bytes with the VXLAN header, 69 KiB, so
+    /// it takes two sends.
+    public func packetsPerSend(maximumBytes: Int = 65_507, maximumSegments: Int = 64) -> Int {
+        guard stride > 0 else { return 1 }
+        return max(1, min(count, maximumSegments, maximumBytes / stride))
+    }
 }
 
 /// Turns a frame with a virtio-net offload header into the frames a wire carries: what a NIC does

@@ -149,6 +149,10 @@ final class SegmentationTests: XCTestCase {
         XCTAssertEqual(layout, SegmentLayout(count: 7, stride: 8 + 54 + 1448, length: 8 + 54 + 1448,
                                              lastLength: 8 + 54 + 10_000 - 6 * 1448))
         XCTAssertEqual(layout.totalLength, 6 * 1510 + 8 + 54 + 1312)
+        XCTAssertEqual(layout.packetsPerSend(), 7)
+        XCTAssertEqual(SegmentLayout(count: 46, stride: 1510, length: 1510, lastLength: 400).packetsPerSend(), 43)
+        XCTAssertEqual(SegmentLayout(count: 700, stride: 150, length: 150, lastLength: 100).packetsPerSend(), 64)
+        XCTAssertEqual(SegmentLayout(count: 2, stride: 70_000, length: 70_000, lastLength: 10).packetsPerSend(), 1)
         let payload = verifySegments(layout, output, original: frame, mss: 1448,
                                      Expectation(v6: false, ipHeaderLength: 20, tcpHeaderLength: 20,
                                                  sequence: 0xFFFF_F000, flags: Self.ackPSHFIN | 0x80))
