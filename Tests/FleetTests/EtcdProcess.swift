@@ -1,3 +1,5 @@
+import Config
+import FleetModel
 import Foundation
 import Glibc
 import Logging

@@ -24,12 +24,12 @@ final class FleetAgentTests: XCTestCase {
         etcd = nil
     }
 
-    private func port(_ id: String, _ last: UInt8, segment: String = "lan") -> Port {
-        Port(id: id, segment: segment, mac: MACAddress(0x02, 0, 0, 0, 0, last),
+    private func port(_ id: String, _ last: UInt8, segment: String = "lan") -> Config.Port {
+        Config.Port(id: id, segment: segment, mac: MACAddress(0x02, 0, 0, 0, 0, last),
              ips: [IPPrefix("10.0.0.\(last)/24")].compactMap { $0 })
     }
 
-    private func configuration(_ ports: [Port], vni: UInt32 = 100) -> HostConfiguration {
+    private func configuration(_ ports: [Config.Port], vni: UInt32 = 100) -> HostConfiguration {
         HostConfiguration(host: HostSettings(stateDirectory: "/var/lib/bh"), tenants: [
             Tenant(id: "blue", segments: [Segment(id: "lan", vni: vni), Segment(id: "local")], ports: ports),
             Tenant(id: "red", segments: [Segment(id: "lan")]),
@@ -67,6 +67,7 @@ final class FleetAgentTests: XCTestCase {
         c.start(configuration: configuration([port("c1", 3)]), onViews: viewsC.callback)
 
         // The first views are the empty ones, before etcd answered.
+        try await waitUntil("a's first views", timeout: 5) { !viewsA.all.isEmpty }
         let first = try XCTUnwrap(viewsA.all.first)
         XCTAssertEqual(first, ["blue": FleetView.empty(for: configuration([]).tenants[0])])
         XCTAssertNil(first["red"], "a tenant without a segment with a VNI has no view")

@@ -49,7 +49,7 @@ final class FleetMapTests: XCTestCase {
             tenant: "blue", segment: "lan", vni: 5, host: "h3", port: "x", mac: "02:00:00:00:00:03", ips: [])))
         map.put(key: "/p/ports/blue/lan/h2/bad", value: Data("[]".utf8))
         let tenant = Tenant(id: "blue", segments: [Segment(id: "lan", vni: 5)],
-                            ports: [Port(id: "a1", segment: "lan", mac: MACAddress(2, 0, 0, 0, 0, 1))])
+                            ports: [Config.Port(id: "a1", segment: "lan", mac: MACAddress(2, 0, 0, 0, 0, 1))])
         let configuration = HostConfiguration(host: HostSettings(stateDirectory: "/s"), tenants: [tenant])
         XCTAssertEqual(FleetMap.watchedPrefixes(prefix: "/p", configuration: configuration), ["/p/hosts/", "/p/ports/blue/lan/"])
         let (views, problems) = map.views(configuration: configuration, localHost: "h1")

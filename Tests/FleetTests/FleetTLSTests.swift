@@ -15,7 +15,7 @@ final class FleetTLSTests: XCTestCase {
         func configuration(_ port: String, _ last: UInt8) -> HostConfiguration {
             HostConfiguration(host: HostSettings(stateDirectory: "/s"), tenants: [
                 Tenant(id: "blue", segments: [Segment(id: "lan", vni: 7)],
-                       ports: [Port(id: port, segment: "lan", mac: MACAddress(2, 0, 0, 0, 1, last))]),
+                       ports: [Config.Port(id: port, segment: "lan", mac: MACAddress(2, 0, 0, 0, 1, last))]),
             ])
         }
         func agent(_ id: String) throws -> FleetAgent {
