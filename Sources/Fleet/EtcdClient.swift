@@ -60,8 +60,9 @@ final class EtcdClient: Sendable {
         self.endpoints = endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.requestTimeout = requestTimeout
         self.logger = logger
+        // Connecting is bounded by the request timeout too, and a stream (a watch) has no read timeout.
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls,
-                                                     timeout: .init(connect: .seconds(2), read: nil))
+                                                     timeout: .init(connect: min(requestTimeout, .seconds(2)), read: nil))
         // The gateway over HTTP/1.1: a watch is one long response on its own connection.
         configuration.httpVersion = .http1Only
         configuration.connectionPool = .init(idleTimeout: .seconds(30))
@@ -209,7 +210,7 @@ final class EtcdClient: Sendable {
 
     /// A unary request: the answer's body when etcd answers 200.
     private func send(_ path: String, body: Data, timeout: TimeAmount) async throws -> [UInt8] {
-        try await withEndpoints(path, body: body, deadline: .now() + timeout) { response in
+        try await withEndpoints(path, body: body, timeout: timeout) { response in
             var buffer = try await response.body.collect(upTo: Self.answerLimit)
             return buffer.readBytes(length: buffer.readableBytes) ?? []
         }
@@ -217,13 +218,14 @@ final class EtcdClient: Sendable {
 
     /// A streaming request: the response once its head is in, its body still to read.
     private func open(_ path: String, body: Data) async throws -> HTTPClientResponse {
-        try await withEndpoints(path, body: body, deadline: .distantFuture) { $0 }
+        try await withEndpoints(path, body: body, timeout: nil) { $0 }
     }
 
     /// Sends the request to each endpoint in turn, from the one that answered last, until one
     /// answers; an answer other than 200 is an error from etcd (tried elsewhere only when it
-    /// says etcd is unavailable there).
-    private func withEndpoints<Answer>(_ path: String, body: Data, deadline: NIODeadline,
+    /// says etcd is unavailable there). Each attempt has `timeout` (nil: none, for streams): a
+    /// member that hangs costs one timeout, then the next is tried.
+    private func withEndpoints<Answer>(_ path: String, body: Data, timeout: TimeAmount?,
                                        _ read: (HTTPClientResponse) async throws -> Answer) async throws -> Answer {
         let first = current.withLock { $0 }
         var lastFailure = "no endpoint"
@@ -236,7 +238,8 @@ final class EtcdClient: Sendable {
             request.body = .bytes(ByteBuffer(bytes: body))
             let response: HTTPClientResponse
             do {
-                response = try await http.execute(request, deadline: deadline, logger: logger)
+                response = try await http.execute(request, deadline: timeout.map { .now() + $0 } ?? .distantFuture,
+                                                  logger: logger)
             } catch {
                 try Task.checkCancellation()
                 lastFailure = "\(endpoints[index]): \(error)"

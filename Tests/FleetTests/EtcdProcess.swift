@@ -124,6 +124,33 @@ final class EtcdProcess {
     }
 }
 
+/// A TCP listener on 127.0.0.1 that never accepts: an etcd member that hangs.
+final class HungListener {
+    private let fd: Int32
+    let port: UInt16
+    var endpoint: String { "http://127.0.0.1:\(port)" }
+
+    init() throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket: errno \(errno)") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let fd = self.fd
+        let result = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress -> Int32 in
+                guard bind(fd, socketAddress, length) == 0, listen(fd, 64) == 0 else { return -1 }
+                return getsockname(fd, socketAddress, &length)
+            }
+        }
+        guard result == 0 else { Glibc.close(fd); throw TestFailure("bind/listen: errno \(errno)") }
+        port = UInt16(bigEndian: address.sin_port)
+    }
+
+    func close() { Glibc.close(fd) }
+}
+
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }

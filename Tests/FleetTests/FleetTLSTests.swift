@@ -21,7 +21,7 @@ final class FleetTLSTests: XCTestCase {
         func agent(_ id: String) throws -> FleetAgent {
             try FleetAgent(settings: FleetSettings(hostId: id, underlayAddress: try XCTUnwrap(IPAddress("192.0.2.\(id.last ?? "0")")),
                                                    etcd: EtcdSettings(endpoints: [etcd.endpoint], tls: files)),
-                           logger: Logger(label: "fleet"))
+                           logger: Logger(label: "fleet", factory: { _ in SwiftLogNoOpLogHandler() }))
         }
         let a = try agent("h1"), b = try agent("h2")
         let views = ViewRecorder()
@@ -37,7 +37,7 @@ final class FleetTLSTests: XCTestCase {
         // Without a client certificate etcd refuses the connection: the agent says so.
         let anonymous = try FleetAgent(settings: FleetSettings(hostId: "h3", underlayAddress: try XCTUnwrap(IPAddress("192.0.2.3")),
                                                                etcd: EtcdSettings(endpoints: [etcd.endpoint], tls: EtcdTLS(caFile: files.caFile))),
-                                       logger: Logger(label: "fleet"))
+                                       logger: Logger(label: "fleet", factory: { _ in SwiftLogNoOpLogHandler() }))
         anonymous.start(configuration: configuration("c", 3), onViews: { _ in })
         try await waitUntil("an agent without a client certificate is refused", timeout: 10) {
             anonymous.status().state == "disconnected"
@@ -49,15 +49,15 @@ final class FleetTLSTests: XCTestCase {
         let settings = FleetSettings(hostId: "h1", underlayAddress: try XCTUnwrap(IPAddress("192.0.2.1")),
                                      etcd: EtcdSettings(endpoints: ["https://127.0.0.1:2379"],
                                                         tls: EtcdTLS(caFile: "/nonexistent/ca.pem")))
-        XCTAssertThrowsError(try FleetAgent(settings: settings, logger: Logger(label: "fleet"))) { error in
+        XCTAssertThrowsError(try FleetAgent(settings: settings, logger: Logger(label: "fleet", factory: { _ in SwiftLogNoOpLogHandler() }))) { error in
             XCTAssertTrue("\(error)".contains("/nonexistent/ca.pem"), "\(error)")
         }
         var incomplete = settings
         incomplete.etcd.tls = EtcdTLS(caFile: "/etc/ssl/certs/ca-certificates.crt", certFile: "/x.pem")
-        XCTAssertThrowsError(try FleetAgent(settings: incomplete, logger: Logger(label: "fleet")))
+        XCTAssertThrowsError(try FleetAgent(settings: incomplete, logger: Logger(label: "fleet", factory: { _ in SwiftLogNoOpLogHandler() })))
         var bad = settings
         bad.etcd = EtcdSettings(endpoints: ["tcp://127.0.0.1:2379"])
-        XCTAssertThrowsError(try FleetAgent(settings: bad, logger: Logger(label: "fleet"))) { error in
+        XCTAssertThrowsError(try FleetAgent(settings: bad, logger: Logger(label: "fleet", factory: { _ in SwiftLogNoOpLogHandler() }))) { error in
             XCTAssertTrue("\(error)".contains("tcp://127.0.0.1:2379"), "\(error)")
         }
     }
