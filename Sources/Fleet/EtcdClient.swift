@@ -125,9 +125,10 @@ final class EtcdClient: Sendable {
         throw EtcdError.malformedResponse("keep-alive answer without a result")
     }
 
-    func revoke(lease: Int64) async throws {
+    /// Revokes `lease`: etcd deletes its keys at once. `timeout` per endpoint tried (default: the request timeout).
+    func revoke(lease: Int64, timeout: TimeAmount? = nil) async throws {
         do {
-            let _: ResponseHeaderOnly = try await call("/v3/lease/revoke", LeaseIDRequest(ID: GatewayInt64(lease)))
+            let _: ResponseHeaderOnly = try await call("/v3/lease/revoke", LeaseIDRequest(ID: GatewayInt64(lease)), timeout: timeout)
         } catch EtcdError.server(_, _, let message) where message.contains("lease not found") {
             throw EtcdError.leaseNotFound
         }
@@ -203,8 +204,9 @@ final class EtcdClient: Sendable {
         var header: ResponseHeader?
     }
 
-    private func call<Request: Encodable, Answer: Decodable>(_ path: String, _ request: Request) async throws -> Answer {
-        let body = try await send(path, body: JSONEncoder().encode(request), timeout: requestTimeout)
+    private func call<Request: Encodable, Answer: Decodable>(_ path: String, _ request: Request,
+                                                             timeout: TimeAmount? = nil) async throws -> Answer {
+        let body = try await send(path, body: JSONEncoder().encode(request), timeout: timeout ?? requestTimeout)
         return try Self.decode(Answer.self, body)
     }
 

@@ -73,7 +73,6 @@ public final class FleetAgent: Sendable {
         var mapInbox: AsyncStream<MapInput>.Continuation?
         var lease: Int64?
         var started = false
-        var finished = false
     }
 
     /// What the map loop acts on, one at a time.
@@ -177,11 +176,14 @@ public final class FleetAgent: Sendable {
         registrationWakeup.signal()
     }
 
+    /// The agent's state now: connection, lease, revision, remote hosts, problems.
     public func status() -> FleetStatus {
         state.withLock { $0.status }
     }
 
-    /// Revokes the lease (other hosts drop this host's ports at once) and stops.
+    /// Revokes the lease (other hosts drop this host's ports at once) and stops. The revocation is
+    /// best effort (one second per endpoint): unrevoked, the lease expires in its TTL. `onViews`
+    /// is not called once this returns.
     public func stop() async {
         await finish(revoke: true)
     }
@@ -193,7 +195,7 @@ public final class FleetAgent: Sendable {
 
     private func finish(revoke: Bool) async {
         let (tasks, client, inbox) = state.withLock { state in
-            defer { state.tasks = []; state.client = nil; state.mapInbox = nil; state.finished = true }
+            defer { state.tasks = []; state.client = nil; state.mapInbox = nil }
             return (state.tasks, state.client, state.mapInbox)
         }
         inbox?.finish()
@@ -206,7 +208,7 @@ public final class FleetAgent: Sendable {
         }
         if revoke, let lease {
             do {
-                try await client.revoke(lease: lease)
+                try await client.revoke(lease: lease, timeout: .seconds(1))
                 logger.info("fleet lease revoked")
             } catch {
                 logger.warning("fleet lease not revoked; it expires in its TTL",

@@ -168,7 +168,7 @@ final class ViewRecorder: Sendable {
     var all: [[String: FleetView]] { state.withLock { $0 } }
 }
 
-/// Log messages at warning and above, and every message's text, for checks on what was logged.
+/// Every message logged (level and text), for checks on what was logged and how often.
 final class LogRecorder: Sendable {
     let entries = Mutex<[(Logger.Level, String)]>([])
 
@@ -186,9 +186,8 @@ final class LogRecorder: Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-                 file: String, function: String, line: UInt) {
-            recorder.entries.withLock { $0.append((level, message.description)) }
+        func log(event: LogEvent) {
+            recorder.entries.withLock { $0.append((event.level, event.message.description)) }
         }
     }
 }
