@@ -15,8 +15,10 @@ public struct FleetStatus: Codable, Sendable, Equatable {
     /// The other hosts now in the map, sorted.
     public var remoteHosts: [String]
     public var lastError: String?
-    /// Records left out of the views (see `FleetView.build`), at most 50.
+    /// Records left out of the views (see `FleetView.build`, malformed values), at most `problemLimit`.
     public var problems: [String]
+
+    public static let problemLimit = 50
 
     public init(hostId: String, state: String, since: String, endpoint: String? = nil, revision: Int64 = 0,
                 lease: String? = nil, remoteHosts: [String] = [], lastError: String? = nil, problems: [String] = []) {
