@@ -1,3 +1,4 @@
+import FleetModel
 import Foundation
 import HostOS
 import Switch
@@ -16,6 +17,10 @@ public enum SwitchControlMessage: Codable, Sendable, Equatable {
     case port(index: Int, interface: String)
     /// Daemon → switch: every port has been sent.
     case start
+    /// Daemon → switch: the tenant's underlay UDP socket is attached (before `.start`).
+    case uplink
+    /// Daemon → switch: the tenant's view of the fleet map (first before `.start`, then on change).
+    case fleet(FleetView)
     /// Switch → daemon: jailed and forwarding with `workers` packet threads.
     case ready(workers: Int)
     /// Switch → daemon: the counters, summed over the workers.

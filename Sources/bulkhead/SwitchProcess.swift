@@ -192,7 +192,7 @@ enum SwitchProcess {
                 }
                 received = ReceivedQueues(byPort.map { $0 ?? [] })
                 return received!
-            case .ready, .statistics:
+            case .ready, .statistics, .uplink, .fleet:  // TEMPORARY (helper "uplink" implements these)
                 for fd in fds { _ = close(fd) }
                 throw SwitchControlError("unexpected control message from the daemon: \(decoded)")
             }
