@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "Devices", dependencies: ["Virtio"]),
         // Token buckets, shared by the switch's rate limits and the block backend's QoS.
         .target(name: "Metering"),
-        .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering"]),
+        .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering", "FleetModel"]),
 
         // vhost-user protocol: message codec, backend server, frontend client.
         .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", "Metering", .product(name: "Logging", package: "swift-log")]),
@@ -72,7 +72,7 @@ let package = Package(
 
         // The switch's port drivers and engine loop (io_uring; TAP and vhost-user-net ports).
         .target(name: "SwitchEngine", dependencies: [
-            "Switch", "Config", "Virtio", "HostOS", "URing", "Netlink", "VhostNet",
+            "Switch", "Config", "FleetModel", "Virtio", "HostOS", "URing", "Netlink", "VhostNet",
             .product(name: "Logging", package: "swift-log"),
         ]),
 
@@ -130,7 +130,7 @@ let package = Package(
                                                              .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
-        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),
+        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering", "FleetModel"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
@@ -146,7 +146,8 @@ let package = Package(
                                                      .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VhostNetTests", dependencies: ["VhostNet", "NetClient", "VhostUser", "Virtio", "HostOS",
                                                         .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS",
+                                                             "Switch", "SwitchEngine", "FleetModel", "URing"]),
 
         .executableTarget(
             name: "SwitchBenchmarks",

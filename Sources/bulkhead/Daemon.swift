@@ -226,7 +226,7 @@ struct SwitchAttachment {
                 logger.info("switch forwarding", metadata: ["switch.workers": "\(workers)"])
             case .statistics(let statistics):
                 board.report(tenant: tenant, statistics)
-            case .port, .start:
+            case .port, .start, .uplink, .fleet:
                 logger.error("the switch sent a daemon's message; stopping it", metadata: ["message": "\(message)"])
                 return
             }
