@@ -147,7 +147,8 @@ let package = Package(
         .testTarget(name: "VhostNetTests", dependencies: ["VhostNet", "NetClient", "VhostUser", "Virtio", "HostOS",
                                                         .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS",
-                                                             "Switch", "SwitchEngine", "FleetModel", "URing"]),
+                                                             "Switch", "SwitchEngine", "FleetModel", "URing",
+                                                             .product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(
             name: "SwitchBenchmarks",
