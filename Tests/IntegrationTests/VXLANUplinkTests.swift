@@ -243,4 +243,87 @@ final class VXLANUplinkTests: XCTestCase {
         """
         try must(["python3", "-c", script], in: VXLANUplinkTests.nsB)
     }
+
+    /// The jailed `bulkhead switch` process with an uplink: it takes `.uplink` and the first
+    /// `.fleet` before `.start`, forwards to the Linux VTEP, then applies later `.fleet`
+    /// messages while it runs (a view without the peer host cuts it off, the full view brings
+    /// it back) and reports the uplink in its statistics.
+    func testTheJailedSwitchProcessTakesTheUplinkAndFleetUpdates() throws {
+        try buildUnderlay()
+        let configuration = configuration()
+        let state = configuration.host.stateDirectory
+        try? FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        let configPath = state + "/applied.json"
+        try Data("""
+        {"host": {"stateDirectory": "\(state)"},
+         "tenants": [{"id": "blue", "segments": [{"id": "lan", "vni": \(VXLANUplinkTests.vni), "mtu": 1450}],
+                      "ports": [{"id": "a", "kind": "tap", "segment": "lan", "mac": "\(VXLANUplinkTests.tapMAC)",
+                                 "ips": ["10.77.0.1/24"], "netns": "\(VXLANUplinkTests.nsA)", "ifname": "bhvx-tap"}]}]}
+        """.utf8).write(to: URL(fileURLWithPath: configPath))
+        let logger = Logger(label: "test.vxlan")
+        var network = PortNetwork(stateDirectory: state, logger: logger)
+        try network.provision(configuration)
+        defer { network.teardown() }
+        let socket = try uplinkSocket()
+        defer { close(socket) }
+
+        let pair = try UnixStream.pair()
+        let (daemonEnd, switchEnd) = pair.release()
+        let control = UnixStream(FileDescriptor(taking: daemonEnd))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: RunningDaemon.binary)
+        process.arguments = ["switch", "--config", configPath, "--tenant", "blue", "--log-level", "debug"]
+        process.standardInput = FileHandle(fileDescriptor: switchEnd, closeOnDealloc: true)
+        let log = state + "/switch.log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        try process.run()
+        defer {
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            print("switch log:\n" + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""))
+        }
+        try control.send(.port(index: 0, interface: "bhvx-tap"), fds: network.ports[0].queueFDs)
+        try control.send(.uplink, fds: [socket])
+        try control.send(.fleet(VXLANUplinkTests.view))
+        try control.send(.start)
+
+        // .ready, then statistics once a second.
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SwitchControlMessage.maxSize, alignment: 8)
+        defer { buffer.deallocate() }
+        func nextStatistics() throws -> SwitchStatistics? {
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            while try control.waitReadable(until: deadline) {
+                let message = try control.receive(into: buffer, maxFDs: 0)
+                guard message.byteCount > 0 else { return nil }
+                if case .statistics(let statistics) = try SwitchControlMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[..<message.byteCount])) {
+                    return statistics
+                }
+            }
+            return nil
+        }
+        XCTAssertNotNil(try nextStatistics()?.uplink, "the switch reports its uplink")
+
+        let (a, b) = (VXLANUplinkTests.nsA, VXLANUplinkTests.nsB)
+        let ping = try Host.inNamespace(a, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.77.0.2"], timeout: 20)
+        XCTAssertEqual(ping.status, 0, "ping through the jailed switch: \(ping.output)")
+
+        // The peer host leaves the map: nothing reaches it any more.
+        try control.send(.fleet(FleetView.empty(for: configuration.tenants[0])))
+        try must(["ip", "neigh", "flush", "all"], in: a)
+        try must(["ip", "neigh", "flush", "all"], in: b)
+        try waitFor("the switch to apply the smaller view") {
+            (try Host.inNamespace(a, ["ping", "-c", "1", "-W", "1", "10.77.0.2"], timeout: 10)).status != 0
+        }
+        // It comes back.
+        try control.send(.fleet(VXLANUplinkTests.view))
+        try waitFor("the switch to apply the full view again") {
+            (try Host.inNamespace(a, ["ping", "-c", "1", "-W", "1", "10.77.0.2"], timeout: 10)).status == 0
+        }
+        XCTAssertTrue(process.isRunning, "the switch survives fleet updates in its jail")
+        var uplink: PortStatistics?
+        for _ in 0..<3 { uplink = try nextStatistics()?.uplink }
+        XCTAssertGreaterThan(uplink?.tx.frames ?? 0, 0)
+        XCTAssertGreaterThan(uplink?.rx.frames ?? 0, 0)
+    }
 }
