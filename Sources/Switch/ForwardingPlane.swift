@@ -254,19 +254,20 @@ public struct ForwardingPlane: Sendable {
     public var answer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(uplink.answer) }
 
     /// Replaces the fleet map the uplink forwards by: compiled here (allocates; call it off the
-    /// packet threads), then swapped in; every worker takes it at its next `refreshFleet()` and
-    /// this handle at once. Frames see the old or the new view, never a mix. Returns the records
-    /// of `view` left out (none when the daemon built it with `FleetView.build`).
+    /// packet threads, from any thread, through any handle), then swapped in; every handle
+    /// (worker) takes it at its next `refreshFleet()`. Frames see the old or the new view, never
+    /// a mix. Touches no handle's own state, so it may run while that handle's worker forwards.
+    /// Returns the records of `view` left out (none when the daemon built it with `FleetView.build`).
     @discardableResult
     public func updateFleet(_ view: FleetView) -> [String] {
         let table = UplinkTable(view: view, state: state.uplinkBasis)
         state.uplinkTables.replace(with: table)
-        refreshFleet()
         return table.problems
     }
 
     /// Takes the current fleet map if it changed since this handle last looked: one atomic load
-    /// when it did not. Workers call it once per batch of frames.
+    /// when it did not. Workers call it once per batch of frames; like `process`, only from the
+    /// handle's own thread.
     @inline(__always)
     public func refreshFleet() {
         let generation = state.uplinkTables.generation.load(ordering: .acquiring)

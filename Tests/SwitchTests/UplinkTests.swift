@@ -33,6 +33,7 @@ final class UplinkTests: XCTestCase {
         let plane = ForwardingPlane(configuration: UplinkTests.configuration())
         XCTAssertTrue(plane.hasUplink)
         XCTAssertEqual(plane.updateFleet(UplinkTests.view), [])
+        plane.refreshFleet()
         return plane
     }
 
@@ -148,6 +149,7 @@ final class UplinkTests: XCTestCase {
         ]
         let plane = ForwardingPlane(configuration: configuration)
         plane.updateFleet(UplinkTests.view)
+        plane.refreshFleet()
         let frame = Fixture.udp4(from: UplinkTests.macR1, to: Fixture.macB, UplinkTests.ipR1, Fixture.ipB)
         XCTAssertEqual(receive(plane, frame), .drop(.aclEgress))
         XCTAssertEqual(plane.drops(.aclEgress, port: 1), 1)
@@ -162,6 +164,9 @@ final class UplinkTests: XCTestCase {
         var smaller = UplinkTests.view
         smaller.segments[0].hosts.removeFirst()
         plane.updateFleet(smaller)
+        // Nothing changes for a handle until its next batch.
+        XCTAssertEqual(receive(plane, frame), mask(1))
+        plane.refreshFleet()
         XCTAssertEqual(receive(plane, frame), .drop(.vxlanUnknownHost))
         // Another worker keeps the old map until its next batch.
         XCTAssertEqual(receive(worker, frame), mask(1))
@@ -172,6 +177,7 @@ final class UplinkTests: XCTestCase {
         XCTAssertEqual(destinations(plane), ["100@2001:db8::3"])
         // No host at all: local flood only.
         plane.updateFleet(FleetView.empty(for: UplinkTests.configuration().tenants[0]))
+        plane.refreshFleet()
         XCTAssertEqual(plane.send(Fixture.udp4(to: UplinkTests.macR1, Fixture.ipA, UplinkTests.ipR1), from: 0), mask(1, 2))
     }
 
@@ -198,5 +204,23 @@ final class UplinkTests: XCTestCase {
         let plane = Fixture.plane()
         XCTAssertFalse(plane.hasUplink)
         XCTAssertNil(plane.statistics().uplink)
+    }
+
+    func testProxyNDAnswersForRemoteAddresses() throws {
+        var plane = makePlane()
+        let target = IPv6Address("fd00::31")!
+        let solicitation = Fixture.ipv6Frame(to: MACAddress(0x33, 0x33, 0xFF, 0, 0, 0x31), Fixture.ip6A,
+                                             IPv6Address("ff02::1:ff00:31")!, next: 58,
+                                             payload: FrameBuilder.neighborSolicitation(target: target,
+                                                                                        sourceLinkLayer: Fixture.macA))
+        guard case .answer(let length) = plane.send(solicitation, from: 0) else {
+            return XCTFail("a neighbor solicitation for a remote port's address is answered by the switch")
+        }
+        let reply = Array(plane.answer.prefix(length))
+        XCTAssertGreaterThanOrEqual(reply.count, 14 + 40 + 24)
+        XCTAssertEqual(Array(reply[0..<6]), Fixture.macA.octets)
+        XCTAssertEqual(Array(reply[6..<12]), UplinkTests.macR2.octets)
+        XCTAssertEqual(reply[14 + 40], 136)  // neighbor advertisement
+        XCTAssertEqual(plane.drops(.neighborAnswered, port: 0), 1)
     }
 }
