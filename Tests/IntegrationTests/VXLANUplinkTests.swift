@@ -156,20 +156,37 @@ final class VXLANUplinkTests: XCTestCase {
         }
 
         // Spoofed datagrams: a member host with a MAC it does not own, and a non-member host
-        // with the peer's MAC. Neither reaches the TAP (tcpdump in A sees nothing on port 9999).
+        // with the peer's MAC. Neither reaches the endpoint in A (a UDP listener on port 9999
+        // writes down each payload it gets); a well-formed one sent after them does.
+        let received = NSTemporaryDirectory() + "bhvx-received"
+        try? FileManager.default.removeItem(atPath: received)
+        let listener = Process()
+        listener.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        listener.arguments = ["ip", "netns", "exec", a, "python3", "-c", """
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('10.77.0.1', 9999))
+        open('\(received)', 'a').write('ready\\n')
+        while True:
+            d, _ = s.recvfrom(2048)
+            with open('\(received)', 'a') as f: f.write(d.decode() + '\\n')
+        """]
+        try listener.run()
+        defer { listener.terminate(); listener.waitUntilExit() }
+        func lines() -> [String] {
+            ((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        try waitFor("the listener in A") { lines().contains("ready") }
         let before = dataplane.statistics().uplink
-        let capture = try Capture(namespace: a, interface: "bhvx-tap", filter: "udp port 9999")
-        try sendSpoofed(from: "10.99.77.2", innerSource: MACAddress(0x02, 0, 0, 0x77, 0, 0x66))
-        try sendSpoofed(from: "10.99.77.3", innerSource: VXLANUplinkTests.peerMAC)
+        try sendSpoofed(from: "10.99.77.2", innerSource: MACAddress(0x02, 0, 0, 0x77, 0, 0x66), payload: "spoofed-mac")
+        try sendSpoofed(from: "10.99.77.3", innerSource: VXLANUplinkTests.peerMAC, payload: "stranger-host")
         try waitFor("the spoofed datagrams counted") {
             let now = dataplane.statistics().uplink
             return (now?.drops(.vxlanSpoofedMAC) ?? 0) > (before?.drops(.vxlanSpoofedMAC) ?? 0)
                 && (now?.drops(.vxlanUnknownHost) ?? 0) > (before?.drops(.vxlanUnknownHost) ?? 0)
         }
-        // And a good one with the same payload does arrive (the capture works).
-        try sendSpoofed(from: "10.99.77.2", innerSource: VXLANUplinkTests.peerMAC)
-        Thread.sleep(forTimeInterval: 0.5)  // tcpdump writes what it saw
-        XCTAssertEqual(try capture.stop(), 1, "only the well-formed datagram reaches the TAP")
+        try sendSpoofed(from: "10.99.77.2", innerSource: VXLANUplinkTests.peerMAC, payload: "good")
+        try waitFor("the well-formed datagram in A") { lines().contains("good") }
+        XCTAssertEqual(lines(), ["ready", "good"], "only the well-formed datagram reaches the endpoint")
         let stats = try XCTUnwrap(dataplane.statistics().uplink)
         XCTAssertGreaterThan(stats.rx.frames, 0)
         XCTAssertGreaterThan(stats.tx.frames, 0)
@@ -223,14 +240,14 @@ final class VXLANUplinkTests: XCTestCase {
 
     /// A VXLAN datagram (VNI of the segment) from `source` in namespace B to our uplink, carrying
     /// a UDP packet to the TAP endpoint's port 9999 from `innerSource` / 10.77.0.2.
-    func sendSpoofed(from source: String, innerSource: MACAddress) throws {
+    func sendSpoofed(from source: String, innerSource: MACAddress, payload: String) throws {
         let script = """
         import socket, struct
         def csum(b):
             if len(b) % 2: b += b'\\0'
             s = sum(struct.unpack('!%dH' % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
             return ~s & 0xffff
-        payload = b'spoof'
+        payload = b'\(payload)'
         udp = struct.pack('!HHHH', 4444, 9999, 8 + len(payload), 0) + payload
         ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
                          socket.inet_aton('10.77.0.2'), socket.inet_aton('10.77.0.1'))
