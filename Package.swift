@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        // The fleet agent's etcd client (etcd's JSON gRPC gateway).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // C shims: constants, struct mirrors and wrappers Swift cannot import directly.
@@ -47,6 +49,13 @@ let package = Package(
         .target(name: "Config"),
         // The fleet map's records and each tenant switch's view of it (pure: built from etcd's records).
         .target(name: "FleetModel", dependencies: ["Config"]),
+        // The fleet agent: this host's records in etcd under a lease, and the fleet map watched from it.
+        .target(name: "Fleet", dependencies: [
+            "Config", "FleetModel",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The VMM's device models (PCI, virtio-pci, serial, i8042): pure state machines, fuzzable.
         .target(name: "Devices", dependencies: ["Virtio"]),
         // Token buckets, shared by the switch's rate limits and the block backend's QoS.
@@ -89,7 +98,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
 
         // The management API's requests, answers and authorization: pure, fuzzed (Fuzz/APIFuzz).
-        .target(name: "ManagementModel", dependencies: ["Config", "Switch"]),
+        .target(name: "ManagementModel", dependencies: ["Config", "FleetModel", "Switch"]),
         // The management API's server on the control socket (Hummingbird) and its client.
         .target(name: "Management", dependencies: [
             "ManagementModel", "Config", "Switch", "HostOS",
@@ -112,7 +121,7 @@ let package = Package(
         ]),
 
         .executableTarget(name: "bulkhead", dependencies: [
-            "Config", "ManagementModel", "Management", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
+            "Fleet", "FleetModel", "Config", "ManagementModel", "Management", "Switch", "SwitchEngine", "HostOS", "Netlink", "Block", "VhostUser",
             "VhostNet", "VMM", "PartitionProcess", "URing", "Audit", "Observability",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -120,7 +129,9 @@ let package = Package(
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
 
-        .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "FleetModel"]),
+        .testTarget(name: "FleetTests", dependencies: ["Fleet", "FleetModel", "Config",
+                                                     .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "HostOS"]),
         .testTarget(name: "ManagementTests", dependencies: ["ManagementModel", "Management", "Config", "Switch", "HostOS",
                                                           .product(name: "Logging", package: "swift-log"),

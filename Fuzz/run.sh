@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 targets="switch vhostuser virtio blockdevice vhostnet devices audit"
 # The management API (request decoding, authorization, read answers).
 targets+=" api"
+# The VXLAN uplink's frame helpers: software TSO and checksums, ARP/ND answers, the VXLAN header.
+targets+=" vxlan"
 if [[ "${1:-}" == "--list" ]]; then echo "$targets"; exit 0; fi
 target="${1:?usage: Fuzz/run.sh TARGET SECONDS | --list}"
 seconds="${2:-30}"
@@ -166,8 +168,18 @@ case "$target" in
     compile_module FleetModel
     compile_module Switch
     compile_module ManagementModel
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o" "$modules/ManagementModel.o")
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o"
+             "$modules/ManagementModel.o")
     main=Fuzz/APIFuzz/FuzzMain.swift
+    ;;
+  vxlan)
+    compile_module Virtio
+    compile_module Config
+    compile_module Metering
+    compile_module FleetModel
+    compile_module Switch
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o")
+    main=Fuzz/VXLANFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac
@@ -423,6 +435,42 @@ if [[ "$target" == api && -z "$(ls -A "$corpus")" ]]; then
   printf '\x10/v1/configuration\n{"host": {"stateDirectory": "/x"}, "tenants": [{"id": "blue"}]}' > "$corpus/seed-apply"
   printf '\x50/v1/configuration\ndryRun=true\n{"host": {}}' > "$corpus/seed-dry-run"
   printf '\x44/v1/audit\nafter=3&limit=10\n' > "$corpus/seed-audit"
+fi
+
+if [[ "$target" == vxlan && -z "$(ls -A "$corpus")" ]]; then
+  # Seeds: byte 0 = buffer sizes (bit 7: small output; bits 0-6: reply buffer), 12-byte
+  # virtio-net header, headroom byte, then the frame (Fuzz/VXLANFuzz/FuzzMain.swift): TSO over
+  # IPv4 and IPv6, a partial UDP checksum, an ARP request and a neighbour solicitation for
+  # addresses the harness's map knows (odd last byte), a plain frame.
+  python3 - "$corpus" <<'PY'
+import struct, sys
+def header(flags=0, gso=0, hdr_len=0, size=0, start=0, offset=0):
+    return struct.pack("<BBHHHHH", flags, gso, hdr_len, size, start, offset, 0)
+ether = lambda kind, dst="020000000002": bytes.fromhex(dst + "020000000001") + struct.pack("!H", kind)
+v4a, v4b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 3])
+v6a, v6b = bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "03")
+def ipv4(proto, payload):
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0x4000, 64, proto, 0, v4a, v4b) + payload
+def ipv6(nh, payload, hop=64, dst=v6b):
+    return struct.pack("!IHBB", 0x60000000, len(payload), nh, hop) + v6a + dst + payload
+tcp = lambda data: struct.pack("!HHIIBBHHH", 40000, 5201, 0xFFFFF000, 1, 0x50, 0x19, 501, 0, 0) + data
+udp = lambda data: struct.pack("!HHHH", 40000, 4789, 8 + len(data), 0) + data
+payload = bytes(i * 7 & 0xFF for i in range(3000))
+arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, bytes.fromhex("020000000001"), v4a, bytes(6), v4b)
+solicited = bytes.fromhex("ff02" + "00" * 9 + "01ff000003")
+ns = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + v6b + bytes([1, 1]) + bytes.fromhex("020000000001")
+seeds = {
+    "tso4": bytes([0x00]) + header(1, 1, 54, 1000, 34, 16) + bytes([8]) + ether(0x0800) + ipv4(6, tcp(payload)),
+    "tso6-ecn": bytes([0x00]) + header(1, 0x84, 74, 1200, 54, 16) + bytes([8]) + ether(0x86DD) + ipv6(6, tcp(payload)),
+    "tso4-small-output": bytes([0x80]) + header(1, 1, 54, 100, 34, 16) + bytes([8]) + ether(0x0800) + ipv4(6, tcp(payload[:900])),
+    "csum-udp4": bytes([0x00]) + header(1, 0, 0, 0, 34, 6) + bytes([8]) + ether(0x0800) + ipv4(17, udp(payload[:200])),
+    "arp": bytes([0x40]) + header() + bytes([8]) + ether(0x0806, "ffffffffffff") + arp,
+    "ns": bytes([0x60]) + header() + bytes([8]) + ether(0x86DD, "3333ff000003") + ipv6(58, ns, 255, solicited),
+    "vxlan-header": bytes([0x08, 0, 0, 0, 0, 0, 0x2A, 0]) + bytes(20),
+}
+for name, data in seeds.items():
+    open(f"{sys.argv[1]}/seed-{name}", "wb").write(data)
+PY
 fi
 
 if [[ "$target" == blockdevice ]]; then

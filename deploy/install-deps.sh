@@ -13,6 +13,7 @@ packages=(
   python3-scapy python3-jsonschema              # crafted frames in attack tests; schema check
   socat curl                                    # the management API's fuzzing bridge and raw calls in tests
   dpdk-dev                                      # dpdk-testpmd: an independent vhost-user-net frontend
+  etcd-server etcd-client                       # the fleet map in fleet tests (the tests start their own etcd)
 )
 missing=()
 for p in "${packages[@]}"; do

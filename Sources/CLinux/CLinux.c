@@ -741,3 +741,25 @@ int bh_spawn_in_cgroup(const char *path, char *const argv[], int stdin_fd, int c
     *pid = (int)child;
     return 0;
 }
+
+int bh_steer_vxlan(int fd, const uint32_t *vnis, const uint32_t *members, size_t count) {
+    if (count > 2000) return -E2BIG;
+    size_t length = 3 + 2 * count;
+    struct sock_filter *filter = calloc(length, sizeof(struct sock_filter));
+    if (!filter) return -ENOMEM;
+    size_t n = 0;
+    /* A reuseport program sees the UDP payload: the kernel pulls the UDP header first. A load
+       past the end of a short datagram ends the program with 0 (member 0). */
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 4);
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 8);
+    for (size_t i = 0; i < count; i++) {
+        filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, vnis[i], 0, 1);
+        filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, members[i]);
+    }
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0);
+    struct sock_fprog program = { .len = (unsigned short)n, .filter = filter };
+    int result = setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof program);
+    int error = errno;
+    free(filter);
+    return result == 0 ? 0 : -error;
+}

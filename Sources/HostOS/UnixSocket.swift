@@ -219,6 +219,14 @@ public struct UnixStream: ~Copyable, Sendable {
 
     public var rawValue: Int32 { descriptor.rawValue }
 
+    /// A second descriptor for the same socket (close-on-exec), for a thread that sends while
+    /// another receives. The corresponding C function is `fcntl(F_DUPFD_CLOEXEC)`.
+    public func duplicate() throws(SystemError) -> UnixStream {
+        let fd = rawValue
+        let copy = try syscall("fcntl(fd \(fd), F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        return UnixStream(FileDescriptor(taking: copy))
+    }
+
     /// Bounds how long a receive waits; a receive that times out throws EAGAIN.
     /// The corresponding C function is `setsockopt(SO_RCVTIMEO)`.
     public func setReceiveTimeout(milliseconds: Int) throws(SystemError) {

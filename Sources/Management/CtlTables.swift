@@ -60,6 +60,15 @@ public enum CtlTables {
             lines.append("  cgroups: \(cgroupText)")
             lines.append("")
         }
+        if let fleet = body["fleet"] {
+            let hosts = (fleet["remoteHosts"]?.arrayElements ?? []).map(text)
+            lines.append("fleet: host \(fleet["hostId"].map(text) ?? "-"), \(fleet["state"].map(text) ?? "-") since \(fleet["since"].map(text) ?? "-")"
+                + (fleet["endpoint"].map { " (etcd \(text($0)))" } ?? ""))
+            lines.append("  revision \(fleet["revision"].map(text) ?? "-"), lease \(fleet["lease"].map(text) ?? "-"), remote hosts: \(hosts.isEmpty ? "none" : hosts.joined(separator: ", "))")
+            if let error = fleet["lastError"] { lines.append("  last error: \(text(error))") }
+            for problem in (fleet["problems"]?.arrayElements ?? []) { lines.append("  left out: \(text(problem))") }
+            lines.append("")
+        }
         let rows = (body["children"]?.arrayElements ?? []).map { child in
             ["kind", "tenant", "id", "state", "pid", "restarts", "since", "lastExit"].map { child[$0].map(text) ?? "-" }
         }

@@ -1,4 +1,5 @@
 import Config
+import FleetModel
 import Switch
 
 /// The API's answers, computed from a snapshot of the daemon: pure, so that what each role sees
@@ -121,12 +122,30 @@ public enum APIResponder {
         case .disabled(let reason): .object([("enabled", .bool(false)), ("reason", .string(reason))])
         }
         let children = status.children.filter { child in child.tenant.map { scope.sees(tenant: $0) } ?? true }
-        return .object([
+        var members: [(String, JSONValue)] = [
             ("daemon", .object([("pid", .number(daemon.pid)), ("startedAt", .string(daemon.startedAt)),
                                 ("executableSHA256", .string(daemon.executableSHA256)),
                                 ("configurationSHA256", .string(daemon.configurationSHA256)), ("cgroups", cgroups)])),
             ("children", .array(children.map(childJSON))),
-        ])
+        ]
+        // The fleet map names other hosts: host principals only.
+        if scope == .host, let fleet = status.fleet {
+            members.append(("fleet", fleetJSON(fleet, unknownVNI: status.underlayUnknownVNI)))
+        }
+        return .object(members)
+    }
+
+    private static func fleetJSON(_ fleet: FleetStatus, unknownVNI: UInt64) -> JSONValue {
+        var members: [(String, JSONValue)] = [("hostId", .string(fleet.hostId)), ("state", .string(fleet.state)),
+                                              ("since", .string(fleet.since))]
+        if let endpoint = fleet.endpoint { members.append(("endpoint", .string(endpoint))) }
+        members.append(("revision", .number(fleet.revision)))
+        if let lease = fleet.lease { members.append(("lease", .string(lease))) }
+        members.append(("remoteHosts", .array(fleet.remoteHosts.map { .string($0) })))
+        if let error = fleet.lastError { members.append(("lastError", .string(error))) }
+        members.append(("problems", .array(fleet.problems.map { .string($0) })))
+        members.append(("underlayUnknownVNIDatagrams", .number(unknownVNI)))
+        return .object(members)
     }
 
     private static func childJSON(_ child: ChildStatus) -> JSONValue {

@@ -1,13 +1,18 @@
 import Config
+import FleetModel
 import Switch
 
 /// The daemon and the processes it runs, as `GET /v1/status` reports them. The daemon fills it in.
 public struct HostStatus: Sendable, Equatable {
     public var daemon: DaemonStatus
     public var children: [ChildStatus]
+    /// The host's place in the fleet map; nil when the host runs alone.
+    public var fleet: FleetStatus?
+    /// Datagrams that reached the underlay port with a VNI no tenant of this host has (dropped).
+    public var underlayUnknownVNI: UInt64
 
-    public init(daemon: DaemonStatus, children: [ChildStatus]) {
-        self.daemon = daemon; self.children = children
+    public init(daemon: DaemonStatus, children: [ChildStatus], fleet: FleetStatus? = nil, underlayUnknownVNI: UInt64 = 0) {
+        self.daemon = daemon; self.children = children; self.fleet = fleet; self.underlayUnknownVNI = underlayUnknownVNI
     }
 }
 

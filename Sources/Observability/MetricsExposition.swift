@@ -31,6 +31,11 @@ public enum MetricsExposition {
             registry.counter(.applies, [], applies.attempts)
             registry.counter(.applyFailures, [], applies.failures)
         }
+        if let fleet = snapshot.fleet {
+            registry.gauge(.fleetConnected, [], fleet.connected ? 1 : 0)
+            registry.gauge(.fleetRemoteHosts, [], Int64(fleet.remoteHosts))
+            registry.counter(.underlayUnknownVNI, [], fleet.unknownVNIDatagrams)
+        }
         return registry.emitToBuffer()
     }
 
@@ -193,6 +198,12 @@ public struct MetricFamily: Sendable, Hashable {
                                       help: "Configuration applies attempted (API or SIGHUP).")
     static let applyFailures = MetricFamily(name: "bulkhead_config_apply_failures_total",
                                             help: "Configuration applies that changed nothing: invalid, unauthorised or failed.")
+    static let fleetConnected = MetricFamily(name: "bulkhead_fleet_connected",
+                                             help: "1 while the fleet map (etcd) answers; 0 while the host forwards with its last map.")
+    static let fleetRemoteHosts = MetricFamily(name: "bulkhead_fleet_remote_hosts",
+                                               help: "Other hosts in the fleet map.")
+    static let underlayUnknownVNI = MetricFamily(name: "bulkhead_underlay_unknown_vni_datagrams_total",
+                                                 help: "VXLAN datagrams whose VNI no tenant of this host has, dropped.")
 
     /// Every family the endpoint may expose.
     public static let all: [MetricFamily] = [
@@ -200,6 +211,7 @@ public struct MetricFamily: Sendable, Hashable {
         segmentMACEntries, segmentRxFrames, segmentRxBytes, segmentTxFrames, segmentTxBytes, segmentDrops,
         partitionState, partitionStarts, partitionRestarts, childUp, childRestarts,
         volumeRequests, volumeBytes, volumeErrors, volumeThrottled, auditRecords, applies, applyFailures,
+        fleetConnected, fleetRemoteHosts, underlayUnknownVNI,
     ]
 }
 

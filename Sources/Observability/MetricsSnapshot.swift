@@ -19,13 +19,30 @@ public struct MetricsSnapshot: Sendable, Equatable {
     public var auditRecordsWritten: UInt64?
     /// Configuration applies (API or SIGHUP); nil when the daemon does not count them.
     public var configurationApplies: ApplyMetrics?
+    /// The host's link to the fleet map; nil when the host runs alone.
+    public var fleet: FleetMetrics?
 
     public init(switchStatistics: SwitchStatistics? = nil, partitions: [PartitionMetrics] = [],
                 children: [ChildMetrics] = [], volumes: [VolumeMetrics]? = nil,
-                auditRecordsWritten: UInt64? = nil, configurationApplies: ApplyMetrics? = nil) {
+                auditRecordsWritten: UInt64? = nil, configurationApplies: ApplyMetrics? = nil, fleet: FleetMetrics? = nil) {
+        self.fleet = fleet
         self.switchStatistics = switchStatistics; self.partitions = partitions; self.children = children
         self.volumes = volumes; self.auditRecordsWritten = auditRecordsWritten
         self.configurationApplies = configurationApplies
+    }
+}
+
+/// The host's link to the fleet map (etcd) and its underlay.
+public struct FleetMetrics: Sendable, Equatable {
+    /// Whether etcd answers now.
+    public var connected: Bool
+    /// Other hosts in the map now.
+    public var remoteHosts: Int
+    /// Datagrams on the VXLAN port with a VNI no tenant of this host has, dropped.
+    public var unknownVNIDatagrams: UInt64
+
+    public init(connected: Bool, remoteHosts: Int, unknownVNIDatagrams: UInt64) {
+        self.connected = connected; self.remoteHosts = remoteHosts; self.unknownVNIDatagrams = unknownVNIDatagrams
     }
 }
 

@@ -1,3 +1,4 @@
+import FleetModel
 import Foundation
 import HostOS
 import Logging
@@ -8,9 +9,11 @@ public struct DaemonStatus: Codable, Sendable {
     public var pid: Int32
     public var updatedAt: Date
     public var switchStatistics: SwitchStatistics
+    /// The host's place in the fleet map; absent when the host runs alone.
+    public var fleet: FleetStatus?
 
     enum CodingKeys: String, CodingKey {
-        case pid, updatedAt
+        case pid, updatedAt, fleet
         case switchStatistics = "switch"
     }
 }
@@ -23,6 +26,8 @@ public final class StatusFile: @unchecked Sendable {
     public let path: String
     private let logger: Logger
     private var failing = false
+    /// Read on every write, when set: the fleet status the file shows.
+    public var fleetStatus: (@Sendable () -> FleetStatus?)?
 
     public init(path: String, logger: Logger) {
         self.path = path
@@ -30,7 +35,7 @@ public final class StatusFile: @unchecked Sendable {
     }
 
     public func write(_ statistics: SwitchStatistics) {
-        let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: statistics)
+        let status = DaemonStatus(pid: getpid(), updatedAt: Date(), switchStatistics: statistics, fleet: fleetStatus?())
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601

@@ -167,7 +167,8 @@ final class UplinkSender {
         let memory = scratch + Int(index) * UplinkSender.scratchSize
         // UDP GSO needs equal packets back to back; otherwise (or one packet) one sendmsg each.
         let contiguous = layout.count > 1 && layout.stride == layout.length && layout.length > 0
-        let perSend = contiguous ? max(1, min(UplinkSender.gsoMaxSegments, UplinkSender.gsoBudget / layout.length)) : 1
+        let perSend = contiguous
+            ? layout.packetsPerSend(maximumBytes: UplinkSender.gsoBudget, maximumSegments: UplinkSender.gsoMaxSegments) : 1
         var first = 0
         var lost = 0
         while first < layout.count {

@@ -190,18 +190,26 @@ struct ReloadOnHangup: Service {
 /// listening sockets), then records the counters it reports until it exits.
 struct SwitchAttachment {
     let tenant: String
+    let configuration: Tenant
     let ports: [(interface: String, handle: SwitchPortHandle)]
+    /// With a fleet: the tenant's underlay socket and fleet views go to the switch too.
+    let fleet: FleetRuntime?
     let board: StatusBoard
     let logger: Logger
 
     func run(_ control: borrowing UnixStream, pid: Int32) {
-        defer { board.switchEnded(tenant: tenant) }
+        var link: SwitchLink? = nil
+        defer {
+            if let link { fleet?.detach(tenant: tenant, link: link) }
+            board.switchEnded(tenant: tenant)
+        }
         var logger = self.logger
         logger[metadataKey: "switch.pid"] = "\(pid)"
         do {
             for (index, port) in ports.enumerated() {
                 try control.send(.port(index: index, interface: port.interface), fds: port.handle.descriptors)
             }
+            if let fleet { link = try fleet.attach(tenant: configuration, control: control) }
             try control.send(.start)
         } catch {
             logger.error("could not hand the switch its ports", metadata: ["error": "\(error)"])

@@ -23,7 +23,8 @@ struct DaemonBackend: ManagementBackend {
         let children = runtime.supervisor.states().map(DaemonBackend.status)
         let statistics = runtime.board.statistics()
         return ManagementSnapshot(configuration: configuration, configurationText: text,
-                                  status: HostStatus(daemon: daemon, children: children),
+                                  status: HostStatus(daemon: daemon, children: children, fleet: runtime.fleet?.status(),
+                                                     underlayUnknownVNI: runtime.fleet?.unknownVNIDatagrams ?? 0),
                                   statistics: statistics.ports.isEmpty && statistics.segments.isEmpty ? nil : statistics)
     }
 
@@ -64,7 +65,12 @@ struct DaemonBackend: ManagementBackend {
             children: states.map { ChildMetrics(kind: $0.kind.rawValue, tenant: $0.tenant, partition: $0.partition,
                                                 restarts: UInt64($0.restarts), up: $0.phase == .running) },
             auditRecordsWritten: audit.log.lastSequence,
-            configurationApplies: ApplyMetrics(attempts: applies.attempts, failures: applies.failures))
+            configurationApplies: ApplyMetrics(attempts: applies.attempts, failures: applies.failures),
+            fleet: runtime.fleet.map { fleet in
+                let status = fleet.status()
+                return FleetMetrics(connected: status.state == "connected", remoteHosts: status.remoteHosts.count,
+                                    unknownVNIDatagrams: fleet.unknownVNIDatagrams)
+            })
     }
 
     /// Writes a management call's record; throws when it cannot (the call is then refused).

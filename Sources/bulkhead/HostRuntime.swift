@@ -1,4 +1,5 @@
 import Config
+import FleetModel
 import Foundation
 import HostOS
 import Logging
@@ -38,6 +39,8 @@ actor HostRuntime {
     nonisolated let supervisor: ChildSupervisor
     nonisolated let board: StatusBoard
     nonisolated let workers: Int
+    /// The host's part in a fleet (`host.fleet`); nil when it runs alone.
+    nonisolated let fleet: FleetRuntime?
     private(set) var configuration: HostConfiguration
     /// The applied document's text: what the children read (`appliedPath`) and the API shows.
     private(set) var text: String { didSet { textDigest = SelfMeasurement.digest(Array(text.utf8)) } }
@@ -55,8 +58,9 @@ actor HostRuntime {
     private var applying = false
 
     private init(configuration: HostConfiguration, text: String, network: consuming PortNetwork, jailUids: JailUidRecord,
-                 vmm: String, logLevel: String, cgroups: CGroupTree?, audit: AuditTrail, logger: Logger) {
+                 vmm: String, logLevel: String, cgroups: CGroupTree?, fleet: FleetRuntime?, audit: AuditTrail, logger: Logger) {
         self.configuration = configuration
+        self.fleet = fleet
         self.text = text
         textDigest = SelfMeasurement.digest(Array(text.utf8))
         self.network = network
@@ -68,7 +72,11 @@ actor HostRuntime {
         let state = configuration.host.stateDirectory
         appliedPath = state + "/applied.json"
         workers = configuration.host.switchSettings.resolvedWorkers(onlineCores: onlineProcessorCount())
-        board = StatusBoard(file: StatusFile(path: state + "/status.json", logger: logger))
+        let statusFile = StatusFile(path: state + "/status.json", logger: logger)
+        if let fleet {
+            statusFile.fleetStatus = { @Sendable () -> FleetStatus? in fleet.status() }
+        }
+        board = StatusBoard(file: statusFile)
         supervisor = ChildSupervisor(logger: logger, cgroups: cgroups, events: { audit.childEvent($0) })
     }
 
@@ -92,9 +100,17 @@ actor HostRuntime {
         do { try network.recoverFromUncleanExit() } catch {
             throw DaemonError("removing what an earlier run left failed: \(error)")
         }
+        // The underlay sockets are bound, and steered, before any switch starts.
+        var fleet: FleetRuntime? = nil
+        if let settings = configuration.host.fleet {
+            let runtime = try FleetRuntime(settings: settings, logger: logger)
+            try runtime.steer(configuration)
+            fleet = runtime
+        }
         let runtime = HostRuntime(configuration: configuration, text: text, network: network, jailUids: record,
-                                  vmm: vmm, logLevel: logLevel, cgroups: cgroups, audit: audit, logger: logger)
+                                  vmm: vmm, logLevel: logLevel, cgroups: cgroups, fleet: fleet, audit: audit, logger: logger)
         try await runtime.bringUp()
+        fleet?.start(configuration: configuration)
         return runtime
     }
 
@@ -111,7 +127,9 @@ actor HostRuntime {
     }
 
     /// Stops nothing (the supervisor has stopped the children); removes every port and socket.
-    func teardown() {
+    func teardown() async {
+        // The lease is revoked first: the other hosts stop sending here at once.
+        await fleet?.stop()
         network.teardown()
         listeners = [:]
     }
@@ -154,7 +172,8 @@ actor HostRuntime {
         guard ports.count == plane.ports.count else {
             throw DaemonError("a port of tenant \(tenant.id) has no TAP device or socket; this is a bug")
         }
-        let attachment = SwitchAttachment(tenant: tenant.id, ports: ports, board: board, logger: tenantLogger(tenant.id))
+        let attachment = SwitchAttachment(tenant: tenant.id, configuration: tenant, ports: ports, fleet: fleet, board: board,
+                                          logger: tenantLogger(tenant.id))
         supervisor.add(ChildSpec(
             key: ChildSpec.key(.switch, tenant: tenant.id), kind: .switch, tenant: tenant.id,
             name: "switch", metadata: ["tenant.id": "\(tenant.id)"],
@@ -268,6 +287,9 @@ actor HostRuntime {
         configuration = new
         text = newText
         board.setOrder(new.tenants.map(\.id))
+        do { try fleet?.steer(new) } catch {
+            return .failed("the underlay sockets could not be set up: \(error)")
+        }
         for id in difference.removedTenants {
             logger.notice("tenant removed", metadata: ["tenant.id": "\(id)"])
             await stopTenant(id)
@@ -284,6 +306,7 @@ actor HostRuntime {
         } catch {
             return .failed("\(error); the changes listed before it were applied: \(difference.summary.joined(separator: "; "))")
         }
+        await fleet?.update(configuration: new)
         // Limits change in place: the children that kept running are held to the new ones.
         for tenant in new.tenants {
             supervisor.setLimits(ChildSpec.key(.switch, tenant: tenant.id), new.switchLimits(of: tenant).cgroup)

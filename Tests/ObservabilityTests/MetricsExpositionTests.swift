@@ -31,7 +31,8 @@ final class MetricsExpositionTests: XCTestCase {
             volumes: [VolumeMetrics(tenant: "blue", volume: "data", reads: 11, readBytes: 4096 * 11, writes: 5,
                                     writtenBytes: 4096 * 5, flushes: 2, errors: 1, throttled: 9)],
             auditRecordsWritten: 42,
-            configurationApplies: ApplyMetrics(attempts: 6, failures: 2))
+            configurationApplies: ApplyMetrics(attempts: 6, failures: 2),
+            fleet: FleetMetrics(connected: true, remoteHosts: 1, unknownVNIDatagrams: 3))
     }
 
     func testPortCountersCarryTheirLabelsAndAreCounters() throws {
@@ -94,6 +95,16 @@ final class MetricsExpositionTests: XCTestCase {
         XCTAssertEqual(exposition.value("bulkhead_audit_records_total", [:]), 42)
         XCTAssertEqual(exposition.value("bulkhead_config_applies_total", [:]), 6)
         XCTAssertEqual(exposition.value("bulkhead_config_apply_failures_total", [:]), 2)
+    }
+
+    func testFleetLinkIsExposedOnlyWithAFleet() throws {
+        let fleet = try Exposition(MetricsExposition.renderText(MetricsSnapshot(
+            fleet: FleetMetrics(connected: false, remoteHosts: 2, unknownVNIDatagrams: 17))))
+        XCTAssertEqual(fleet.value("bulkhead_fleet_connected", [:]), 0)
+        XCTAssertEqual(fleet.value("bulkhead_fleet_remote_hosts", [:]), 2)
+        XCTAssertEqual(fleet.value("bulkhead_underlay_unknown_vni_datagrams_total", [:]), 17)
+        let alone = try Exposition(MetricsExposition.renderText(MetricsSnapshot()))
+        XCTAssertNil(alone.value("bulkhead_fleet_connected", [:]))
     }
 
     func testWhatTheDaemonDoesNotHaveIsNotExposed() throws {

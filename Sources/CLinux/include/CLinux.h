@@ -137,5 +137,11 @@ int bh_set_thread_name(const char *name);
 /// Returns CLOCK_MONOTONIC in nanoseconds.
 uint64_t bh_monotonic_ns(void);
 
+/// Installs, on the SO_REUSEPORT group of UDP socket `fd`, a classic BPF program that sends a
+/// datagram whose VXLAN VNI (bits 8..31 of the payload's second 32-bit word) is `vnis[i]` to the
+/// group's member `members[i]`, and every other datagram (other VNIs, or shorter than 8 bytes)
+/// to member 0. At most 2000 entries. Returns 0 or -errno.
+int bh_steer_vxlan(int fd, const uint32_t *vnis, const uint32_t *members, size_t count);
+
 
 #endif
