@@ -84,7 +84,8 @@ final class VXLANUplinkTests: XCTestCase {
             guard ns >= 0, let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns"),
                   unsafeBitCast(symbol, to: SetNS.self)(ns, 0x4000_0000) == 0 else { return }
             close(ns)
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            // Non-blocking, as the daemon's underlay sockets are (HostOS.UnderlaySocket).
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             guard fd >= 0 else { return }
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
