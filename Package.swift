@@ -60,7 +60,7 @@ let package = Package(
         .target(name: "Devices", dependencies: ["Virtio"]),
         // Token buckets, shared by the switch's rate limits and the block backend's QoS.
         .target(name: "Metering"),
-        .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering"]),
+        .target(name: "Switch", dependencies: ["Virtio", "Config", "Metering", "FleetModel"]),
 
         // vhost-user protocol: message codec, backend server, frontend client.
         .target(name: "VhostUser", dependencies: ["Virtio", "HostOS", "Metering", .product(name: "Logging", package: "swift-log")]),
@@ -141,7 +141,7 @@ let package = Package(
                                                              .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // bulkhead-vmm's command line.
         .testTarget(name: "PartitionProcessTests", dependencies: ["PartitionProcess"]),
-        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering"]),
+        .testTarget(name: "SwitchTests", dependencies: ["Switch", "Config", "Virtio", "Metering", "FleetModel"]),
         .testTarget(name: "HostOSTests", dependencies: ["HostOS", "URing", "Netlink"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "HostOS"]),
@@ -157,7 +157,9 @@ let package = Package(
                                                      .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "VhostNetTests", dependencies: ["VhostNet", "NetClient", "VhostUser", "Virtio", "HostOS",
                                                         .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Config", "bulkhead", "BlockClient", "NetClient", "Virtio", "HostOS",
+                                                             "Switch", "SwitchEngine", "FleetModel", "URing",
+                                                             .product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(
             name: "SwitchBenchmarks",

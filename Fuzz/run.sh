@@ -97,8 +97,9 @@ case "$target" in
     compile_module Virtio
     compile_module Config
     compile_module Metering
+    compile_module FleetModel
     compile_module Switch
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o")
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o")
     main=Fuzz/SwitchFuzz/FuzzMain.swift
     ;;
   vhostuser)
@@ -164,10 +165,10 @@ case "$target" in
     compile_module Virtio
     compile_module Config
     compile_module Metering
-    compile_module Switch
     compile_module FleetModel
+    compile_module Switch
     compile_module ManagementModel
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o" "$modules/FleetModel.o"
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o"
              "$modules/ManagementModel.o")
     main=Fuzz/APIFuzz/FuzzMain.swift
     ;;
@@ -175,8 +176,9 @@ case "$target" in
     compile_module Virtio
     compile_module Config
     compile_module Metering
+    compile_module FleetModel
     compile_module Switch
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/Switch.o")
+    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o")
     main=Fuzz/VXLANFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;

@@ -6,7 +6,13 @@
 // a forwarded frame's offload header is one `OffloadCheck` allows (a defined GSO type with a sane
 // size, a checksum field inside the frame, `hdr_len` inside the frame), and the header the engine
 // writes out after `sanitizeForEgress` claims nothing but NEEDS_CSUM.
+//
+// blue/lan has a VXLAN uplink (VNI 100, two remote hosts). An input whose byte 0 has bits 0x70
+// set is a datagram from the underlay instead (bytes 13...: VXLAN header and inner frame, from
+// host 192.0.2.2, 192.0.2.3 or a stranger by byte 0's low bits): its verdict only ever names
+// local ports of blue/lan (split horizon). A `.answer` (proxy ARP/ND) fits the answer buffer.
 import Config
+import FleetModel
 import Switch
 import Virtio
 
@@ -21,7 +27,7 @@ private func makePlane() -> ForwardingPlane {
     let small = MACTableSettings(maxEntries: 8, maxEntriesPerPort: 4, agingSeconds: 1)
     let blue = Tenant(
         id: "blue",
-        segments: [Segment(id: "lan", mtu: 1500, macTable: small), Segment(id: "dmz", mtu: 9000)],
+        segments: [Segment(id: "lan", vni: 100, mtu: 1500, macTable: small), Segment(id: "dmz", mtu: 9000)],
         ports: [
             Port(id: "a", segment: "lan", mac: mac(1), ips: ips("10.0.0.1/24", "fd00::1/64"),
                  allowedMACs: [mac(0x11), mac(0x12), mac(0x13), mac(0x14), mac(0x15), mac(0x16)],
@@ -48,8 +54,38 @@ private func makePlane() -> ForwardingPlane {
                  rateLimit: RateLimit(packetsPerSecond: 10, burstPackets: 2)),
         ],
         acl: [ACLRule(action: .deny, protocol: .udp, sourcePort: PortRange(lower: 0, upper: 100))])
-    return ForwardingPlane(configuration: HostConfiguration(host: HostSettings(stateDirectory: "/var/lib/bulkhead"),
-                                                            tenants: [blue, red]))
+    let plane = ForwardingPlane(configuration: HostConfiguration(host: HostSettings(stateDirectory: "/var/lib/bulkhead"),
+                                                                 tenants: [blue, red]))
+    plane.updateFleet(FleetView(segments: [
+        .init(id: "lan", vni: 100, hosts: [
+            .init(id: "h2", underlay: "192.0.2.2", ports: [.init(id: "r", mac: "02:00:00:00:00:31", ips: ["10.0.0.31", "fd00::31"])]),
+            .init(id: "h3", underlay: "192.0.2.3", ports: [.init(id: "s", mac: "02:00:00:00:00:41", ips: ["10.0.0.41"])]),
+        ]),
+    ]))
+    plane.refreshFleet()
+    return plane
+}
+
+private let underlays = [UnderlayAddress(ipv4: 0xC000_0202), UnderlayAddress(ipv4: 0xC000_0203),
+                         UnderlayAddress(ipv4: 0xC000_0209), UnderlayAddress(ipv6High: 0x2001_0DB8_0000_0000, low: 2)]
+
+/// The invariants of a verdict on a datagram from the uplink.
+private func fuzzUplink(_ datagram: UnsafeRawBufferPointer, selector: UInt8) {
+    let verdict = plane!.processUplink(datagram: datagram, source: underlays[Int(selector & 3)], now: clock)
+    switch verdict {
+    case .forward(let mask):
+        precondition(!mask.isEmpty, "empty forward mask")
+        precondition(!mask.contains(plane!.uplinkPort), "a datagram from the uplink went back out of it")
+        mask.forEach { port in
+            precondition(port < plane!.ports.count, "mask names a port that does not exist")
+            precondition(plane!.ports[port].tenant == "blue" && plane!.ports[port].segment == "lan", "datagram left its segment")
+        }
+        precondition(selector & 3 < 2, "a stranger's datagram was forwarded")
+    case .answer:
+        preconditionFailure("the uplink's frames are never answered")
+    case .drop:
+        break
+    }
 }
 
 private func fuzzHeader(_ bytes: UnsafeRawBufferPointer) {
@@ -112,13 +148,31 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     if inputs % 1000 == 0 { clock &+= UInt64.max / 4 }
     if inputs % 64 == 0 { plane!.expire(now: clock) }
 
+    if input[0] & 0x70 == 0x70 {
+        fuzzUplink(frame, selector: input[0])
+        return 0
+    }
+    plane!.refreshFleet()
     let verdict = plane!.process(frame: frame, header: header, ingress: ingress, now: clock)
+    if case .answer(let length) = verdict {
+        precondition(length >= 42 && length <= plane!.answer.count, "answer length")
+    }
     if case .forward(let mask) = verdict {
         checkForwardedHeader(header, frameLength: frame.count)
         precondition(!mask.isEmpty, "empty forward mask")
         precondition(!mask.contains(ingress), "frame sent back to its ingress port")
         let source = plane!.ports[ingress]
+        if mask.contains(plane!.uplinkPort) {
+            precondition(source.tenant == "blue" && source.segment == "lan", "a frame of a segment without VNI went to the uplink")
+            var hosts = 0
+            plane!.forEachUplinkDestination { vni, _ in
+                precondition(vni == 100, "wrong VNI")
+                hosts += 1
+            }
+            precondition(hosts >= 1 && hosts <= 2, "uplink destinations")
+        }
         mask.forEach { port in
+            guard port != plane!.uplinkPort else { return }
             precondition(port < portCount, "mask names a port that does not exist")
             let target = plane!.ports[port]
             precondition(target.tenant == source.tenant && target.segment == source.segment, "frame left its segment")

@@ -101,6 +101,22 @@ int bh_ring_prep_fsync(bh_ring *r, int fd, int fixed, int datasync, uint64_t ud)
     return 0;
 }
 
+int bh_ring_prep_sendmsg(bh_ring *r, int fd, int fixed, const void *msg, unsigned flags, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_sendmsg(sqe, fd, (const struct msghdr *)msg, flags);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
+int bh_ring_prep_recvmsg(bh_ring *r, int fd, int fixed, void *msg, unsigned flags, uint64_t ud) {
+    struct io_uring_sqe *sqe = sqe_for(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recvmsg(sqe, fd, (struct msghdr *)msg, flags);
+    finish(sqe, fixed, ud);
+    return 0;
+}
+
 const uint32_t BH_CQE_F_MORE = IORING_CQE_F_MORE;
 
 int bh_ring_prep_poll_multishot(bh_ring *r, int fd, int fixed, unsigned mask, uint64_t ud) {
@@ -158,7 +174,7 @@ int bh_ring_prep_fallocate(bh_ring *r, int fd, int fixed, int mode, uint64_t off
 const uint8_t BH_OP_READV = IORING_OP_READV, BH_OP_WRITEV = IORING_OP_WRITEV, BH_OP_FSYNC = IORING_OP_FSYNC,
     BH_OP_FALLOCATE = IORING_OP_FALLOCATE, BH_OP_POLL_ADD = IORING_OP_POLL_ADD, BH_OP_READ = IORING_OP_READ,
     BH_OP_WRITE = IORING_OP_WRITE, BH_OP_TIMEOUT = IORING_OP_TIMEOUT, BH_OP_NOP = IORING_OP_NOP,
-    BH_OP_ASYNC_CANCEL = IORING_OP_ASYNC_CANCEL;
+    BH_OP_ASYNC_CANCEL = IORING_OP_ASYNC_CANCEL, BH_OP_SENDMSG = IORING_OP_SENDMSG, BH_OP_RECVMSG = IORING_OP_RECVMSG;
 const uint8_t BH_REGISTER_FILES_UPDATE = IORING_REGISTER_FILES_UPDATE;
 
 int bh_ring_restrict(bh_ring *r, const uint8_t *ops, unsigned count, const uint8_t *register_ops,

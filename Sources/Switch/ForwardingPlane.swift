@@ -1,4 +1,5 @@
 import Config
+import FleetModel
 import Metering
 import Synchronization
 import Virtio
@@ -60,6 +61,8 @@ struct PortPlan: Sendable {
     /// The tenant's ACL has rules of that direction.
     var hasIngressACL: Bool
     var hasEgressACL: Bool
+    /// The segment has a VNI: frames may also go to (and come from) the uplink.
+    var uplink: Bool
 }
 
 /// What every packet worker shares: the configuration compiled at init (immutable), the MAC
@@ -78,16 +81,26 @@ final class SwitchState: Sendable {
     /// Every worker's counters; appended to when a worker is made, read when statistics are.
     /// Never touched per frame.
     let workerCounters = Mutex<[WorkerCounters]>([])
+    /// Per segment: its ports, its MTU (clamped as in `PortPlan`).
+    let segmentMembers: [PortMask]
+    let segmentMTU: [Int]
+    /// The uplink's pseudo port index (`ports.count`) and whether any segment has a VNI.
+    let uplinkPort: Int
+    let hasUplink: Bool
+    let uplinkBasis: UplinkBasis
+    let uplinkTables: UplinkTables
 
     init(configuration: HostConfiguration) {
         var segmentIndex: [String: Int] = [:]  // "tenant\0segment"
         var segmentNames: [(tenant: String, segment: String)] = []
         var segmentSettings: [Segment] = []
-        for tenant in configuration.tenants {
+        var segmentTenant: [Int] = []
+        for (tenantIndex, tenant) in configuration.tenants.enumerated() {
             for segment in tenant.segments where segmentIndex["\(tenant.id)\0\(segment.id)"] == nil {
                 segmentIndex["\(tenant.id)\0\(segment.id)"] = segmentNames.count
                 segmentNames.append((tenant.id, segment.id))
                 segmentSettings.append(segment)
+                segmentTenant.append(tenantIndex)
             }
         }
         var ports: [PortDescriptor] = []
@@ -102,6 +115,7 @@ final class SwitchState: Sendable {
                     segmentIndex[key] = segmentNames.count
                     segmentNames.append((tenant.id, port.segment))
                     segmentSettings.append(Segment(id: port.segment))
+                    segmentTenant.append(tenantIndex)
                     return segmentNames.count - 1
                 }()
                 portIndex["\(tenant.id)\0\(port.id)"] = ports.count
@@ -114,6 +128,10 @@ final class SwitchState: Sendable {
             }
         }
         precondition(ports.count <= PortMask.capacity, "the switch supports at most 256 ports")
+        // Only the first tenant's segments reach the uplink: a switch process serves one tenant.
+        let segmentVNI = segmentSettings.indices.map { segmentTenant[$0] == 0 ? segmentSettings[$0].vni : nil }
+        let hasUplink = segmentVNI.contains { $0 != nil }
+        precondition(!hasUplink || ports.count < PortMask.capacity, "with an uplink the switch supports at most 255 ports")
 
         var members = Array(repeating: PortMask(), count: segmentNames.count)
         var statics: [[(mac: MACAddress, port: Int)]] = Array(repeating: [], count: segmentNames.count)
@@ -141,8 +159,17 @@ final class SwitchState: Sendable {
             return PortPlan(members: members[segment], policers: portPolicers[port], segment: Int32(segment),
                             tenant: Int32(tenant), mtu: Int32(segmentMTU[segment]),
                             limited: !portPolicers[port].isUnlimited,
-                            hasIngressACL: acl.hasIngressRules[tenant], hasEgressACL: acl.hasEgressRules[tenant])
+                            hasIngressACL: acl.hasIngressRules[tenant], hasEgressACL: acl.hasEgressRules[tenant],
+                            uplink: segmentVNI[segment] != nil)
         }
+        self.segmentMembers = members
+        self.segmentMTU = segmentMTU
+        self.uplinkPort = ports.count
+        self.hasUplink = hasUplink
+        let basis = UplinkBasis(segmentNames: segmentNames, segmentVNI: segmentVNI, segmentTenant: segmentTenant,
+                                uplinkTenant: 0, ports: ports, portSegment: portSegment, table: self.table)
+        self.uplinkBasis = basis
+        self.uplinkTables = UplinkTables(UplinkTable(state: basis))
     }
 }
 
@@ -163,6 +190,7 @@ final class SwitchState: Sendable {
 public struct ForwardingPlane: Sendable {
     let state: SwitchState
     let counters: WorkerCounters
+    let uplink: UplinkWorkerState
 
     /// The ports, indexed in configuration order: tenants in order, their ports (TAP and
     /// vhost-user) in order.
@@ -178,7 +206,10 @@ public struct ForwardingPlane: Sendable {
 
     private init(state: SwitchState) {
         self.state = state
-        counters = WorkerCounters(portCount: state.ports.count)
+        // One more port's counters: the uplink's.
+        counters = WorkerCounters(portCount: state.ports.count + 1)
+        let generation = state.uplinkTables.generation.load(ordering: .acquiring)
+        uplink = UplinkWorkerState(table: state.uplinkTables.current.withLock { $0 }, generation: generation)
         state.workerCounters.withLock { $0.append(counters) }
     }
 
@@ -199,10 +230,141 @@ public struct ForwardingPlane: Sendable {
         counters.add(WorkerCounters.index(port: ingress, .rxFrames))
         counters.add(WorkerCounters.index(port: ingress, .rxBytes), UInt64(frame.count))
         let verdict = decide(frame: frame, header: header, ingress: ingress, now: now)
-        if case .drop(let reason) = verdict, reason != .aclEgress {
+        switch verdict {
+        case .drop(let reason) where reason != .aclEgress:
             counters.add(WorkerCounters.index(port: ingress, drop: reason))
+        case .answer:
+            counters.add(WorkerCounters.index(port: ingress, drop: .neighborAnswered))
+        default:
+            break
         }
         return verdict
+    }
+
+    // MARK: The uplink
+
+    /// The uplink's pseudo port: the index after the last port. A `.forward` mask holding it
+    /// sends the frame to the hosts `forEachUplinkDestination` names.
+    public var uplinkPort: Int { state.uplinkPort }
+
+    /// Whether a segment of the (first) tenant has a VNI: the switch then has an uplink.
+    public var hasUplink: Bool { state.hasUplink }
+
+    /// The bytes of the last `.answer(length:)` verdict (valid until this handle's next frame).
+    public var answer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(uplink.answer) }
+
+    /// Replaces the fleet map the uplink forwards by: compiled here (allocates; call it off the
+    /// packet threads, from any thread, through any handle), then swapped in; every handle
+    /// (worker) takes it at its next `refreshFleet()`. Frames see the old or the new view, never
+    /// a mix. Touches no handle's own state, so it may run while that handle's worker forwards.
+    /// Returns the records of `view` left out (none when the daemon built it with `FleetView.build`).
+    @discardableResult
+    public func updateFleet(_ view: FleetView) -> [String] {
+        let table = UplinkTable(view: view, state: state.uplinkBasis)
+        state.uplinkTables.replace(with: table)
+        return table.problems
+    }
+
+    /// Takes the current fleet map if it changed since this handle last looked: one atomic load
+    /// when it did not. Workers call it once per batch of frames; like `process`, only from the
+    /// handle's own thread.
+    @inline(__always)
+    public func refreshFleet() {
+        let generation = state.uplinkTables.generation.load(ordering: .acquiring)
+        if generation != uplink.generation {
+            uplink.table = state.uplinkTables.current.withLock { $0 }
+            uplink.generation = generation
+        }
+    }
+
+    /// Calls `body` with the VNI and the underlay address of every host the last `.forward`
+    /// naming `uplinkPort` goes to (one host for a known remote MAC, else every member host of
+    /// the frame's segment).
+    @inline(__always)
+    public func forEachUplinkDestination(_ body: (UInt32, UnderlayAddress) -> Void) {
+        let table = uplink.table
+        let segment = Int(uplink.segment)
+        guard segment >= 0 && segment < table.vni.count else { return }
+        let vni = table.vni[segment]
+        if uplink.host >= 0 {
+            if Int(uplink.host) < table.hosts.count { body(vni, table.hosts[Int(uplink.host)]) }
+            return
+        }
+        for host in table.segmentHosts[segment] { body(vni, table.hosts[Int(host)]) }
+    }
+
+    /// Runs the checks on one VXLAN datagram (`datagram`: the 8-byte VXLAN header, then the inner
+    /// Ethernet frame) from underlay address `source`: its VNI must be a segment of the tenant,
+    /// `source` a member host of that segment, the inner frame well formed with a source MAC the
+    /// fleet map places on that host and source addresses of that port; then it goes to local
+    /// ports only (split horizon), through their egress ACLs. Counts on the uplink.
+    public func processUplink(datagram: UnsafeRawBufferPointer, source: UnderlayAddress, now: UInt64) -> Verdict {
+        let uplinkPort = state.uplinkPort
+        counters.add(WorkerCounters.index(port: uplinkPort, .rxFrames))
+        counters.add(WorkerCounters.index(port: uplinkPort, .rxBytes), UInt64(max(0, datagram.count - VXLAN.headerLength)))
+        let verdict = decideUplink(datagram: datagram, source: source, now: now)
+        if case .drop(let reason) = verdict, reason != .aclEgress {
+            counters.add(WorkerCounters.index(port: uplinkPort, drop: reason))
+        }
+        return verdict
+    }
+
+    func decideUplink(datagram: UnsafeRawBufferPointer, source: UnderlayAddress, now: UInt64) -> Verdict {
+        let table = uplink.table
+        guard let vni = VXLAN.vni(of: datagram), datagram.count >= VXLAN.headerLength else { return .drop(.vxlanMalformed) }
+        guard let segment32 = table.segmentOfVNI[vni] else { return .drop(.vxlanUnknownVNI) }
+        guard let host = table.member[UplinkTable.HostKey(segment: segment32, address: source)] else {
+            return .drop(.vxlanUnknownHost)
+        }
+        let segment = Int(segment32)
+        let frame = FrameBytes(UnsafeRawBufferPointer(rebasing: datagram[VXLAN.headerLength...]))
+        guard frame.count >= Wire.ethernetHeaderLength else { return .drop(.malformedRunt) }
+        guard frame.count <= Wire.ethernetHeaderLength + state.segmentMTU[segment] else { return .drop(.malformedGiant) }
+        var parsed = ParsedFrame()
+        if let reason = FrameParser.parse(frame, isGSO: false, into: &parsed) { return .drop(reason) }
+        let sourceMAC = MACAddress(rawValue: parsed.source)
+        if sourceMAC.isMulticast || sourceMAC.isZero { return .drop(.sourceMACInvalid) }
+        guard let remote = table.remoteMAC[UplinkTable.MACKey(segment: segment32, mac: parsed.source)],
+              table.remoteHost[Int(remote)] == host else { return .drop(.vxlanSpoofedMAC) }
+        if let reason = table.remoteSecurity.check(frame, &parsed, port: Int(remote)) {
+            switch reason {
+            case .sourceMACSpoofed: return .drop(.vxlanSpoofedMAC)
+            case .sourceIPSpoofed, .arpSpoofed, .ndSpoofed: return .drop(.vxlanSpoofedIP)
+            default: return .drop(reason)
+            }
+        }
+
+        var targets: PortMask
+        if MACAddress(rawValue: parsed.destination).isMulticast {
+            targets = state.segmentMembers[segment]
+        } else if let port = state.table.lookup(segment: segment, mac: parsed.destination, now: now) {
+            targets = PortMask()
+            targets.insert(port)
+        } else {
+            targets = state.segmentMembers[segment]
+        }
+        if targets.isEmpty { return .drop(.noDestination) }
+
+        let tenant = state.uplinkBasis.uplinkTenant
+        let isND = parsed.layer == .ipv6 && parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
+            && parsed.icmpType >= 133 && parsed.icmpType <= 137
+        if parsed.isIP && !isND && state.acl.hasEgressRules[tenant] {
+            let packet = ACLPacket(family: parsed.layer == .ipv4 ? 4 : 6, proto: parsed.proto,
+                                   sourceHigh: parsed.sourceHigh, sourceLow: parsed.sourceLow,
+                                   destinationHigh: parsed.destinationHigh, destinationLow: parsed.destinationLow,
+                                   hasPorts: parsed.hasPorts, isNonFirstFragment: parsed.isNonFirstFragment,
+                                   sourcePort: parsed.sourcePort, destinationPort: parsed.destinationPort)
+            var remaining = targets
+            while let port = remaining.first {
+                remaining.remove(port)
+                if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
+                    targets.remove(port)
+                    counters.add(WorkerCounters.index(port: port, drop: .aclEgress))
+                }
+            }
+            if targets.isEmpty { return .drop(.aclEgress) }
+        }
+        return .forward(targets)
     }
 
     // Inlined into `process`, its one caller: the verdict is then written once, into the caller's
@@ -253,6 +415,11 @@ public struct ForwardingPlane: Sendable {
             return .drop(reason)
         }
 
+        if plan.uplink {
+            return decideSpanning(frame: frame, parsed: &parsed, plan: plan, ingress: ingress, filtered: filtered,
+                                  packet: packet, now: now)
+        }
+
         var targets: PortMask
         if MACAddress(rawValue: parsed.destination).isMulticast {
             targets = plan.members
@@ -268,6 +435,70 @@ public struct ForwardingPlane: Sendable {
 
         if filtered && plan.hasEgressACL {
             var remaining = targets
+            while let port = remaining.first {
+                remaining.remove(port)
+                if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
+                    targets.remove(port)
+                    counters.add(WorkerCounters.index(port: port, drop: .aclEgress))
+                }
+            }
+            if targets.isEmpty { return .drop(.aclEgress) }
+        }
+        return .forward(targets)
+    }
+
+    /// The last steps for a frame of a segment with a VNI: proxy ARP/ND, then local ports and
+    /// the segment's remote hosts. Out of line: the single-host path never comes here.
+    @inline(never)
+    func decideSpanning(frame: FrameBytes, parsed: inout ParsedFrame, plan: PortPlan, ingress: Int, filtered: Bool,
+                        packet: ACLPacket, now: UInt64) -> Verdict {
+        let table = uplink.table
+        let segment = Int(plan.segment)
+        let isSolicitation = parsed.layer == .ipv6 && parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
+            && parsed.icmpType == 135
+        if parsed.layer == .arp || isSolicitation {
+            let key = Int32(segment)
+            let asker = parsed.source
+            if let length = NeighborResponder.answer(frame.bytes, into: uplink.answer, owner: { address in
+                // Never answer a port for its own address (its duplicate address detection).
+                guard let mac = table.owners[UplinkTable.OwnerKey(segment: key, address: address)],
+                      mac.rawValue != asker else { return nil }
+                return mac
+            }), length > 0, length <= uplink.answer.count {
+                return .answer(length: length)
+            }
+        }
+
+        var targets: PortMask
+        var host: Int32 = -1
+        if MACAddress(rawValue: parsed.destination).isMulticast {
+            targets = plan.members
+            targets.insert(state.uplinkPort)
+        } else if let port = state.table.lookup(segment: segment, mac: parsed.destination, now: now) {
+            if port == ingress { return .drop(.noDestination) }
+            targets = PortMask()
+            targets.insert(port)
+        } else if let remote = table.remoteMAC[UplinkTable.MACKey(segment: Int32(segment), mac: parsed.destination)] {
+            targets = PortMask()
+            targets.insert(state.uplinkPort)
+            host = table.remoteHost[Int(remote)]
+        } else {
+            targets = plan.members  // unknown unicast floods, here and to the member hosts
+            targets.insert(state.uplinkPort)
+        }
+        targets.remove(ingress)
+        if targets.contains(state.uplinkPort) {
+            if host < 0 && table.segmentHosts[segment].isEmpty { targets.remove(state.uplinkPort) }
+            uplink.segment = Int32(segment)
+            uplink.host = host
+        }
+        if targets.isEmpty { return .drop(.noDestination) }
+
+        // Remote ports' egress ACLs are their hosts' to apply.
+        if filtered && plan.hasEgressACL {
+            let tenant = Int(plan.tenant)
+            var remaining = targets
+            remaining.remove(state.uplinkPort)
             while let port = remaining.first {
                 remaining.remove(port)
                 if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
@@ -313,15 +544,15 @@ public struct ForwardingPlane: Sendable {
     }
 
     /// Counts a frame the engine wrote to `port`.
-    public func recordTransmitted(port: Int, bytes: Int) {
-        guard port >= 0 && port < state.ports.count else { return }
-        counters.add(WorkerCounters.index(port: port, .txFrames))
+    public func recordTransmitted(port: Int, bytes: Int, frames: Int = 1) {
+        guard port >= 0 && port <= state.ports.count else { return }
+        counters.add(WorkerCounters.index(port: port, .txFrames), UInt64(max(0, frames)))
         counters.add(WorkerCounters.index(port: port, .txBytes), UInt64(max(0, bytes)))
     }
 
     /// Counts a drop the engine decided on (for example `.txError`).
     public func recordDrop(_ reason: DropReason, port: Int) {
-        guard port >= 0 && port < state.ports.count else { return }
+        guard port >= 0 && port <= state.ports.count else { return }
         counters.add(WorkerCounters.index(port: port, drop: reason))
     }
 
@@ -346,22 +577,29 @@ public struct ForwardingPlane: Sendable {
     public func statistics() -> SwitchStatistics {
         let workers = state.workerCounters.withLock { $0 }
         let reasons = DropReason.allCases
-        let portStatistics = state.ports.map { port -> PortStatistics in
+        func statistics(index: Int, tenant: String, port: String, segment: String, interface: String) -> PortStatistics {
             func sum(_ index: Int) -> UInt64 { workers.reduce(0) { $0 &+ $1.load(index) } }
-            func field(_ field: WorkerCounters.Field) -> UInt64 { sum(WorkerCounters.index(port: port.index, field)) }
+            func field(_ field: WorkerCounters.Field) -> UInt64 { sum(WorkerCounters.index(port: index, field)) }
             var drops: [String: UInt64] = [:]
-            for reason in reasons { drops[reason.name] = sum(WorkerCounters.index(port: port.index, drop: reason)) }
-            return PortStatistics(index: port.index, tenant: port.tenant, port: port.port, segment: port.segment,
-                                  interface: port.interfaceName,
+            for reason in reasons { drops[reason.name] = sum(WorkerCounters.index(port: index, drop: reason)) }
+            return PortStatistics(index: index, tenant: tenant, port: port, segment: segment, interface: interface,
                                   rx: TrafficCounters(frames: field(.rxFrames), bytes: field(.rxBytes)),
                                   tx: TrafficCounters(frames: field(.txFrames), bytes: field(.txBytes)),
                                   drops: drops,
                                   macLearning: MACLearningStatistics(learned: field(.learned), refused: field(.refused)))
         }
+        let portStatistics = state.ports.map { port in
+            statistics(index: port.index, tenant: port.tenant, port: port.port, segment: port.segment,
+                       interface: port.interfaceName)
+        }
+        let uplink = state.hasUplink
+            ? statistics(index: state.uplinkPort, tenant: state.uplinkBasis.segmentNames.first?.tenant ?? "",
+                         port: "uplink", segment: "", interface: "vxlan")
+            : nil
         let segmentStatistics = state.segmentNames.indices.map {
             SegmentStatistics(tenant: state.segmentNames[$0].tenant, segment: state.segmentNames[$0].segment,
                               macEntries: state.table.entryCount(segment: $0))
         }
-        return SwitchStatistics(ports: portStatistics, segments: segmentStatistics)
+        return SwitchStatistics(ports: portStatistics, segments: segmentStatistics, uplink: uplink)
     }
 }

@@ -123,6 +123,23 @@ public enum DropReason: Int, CaseIterable, Sendable {
     case noDestination
     /// Reported by the engine when a write failed.
     case txError
+    /// Uplink: a datagram without a valid VXLAN header (shorter than 8 bytes, I flag clear).
+    case vxlanMalformed
+    /// Uplink: a VNI that is none of this tenant's segments.
+    case vxlanUnknownVNI
+    /// Uplink: an outer source address that is not a current member host of the VNI's segment.
+    case vxlanUnknownHost
+    /// Uplink: an inner source MAC that the fleet map does not place on the sending host.
+    case vxlanSpoofedMAC
+    /// Uplink: an inner source IP (or ARP sender, ND address) that is not the sending port's.
+    case vxlanSpoofedIP
+    /// Uplink: no free send slot (or segmentation buffer) in the engine; the frame is lost.
+    case uplinkBusy
+    /// Uplink: a GSO or NEEDS_CSUM frame the software segmentation could not lay out.
+    case uplinkSegmentation
+    /// Not a loss: an ARP request or neighbor solicitation the switch answered itself (proxy
+    /// ARP/ND for an address the fleet map or a local port owns), counted on the asking port.
+    case neighborAnswered
 
     /// The name used in the status file.
     public var name: String {
@@ -152,6 +169,14 @@ public enum DropReason: Int, CaseIterable, Sendable {
         case .stormMulticast: "storm-multicast"
         case .noDestination: "no-destination"
         case .txError: "tx-error"
+        case .vxlanMalformed: "vxlan-malformed"
+        case .vxlanUnknownVNI: "vxlan-unknown-vni"
+        case .vxlanUnknownHost: "vxlan-unknown-host"
+        case .vxlanSpoofedMAC: "vxlan-spoofed-mac"
+        case .vxlanSpoofedIP: "vxlan-spoofed-ip"
+        case .uplinkBusy: "uplink-busy"
+        case .uplinkSegmentation: "uplink-segmentation"
+        case .neighborAnswered: "neighbor-answered"
         }
     }
 }
@@ -159,6 +184,11 @@ public enum DropReason: Int, CaseIterable, Sendable {
 /// What to do with one frame.
 public enum Verdict: Equatable, Sendable {
     case drop(DropReason)
-    /// Send the frame to every port in the mask. The mask is never empty.
+    /// Send the frame to every port in the mask. The mask is never empty. It may hold the
+    /// uplink's pseudo port (`ForwardingPlane.uplinkPort`): then the frame also goes to the hosts
+    /// `ForwardingPlane.forEachUplinkDestination` names.
     case forward(PortMask)
+    /// The switch answered the frame itself (proxy ARP/ND): send the `length` bytes of
+    /// `ForwardingPlane.answer` (an Ethernet frame) back to the ingress port, nothing else.
+    case answer(length: Int)
 }

@@ -2,9 +2,13 @@
 public struct SwitchStatistics: Codable, Sendable, Equatable {
     public var ports: [PortStatistics]
     public var segments: [SegmentStatistics]
+    /// The VXLAN uplink (port "uplink", index `ForwardingPlane.uplinkPort`), when a segment has a
+    /// VNI: rx counts datagrams taken from the underlay (inner frame bytes), tx datagrams sent
+    /// (one per host a frame was replicated to, or per segment sent), drops by reason.
+    public var uplink: PortStatistics?
 
-    public init(ports: [PortStatistics], segments: [SegmentStatistics]) {
-        self.ports = ports; self.segments = segments
+    public init(ports: [PortStatistics], segments: [SegmentStatistics], uplink: PortStatistics? = nil) {
+        self.ports = ports; self.segments = segments; self.uplink = uplink
     }
 }
 

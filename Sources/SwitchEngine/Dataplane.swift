@@ -63,7 +63,13 @@ public final class Dataplane: Sendable {
 
     /// Sets up every worker's ring and buffers. `ports[i]` attaches `plane.ports[i]`; `plane`
     /// becomes worker 0's handle and the others get handles of their own (`makeWorker()`).
-    public init(plane: ForwardingPlane, ports: [PortAttachment], options: Options, logger: Logger) throws(SystemError) {
+    ///
+    /// `uplink`: the tenant's VXLAN socket (UDP, bound to the underlay address, port 4789; owned
+    /// by the caller, open until `stop()` returns), when `plane.hasUplink`. Worker 0 alone
+    /// receives from it (one socket, one reader: no reordering between workers, and the
+    /// underlay's rate is one socket's anyway); every worker sends on it.
+    public init(plane: ForwardingPlane, ports: [PortAttachment], uplink: Int32? = nil, options: Options,
+                logger: Logger) throws(SystemError) {
         precondition(ports.count == plane.ports.count, "one attachment per port")
         precondition(options.workers >= 1 && options.workers <= 256, "1...256 workers")
         precondition(options.buffersPerQueue > 0 && options.readsInFlight > 0)
@@ -74,7 +80,8 @@ public final class Dataplane: Sendable {
         var workers: [PacketWorker] = []
         for index in 0..<options.workers {
             workers.append(try PacketWorker(index: index, of: options.workers, plane: index == 0 ? plane : plane.makeWorker(),
-                                            ports: ports, wakeup: wakeup.rawValue, options: options, logger: logger))
+                                            ports: ports, uplink: uplink, wakeup: wakeup.rawValue, options: options,
+                                            logger: logger))
         }
         self.workers = workers
         self.wakeup = wakeup
@@ -116,6 +123,8 @@ private final class PacketWorker: @unchecked Sendable {
         case change = 6, kick = 7, resume = 8
         /// Completions of cancellations, ignored.
         case cancelled = 9
+        /// A sendmsg on the uplink; the index is its send slot.
+        case send = 10
     }
 
     /// 12-byte virtio-net header + the largest GSO frame the kernel builds (65535 + 14).
@@ -164,13 +173,18 @@ private final class PacketWorker: @unchecked Sendable {
     /// Local queues that are vhost-user queue pairs.
     private let driverQueues: [Int]
     private var portFailed: [Bool]
+    /// The uplink: its pseudo port, this worker's send side, and (worker 0) its receive queue.
+    private let uplinkPort: Int
+    private let uplinkSender: UplinkSender?
+    private let uplinkReceiver: UplinkReceiver?
+    private let uplinkQueue: Int
 
     private let buffers: UnsafeMutableRawPointer
     private let bufferCount: Int
     /// Writes in flight per buffer.
     private let pendingWrites: UnsafeMutableBufferPointer<Int32>
 
-    init(index: Int, of workerCount: Int, plane: ForwardingPlane, ports: [PortAttachment], wakeup: Int32,
+    init(index: Int, of workerCount: Int, plane: ForwardingPlane, ports: [PortAttachment], uplink: Int32?, wakeup: Int32,
          options: Options, logger: Logger) throws(SystemError) {
         self.index = index
         self.workerCount = workerCount
@@ -211,6 +225,26 @@ private final class PacketWorker: @unchecked Sendable {
                 egressPair.append(pairs[index % pairs.count])
             }
         }
+        uplinkPort = plane.uplinkPort
+        var uplinkQueue = -1
+        if let uplink {
+            let slot = Int32(files.count)
+            files.append(uplink)
+            uplinkSender = try UplinkSender(socketSlot: slot, family: UplinkSender.family(of: uplink))
+            if index == 0 {
+                uplinkQueue = localPort.count
+                localPort.append(Int32(ports.count))
+                localSlot.append(slot)
+                queuePair.append(nil)
+                uplinkReceiver = try UplinkReceiver(count: options.buffersPerQueue)
+            } else {
+                uplinkReceiver = nil
+            }
+        } else {
+            uplinkSender = nil
+            uplinkReceiver = nil
+        }
+        self.uplinkQueue = uplinkQueue
         egressSlot = egress
         self.egressPair = egressPair
         egressDirty = Array(repeating: false, count: ports.count)
@@ -219,7 +253,7 @@ private final class PacketWorker: @unchecked Sendable {
         kickFD = Array(repeating: -1, count: queuePair.count)
         kickGeneration = Array(repeating: 0, count: queuePair.count)
         self.driverQueues = driverQueues
-        portFailed = Array(repeating: false, count: ports.count)
+        portFailed = Array(repeating: false, count: ports.count + 1)
         queueCount = localPort.count
         bufferCount = queueCount * options.buffersPerQueue
 
@@ -231,7 +265,9 @@ private final class PacketWorker: @unchecked Sendable {
         // cancel (no openat, socket, connect, ...), and no register operation is left once it
         // is enabled. Kick and wake-up eventfds are not registered files, so fixed files are
         // not required; the TAP queues are.
-        try ring.restrict(to: [.read, .write, .pollAdd, .timeout, .asyncCancel], requireFixedFiles: false)
+        // With an uplink, also sendmsg and recvmsg (on the uplink socket, a fixed file).
+        try ring.restrict(to: [.read, .write, .pollAdd, .timeout, .asyncCancel] + (uplink == nil ? [] : [.sendmsg, .recvmsg]),
+                          requireFixedFiles: false)
 
         // Anonymous mappings start zeroed: no buffer ever holds bytes from before this process.
         let total = max(1, bufferCount) * PacketWorker.bufferSize
@@ -328,9 +364,16 @@ private final class PacketWorker: @unchecked Sendable {
             guard queueReadable[q], !portFailed[Int(queuePort[q])] else { continue }
             while queueReads[q] < options.readsInFlight && freeCount[q] > 0 {
                 let index = takeBuffer(queue: q)
-                try ring.prepareRead(fd: queueSlot[q], fixed: true, buffer: buffer(index),
-                                     length: UInt32(PacketWorker.bufferSize),
-                                     userData: PacketWorker.userData(.read, index, port: Int(pollCount[q])))
+                if q == uplinkQueue, let receiver = uplinkReceiver {
+                    let message = receiver.prepare(entry: index - q * options.buffersPerQueue, buffer: buffer(index),
+                                                   capacity: PacketWorker.bufferSize)
+                    try ring.prepareRecvmsg(fd: queueSlot[q], fixed: true, message: message,
+                                            userData: PacketWorker.userData(.read, index, port: Int(pollCount[q])))
+                } else {
+                    try ring.prepareRead(fd: queueSlot[q], fixed: true, buffer: buffer(index),
+                                         length: UInt32(PacketWorker.bufferSize),
+                                         userData: PacketWorker.userData(.read, index, port: Int(pollCount[q])))
+                }
                 queueReads[q] += 1
             }
         }
@@ -447,6 +490,8 @@ private final class PacketWorker: @unchecked Sendable {
         var driversBusy = false
         while true {
             if driversBusy { try ring.submit() } else { try ring.submitAndWait(1) }
+            // A new fleet map is taken between batches, never within one.
+            plane.refreshFleet()
             // Drain everything that is ready before going back to the kernel: one
             // io_uring_enter then carries the whole batch's reads and writes.
             var now = monotonicNanoseconds()
@@ -490,6 +535,8 @@ private final class PacketWorker: @unchecked Sendable {
                         }
                     case .cancelled:
                         break
+                    case .send:
+                        sendCompleted(slot: index, result: completion.res)
                     case nil:
                         logger.error("unexpected io_uring completion", metadata: ["user_data": "\(completion.user_data)"])
                     }
@@ -520,7 +567,8 @@ private final class PacketWorker: @unchecked Sendable {
         guard !portFailed[port] else { return }
         portFailed[port] = true
         logger.error("port stops receiving on this worker: its queue failed", metadata: [
-            "worker": "\(index)", "port.index": "\(port)", "port.interface": "\(plane.ports[port].interfaceName)",
+            "worker": "\(index)", "port.index": "\(port)",
+            "port.interface": "\(port < plane.ports.count ? plane.ports[port].interfaceName : "uplink")",
             "error": "\(error)",
         ])
     }
@@ -547,7 +595,102 @@ private final class PacketWorker: @unchecked Sendable {
             return release(buffer: index)
         }
         scheduleRefill(q)
-        try forward(buffer: index, length: Int(result), port: port, now: now)
+        if q == uplinkQueue {
+            try forwardFromUplink(buffer: index, length: Int(result), queue: q, now: now)
+        } else {
+            try forward(buffer: index, length: Int(result), port: port, now: now)
+        }
+    }
+
+    /// A datagram from the uplink socket (at `UplinkReceiver.datagramOffset` in `buffer`): checked
+    /// by the plane, then written to local ports with a virtio-net header of flags 0 in place of
+    /// the VXLAN header (the inner checksums were not verified: no DATA_VALID).
+    private func forwardFromUplink(buffer index: Int, length: Int, queue q: Int, now: UInt64) throws(SystemError) {
+        guard let receiver = uplinkReceiver else { return release(buffer: index) }
+        let base = buffer(index)
+        let (source, truncated) = receiver.received(entry: index - q * options.buffersPerQueue)
+        guard let source, !truncated else {
+            plane.recordDrop(truncated ? .malformedGiant : .vxlanUnknownHost, port: uplinkPort)
+            return release(buffer: index)
+        }
+        let datagram = UnsafeRawBufferPointer(start: base + UplinkReceiver.datagramOffset, count: length)
+        guard case .forward(let targets) = plane.processUplink(datagram: datagram, source: source, now: now),
+              length >= VXLAN.headerLength else {
+            return release(buffer: index)
+        }
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: VirtioNetHeader.size)
+        try emit(buffer: index, length: VirtioNetHeader.size + length - VXLAN.headerLength, targets: targets, header: nil)
+    }
+
+    /// A sendmsg on the uplink completed.
+    private func sendCompleted(slot: Int, result: Int32) {
+        guard let sender = uplinkSender else { return }
+        let (buffer, bytes, datagrams) = sender.completed(slot: Int32(truncatingIfNeeded: slot))
+        if result >= 0 {
+            plane.recordTransmitted(port: uplinkPort, bytes: bytes, frames: datagrams)
+        } else {
+            plane.recordDrop(.txError, port: uplinkPort)
+        }
+        if let buffer {
+            pendingWrites[buffer] -= 1
+            if pendingWrites[buffer] == 0 { release(buffer: buffer) }
+        }
+    }
+
+    /// Sends the frame in `buffer` (virtio-net header `header` as received) to the hosts the
+    /// plane's last verdict named. Plain frames go from the buffer (which then waits for the
+    /// sends); GSO and NEEDS_CSUM frames are segmented / checksummed into a segmentation buffer.
+    private func sendToUplink(buffer index: Int, length: Int, header: VirtioNetHeader?) throws(SystemError) {
+        guard let sender = uplinkSender else { return plane.recordDrop(.txError, port: uplinkPort) }
+        let base = buffer(index)
+        let frame = UnsafeRawBufferPointer(start: base + VirtioNetHeader.size, count: length - VirtioNetHeader.size)
+        var failure: SystemError?
+        if let header, header.isGSO || header.flags & VirtioNetHeader.flagNeedsCsum != 0 {
+            guard let (scratchIndex, memory) = sender.takeScratch() else {
+                return plane.recordDrop(.uplinkBusy, port: uplinkPort)
+            }
+            defer { sender.releaseScratchIfIdle(scratchIndex) }
+            guard let layout = Segmentation.layOut(frame: frame, header: header, headroom: VXLAN.headerLength, into: memory),
+                  layout.count > 0, let start = memory.baseAddress,
+                  (layout.count - 1) * layout.stride + layout.lastLength <= memory.count else {
+                return plane.recordDrop(.uplinkSegmentation, port: uplinkPort)
+            }
+            var headersWritten = false
+            plane.forEachUplinkDestination { vni, address in
+                guard failure == nil else { return }
+                if !headersWritten {
+                    for packet in 0..<layout.count { VXLAN.writeHeader(vni: vni, into: start + packet * layout.stride) }
+                    headersWritten = true
+                }
+                do throws(SystemError) {
+                    let lost = try sender.sendLaidOut(scratch: scratchIndex, layout: layout, to: address, ring: ring) {
+                        PacketWorker.userData(.send, Int($0))
+                    }
+                    if let lost {
+                        for _ in 0..<lost { plane.recordDrop(.uplinkBusy, port: uplinkPort) }
+                    } else {
+                        plane.recordDrop(.txError, port: uplinkPort)
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+        } else {
+            plane.forEachUplinkDestination { vni, address in
+                guard failure == nil else { return }
+                do throws(SystemError) {
+                    switch try sender.sendPlain(frame: frame, buffer: index, vni: vni, to: address, ring: ring,
+                                                userData: { PacketWorker.userData(.send, Int($0)) }) {
+                    case .queued: pendingWrites[index] += 1
+                    case .busy: plane.recordDrop(.uplinkBusy, port: uplinkPort)
+                    case .unreachable: plane.recordDrop(.txError, port: uplinkPort)
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+        }
+        if let failure { throw failure }
     }
 
     /// Runs the frame in `buffer` (virtio-net header included) from `port` through the pipeline
@@ -561,15 +704,40 @@ private final class PacketWorker: @unchecked Sendable {
             return release(buffer: index)
         }
         let frame = UnsafeRawBufferPointer(start: base + VirtioNetHeader.size, count: length - VirtioNetHeader.size)
-        guard case .forward(let targets) = plane.process(frame: frame, header: header, ingress: port, now: now),
-              !targets.isEmpty else {
-            return release(buffer: index)
+        switch plane.process(frame: frame, header: header, ingress: port, now: now) {
+        case .forward(let targets) where !targets.isEmpty:
+            // The header goes out with the frame: only what the switch checked may reach another port.
+            OffloadCheck.sanitizeForEgress(header: UnsafeMutableRawBufferPointer(start: base, count: VirtioNetHeader.size))
+            try emit(buffer: index, length: length, targets: targets, header: header)
+        case .answer(let answerLength) where answerLength > 0 && answerLength <= PacketWorker.bufferSize - VirtioNetHeader.size:
+            // The request is consumed: its buffer carries the switch's answer back to the port.
+            let answer = plane.answer
+            base.initializeMemory(as: UInt8.self, repeating: 0, count: VirtioNetHeader.size)
+            if let source = answer.baseAddress {
+                (base + VirtioNetHeader.size).copyMemory(from: source, byteCount: min(answerLength, answer.count))
+            }
+            var targets = PortMask()
+            targets.insert(port)
+            try emit(buffer: index, length: VirtioNetHeader.size + min(answerLength, answer.count), targets: targets, header: nil)
+        default:
+            release(buffer: index)
         }
-        // The header goes out with the frame: only what the switch checked may reach another port.
-        OffloadCheck.sanitizeForEgress(header: UnsafeMutableRawBufferPointer(start: base, count: VirtioNetHeader.size))
+    }
+
+    /// Writes the frame in `buffer` (`length` bytes, virtio-net header included) to every port of
+    /// `targets`, the uplink included (`header`: the frame's header as received, for the uplink's
+    /// segmentation; nil for a frame with none to honour). The buffer goes back to its pool after
+    /// the last write.
+    @inline(__always)
+    private func emit(buffer index: Int, length: Int, targets: PortMask, header: VirtioNetHeader?) throws(SystemError) {
+        let base = buffer(index)
         var failure: SystemError?
         targets.forEach { target in
             guard failure == nil else { return }
+            if target == uplinkPort {
+                do throws(SystemError) { try sendToUplink(buffer: index, length: length, header: header) } catch { failure = error }
+                return
+            }
             let slot = egressSlot[target]
             if slot < 0 {
                 // A vhost-user port: copied into the guest's receive buffers now, published

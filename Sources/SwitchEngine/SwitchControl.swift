@@ -15,12 +15,16 @@ import Switch
 public enum SwitchControlMessage: Codable, Sendable, Equatable {
     /// Daemon → switch: the queues of port `index` (in `ForwardingPlane.ports` order) are attached.
     case port(index: Int, interface: String)
+    /// Daemon → switch: the tenant's VXLAN socket is attached (one fd: UDP, bound to the
+    /// underlay address, port 4789). Sent after the `.port` messages and before `.start`, only
+    /// when the host has a fleet and the tenant a segment with a VNI.
+    case uplink
+    /// Daemon → switch: the tenant's current view of the fleet. The first one follows `.uplink`
+    /// (before `.start`); later ones come whenever it changes, and the switch swaps each in
+    /// atomically (`ForwardingPlane.updateFleet`).
+    case fleet(FleetView)
     /// Daemon → switch: every port has been sent.
     case start
-    /// Daemon → switch: the tenant's underlay UDP socket is attached (before `.start`).
-    case uplink
-    /// Daemon → switch: the tenant's view of the fleet map (first before `.start`, then on change).
-    case fleet(FleetView)
     /// Switch → daemon: jailed and forwarding with `workers` packet threads.
     case ready(workers: Int)
     /// Switch → daemon: the counters, summed over the workers.

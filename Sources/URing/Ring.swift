@@ -119,6 +119,22 @@ public struct Ring: ~Copyable {
         while bh_ring_prep_writev(ring, fd, fixed ? 1 : 0, iovecs, count, offset, userData) == -EBUSY_ { try submit() }
     }
 
+    /// Queues sendmsg with the msghdr at `message` (which, with its iovecs, name and control
+    /// data, must stay valid until the operation completes) and MSG_* `flags`.
+    @inline(__always)
+    public func prepareSendmsg(fd: Int32, fixed: Bool, message: UnsafeRawPointer, flags: UInt32 = 0,
+                               userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_sendmsg(ring, fd, fixed ? 1 : 0, message, flags, userData) == -EBUSY_ { try submit() }
+    }
+
+    /// Queues recvmsg into the msghdr at `message` (valid until the operation completes; the
+    /// kernel writes the source address and its length into it).
+    @inline(__always)
+    public func prepareRecvmsg(fd: Int32, fixed: Bool, message: UnsafeMutableRawPointer, flags: UInt32 = 0,
+                               userData: UInt64) throws(SystemError) {
+        while bh_ring_prep_recvmsg(ring, fd, fixed ? 1 : 0, message, flags, userData) == -EBUSY_ { try submit() }
+    }
+
     /// Queues fsync (or fdatasync with `dataOnly`).
     public func prepareFsync(fd: Int32, fixed: Bool, dataOnly: Bool, userData: UInt64) throws(SystemError) {
         while bh_ring_prep_fsync(ring, fd, fixed ? 1 : 0, dataOnly ? 1 : 0, userData) == -EBUSY_ { try submit() }
@@ -132,7 +148,7 @@ public struct Ring: ~Copyable {
 
     /// io_uring operations, for `restrict(to:requireFixedFiles:)`.
     public enum Opcode: Sendable {
-        case readv, writev, fsync, fallocate, pollAdd, read, write, timeout, nop, asyncCancel
+        case readv, writev, fsync, fallocate, pollAdd, read, write, timeout, nop, asyncCancel, sendmsg, recvmsg
 
         var rawValue: UInt8 {
             switch self {
@@ -146,6 +162,8 @@ public struct Ring: ~Copyable {
             case .timeout: BH_OP_TIMEOUT
             case .nop: BH_OP_NOP
             case .asyncCancel: BH_OP_ASYNC_CANCEL
+            case .sendmsg: BH_OP_SENDMSG
+            case .recvmsg: BH_OP_RECVMSG
             }
         }
     }

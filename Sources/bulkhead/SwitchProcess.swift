@@ -1,5 +1,6 @@
 import ArgumentParser
 import Config
+import FleetModel
 import Foundation
 import HostOS
 import Logging
@@ -79,7 +80,15 @@ struct SwitchCommand: ParsableCommand {
                     backends.append(backend)
                 }
             }
-            dataplane = try Dataplane(plane: plane, ports: attachments, options: .init(workers: workers), logger: logger)
+            if let view = queues.fleet {
+                let problems = plane.updateFleet(view)
+                if !problems.isEmpty { logger.warning("fleet view records left out", metadata: ["problems": "\(problems)"]) }
+            }
+            if plane.hasUplink && queues.uplink == nil {
+                logger.warning("the tenant has segments with a VNI but the daemon sent no uplink: they stay on this host")
+            }
+            dataplane = try Dataplane(plane: plane, ports: attachments, uplink: plane.hasUplink ? queues.uplink : nil,
+                                      options: .init(workers: workers), logger: logger)
         } catch {
             logger.critical("switch could not start: \(error)")
             throw ExitCode(1)
@@ -109,8 +118,9 @@ struct SwitchCommand: ParsableCommand {
             "ports": "\(plane.ports.count)", "queues": "\(queues.count)", "switch.workers": "\(workers)", "privileges.dropped": "\(!noJail)",
             "jail.uid": "\(noJail ? "none" : String(jailUser))",
         ])
-        // The control socket is stdin: its end of file means the daemon is gone.
-        try Lifeline.stopWhenParentGoes()
+        // The control socket is stdin: a reader thread applies the daemon's `.fleet` messages,
+        // and its end of file means the daemon is gone (SIGTERM to this process).
+        try SwitchProcess.readControl(plane: plane, logger: logger)
         // The main thread waits for a stop signal and, once a second, sends the daemon the
         // counters (packet threads never encode or write anything). A failed send means the
         // daemon is gone: the watcher's SIGTERM follows.
@@ -132,8 +142,13 @@ struct SwitchCommand: ParsableCommand {
 final class ReceivedQueues: @unchecked Sendable {
     // @unchecked Sendable: used by the main thread only, before any other thread exists.
     private(set) var byPort: [[Int32]]
-    init(_ byPort: [[Int32]]) { self.byPort = byPort }
-    var count: Int { byPort.reduce(0) { $0 + $1.count } }
+    /// The tenant's VXLAN socket, and the fleet view that came before start.
+    let uplink: Int32?
+    let fleet: FleetView?
+    init(_ byPort: [[Int32]], uplink: Int32? = nil, fleet: FleetView? = nil) {
+        self.byPort = byPort; self.uplink = uplink; self.fleet = fleet
+    }
+    var count: Int { byPort.reduce(0) { $0 + $1.count } + (uplink == nil ? 0 : 1) }
 
     /// Hands over the listening socket of vhost-user port `port` (its only descriptor).
     func takeListener(port: Int) throws -> FileDescriptor {
@@ -144,7 +159,10 @@ final class ReceivedQueues: @unchecked Sendable {
         return FileDescriptor(taking: byPort[port][0])
     }
 
-    deinit { for fd in byPort.joined() { _ = close(fd) } }
+    deinit {
+        for fd in byPort.joined() { _ = close(fd) }
+        if let uplink { _ = close(uplink) }
+    }
 }
 
 enum SwitchProcess {
@@ -155,10 +173,15 @@ enum SwitchProcess {
     /// interface name the configuration gives it, with at least one queue fd.
     static func receivePorts(from control: borrowing UnixStream, plane: ForwardingPlane) throws -> ReceivedQueues {
         var byPort: [[Int32]?] = Array(repeating: nil, count: plane.ports.count)
+        var uplink: Int32? = nil
+        var fleet: FleetView? = nil
         var received: ReceivedQueues? = nil
         defer {
             // On failure, whatever arrived is closed.
-            if received == nil { for fd in byPort.compactMap({ $0 }).joined() { _ = close(fd) } }
+            if received == nil {
+                for fd in byPort.compactMap({ $0 }).joined() { _ = close(fd) }
+                if let uplink { _ = close(uplink) }
+            }
         }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
         defer { buffer.deallocate() }
@@ -177,6 +200,15 @@ enum SwitchProcess {
                 throw SwitchControlError("unreadable control message: \(error)")
             }
             switch decoded {
+            case .uplink:
+                guard fds.count == 1, uplink == nil else {
+                    for fd in fds { _ = close(fd) }
+                    throw SwitchControlError("uplink message with \(fds.count) fds (or a second one)")
+                }
+                uplink = fds[0]
+            case .fleet(let view):
+                for fd in fds { _ = close(fd) }
+                fleet = view
             case .port(let index, let interface):
                 guard plane.ports.indices.contains(index), plane.ports[index].interfaceName == interface,
                       byPort[index] == nil, !fds.isEmpty else {
@@ -190,12 +222,47 @@ enum SwitchProcess {
                 guard missing.isEmpty else {
                     throw SwitchControlError("start before the queues of port(s) \(missing.map { plane.ports[$0].interfaceName })")
                 }
-                received = ReceivedQueues(byPort.map { $0 ?? [] })
+                received = ReceivedQueues(byPort.map { $0 ?? [] }, uplink: uplink, fleet: fleet)
                 return received!
-            case .ready, .statistics, .uplink, .fleet:  // TEMPORARY (helper "uplink" implements these)
+            case .ready, .statistics:
                 for fd in fds { _ = close(fd) }
                 throw SwitchControlError("unexpected control message from the daemon: \(decoded)")
             }
+        }
+    }
+
+    /// Starts the control reader: a thread that reads the daemon's messages after start and
+    /// applies each `.fleet` (`ForwardingPlane.updateFleet`: compiled on this thread, swapped in
+    /// for the workers); end of file (or a read error) means the daemon is gone: SIGTERM to this
+    /// process, which the main thread's sigwait takes. It replaces `Lifeline.stopWhenParentGoes`,
+    /// whose reader would swallow the messages; it makes the same system calls (read, kill) plus
+    /// what decoding allocates.
+    static func readControl(plane: ForwardingPlane, logger: Logger) throws(SystemError) {
+        try HostThread.start(name: "switch-control") {
+            // Whole messages: a SOCK_SEQPACKET read shorter than the message discards the rest.
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SwitchControlMessage.maxSize, alignment: 8)
+            defer { buffer.deallocate() }
+            while true {
+                let n = read(STDIN_FILENO, buffer.baseAddress, buffer.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                guard let message = try? SwitchControlMessage.decode(UnsafeRawBufferPointer(rebasing: buffer[..<n])) else {
+                    logger.error("unreadable control message from the daemon; ignored", metadata: ["bytes": "\(n)"])
+                    continue
+                }
+                switch message {
+                case .fleet(let view):
+                    let problems = plane.updateFleet(view)
+                    logger.info("fleet view applied", metadata: [
+                        "segments": "\(view.segments.count)",
+                        "hosts": "\(Set(view.segments.flatMap { $0.hosts.map(\.id) }).sorted())",
+                        "problems": "\(problems)",
+                    ])
+                default:
+                    logger.error("unexpected control message after start; ignored", metadata: ["message": "\(message)"])
+                }
+            }
+            kill(getpid(), SIGTERM)
         }
     }
 

@@ -175,7 +175,7 @@ final class StatisticsTests: XCTestCase {
         XCTAssertEqual(rx["bytes"] as? Int, 2 * 46)
         let drops = try XCTUnwrap(a["drops"] as? [String: Any])
         XCTAssertEqual(Set(drops.keys), Set(DropReason.allCases.map(\.name)))
-        XCTAssertEqual(drops.count, 25)
+        XCTAssertEqual(drops.count, 33)
         XCTAssertEqual(drops["source-mac-spoofed"] as? Int, 1)
         XCTAssertEqual(drops["malformed-runt"] as? Int, 0)
         let learning = try XCTUnwrap(a["macLearning"] as? [String: Any])
@@ -200,6 +200,8 @@ final class StatisticsTests: XCTestCase {
             "ethertype-not-allowed", "source-mac-invalid", "source-mac-spoofed", "source-ip-spoofed", "arp-spoofed",
             "nd-spoofed", "dhcp-server", "router-advertisement", "fragment-invalid", "acl-ingress", "acl-egress",
             "rate-limit", "storm-broadcast", "storm-multicast", "no-destination", "tx-error",
+            "vxlan-malformed", "vxlan-unknown-vni", "vxlan-unknown-host", "vxlan-spoofed-mac", "vxlan-spoofed-ip",
+            "uplink-busy", "uplink-segmentation", "neighbor-answered",
         ])
     }
 }

@@ -53,6 +53,11 @@ int bh_ring_prep_poll_multishot(bh_ring *ring, int fd, int fixed_file, unsigned 
 /// Queues a one-shot poll for `mask`: one completion, when the file is ready (or cancelled).
 int bh_ring_prep_poll(bh_ring *ring, int fd, int fixed_file, unsigned mask, uint64_t user_data);
 
+/// Queues sendmsg/recvmsg with `msg` (a struct msghdr that must stay valid until the operation
+/// completes) and MSG_* `flags`.
+int bh_ring_prep_sendmsg(bh_ring *ring, int fd, int fixed_file, const void *msg, unsigned flags, uint64_t user_data);
+int bh_ring_prep_recvmsg(bh_ring *ring, int fd, int fixed_file, void *msg, unsigned flags, uint64_t user_data);
+
 /// Completion flag: the operation will post more completions.
 extern const uint32_t BH_CQE_F_MORE;
 
@@ -67,7 +72,7 @@ int bh_ring_prep_fallocate(bh_ring *ring, int fd, int fixed_file, int mode, uint
 
 /// io_uring opcodes the block backend uses, for bh_ring_restrict.
 extern const uint8_t BH_OP_READV, BH_OP_WRITEV, BH_OP_FSYNC, BH_OP_FALLOCATE, BH_OP_POLL_ADD,
-    BH_OP_READ, BH_OP_WRITE, BH_OP_TIMEOUT, BH_OP_NOP, BH_OP_ASYNC_CANCEL;
+    BH_OP_READ, BH_OP_WRITE, BH_OP_TIMEOUT, BH_OP_NOP, BH_OP_ASYNC_CANCEL, BH_OP_SENDMSG, BH_OP_RECVMSG;
 /// io_uring_register opcodes a restricted ring may keep using, for bh_ring_restrict.
 extern const uint8_t BH_REGISTER_FILES_UPDATE;
 
