@@ -238,13 +238,24 @@ final class FleetIntegrationTests: XCTestCase {
                 moved = ((try? h1.drops(tenant: "blue", port: "a"))?[reason] ?? 0) - (before[reason] ?? 0)
                 return moved >= dropped
             }
-            XCTAssertGreaterThanOrEqual(moved, dropped, "\(attack): h1 blue/a counted \(moved) drops for \(reason) of \(dropped) frames")
+            let after = (try? h1.drops(tenant: "blue", port: "a")) ?? [:]
+            let deltas = after.keys.sorted().compactMap { key -> String? in
+                let delta = (after[key] ?? 0) - (before[key] ?? 0)
+                return delta == 0 ? nil : "\(key) +\(delta)"
+            }
+            XCTAssertGreaterThanOrEqual(moved, dropped, "\(attack): h1 blue/a counted \(moved) drops for \(reason) of \(dropped) frames "
+                                        + "(all that moved: \(deltas.isEmpty ? "nothing" : deltas.joined(separator: ", ")))")
             for sniffer in sniffers {
                 let counts = try sniffer.stop()
                 XCTAssertEqual(counts[marker] ?? -1, 0, "\(attack): \(counts[marker] ?? -1) frames reached \(sniffer.label)")
             }
         }
-        XCTAssertTrue(Fleet.pings(from: attacker.namespace, "10.0.0.2"), "blue h1 -> h2 still works after the attacks")
+        var works = false
+        try? Fleet.waitFor("blue h1 -> h2 after the attacks", timeout: 10) {
+            works = Fleet.pings(from: attacker.namespace, "10.0.0.2")
+            return works
+        }
+        XCTAssertTrue(works, "blue h1 -> h2 still works after the attacks:\n\(fixture.logs())")
     }
 
     // MARK: 5. Spoofed VXLAN from the underlay
@@ -349,6 +360,8 @@ final class FleetIntegrationTests: XCTestCase {
         try Fleet.waitFor("blue/a on h1 to reach the Linux VTEP's \(vtepIP)", timeout: 30) {
             Fleet.pings(from: blueA.namespace, vtepIP)
         }
+        // The status file is rewritten once a second.
+        try? Fleet.waitFor("h1's map to hold the VTEP", timeout: 3) { h1.remoteHosts()?.contains("vtep") ?? false }
         XCTAssertTrue(h1.remoteHosts()?.contains("vtep") ?? false, "h1's map holds the VTEP: \(h1.remoteHosts() ?? [])")
         let out = try Host.inNamespace(blueA.namespace, ["ping", "-c", "3", "-i", "0.2", "-W", "2", vtepIP])
         XCTAssertEqual(out.status, 0, "h1 blue/a -> VTEP: \(out.output)")
