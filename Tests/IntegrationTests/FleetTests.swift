@@ -162,6 +162,10 @@ final class FleetIntegrationTests: XCTestCase {
         }
         for host in Self.hosts {
             let daemon = try fixture.daemon(host)
+            // The status file is rewritten once a second.
+            try? Fleet.waitFor("\(host)'s map to hold the other hosts", timeout: 3) {
+                daemon.remoteHosts() == Self.hosts.filter { $0 != host }
+            }
             let status = daemon.fleetStatus()
             XCTAssertNotNil(status, "\(host)'s status.json has a fleet section:\n\((try? daemon.status()) ?? [:])")
             XCTAssertEqual(daemon.remoteHosts(), Self.hosts.filter { $0 != host }, "\(host)'s map holds the other hosts")
@@ -418,6 +422,8 @@ final class FleetIntegrationTests: XCTestCase {
     func test8HostLossTheOthersDropItsPortsWithinTheLeaseAndKeepServingEachOther() throws {
         let fixture = try requireFixture()
         let h1 = try fixture.daemon("h1"), h2 = try fixture.daemon("h2"), h3 = try fixture.daemon("h3")
+        // The status file is rewritten once a second.
+        try? Fleet.waitFor("h1's map to hold h2 and h3", timeout: 3) { h1.remoteHosts() == ["h2", "h3"] }
         XCTAssertEqual(h1.remoteHosts(), ["h2", "h3"], "h1 has h3 before the loss")
         let killedAt = Date()
         h3.kill9()
