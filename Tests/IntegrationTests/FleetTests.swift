@@ -84,6 +84,15 @@ final class FleetIntegrationTests: XCTestCase {
                 + "\n--- etcd:\n\(etcd?.output ?? "")"
         }
 
+        /// The error and warning lines of every daemon's log.
+        func problems() -> String {
+            daemons.keys.sorted().flatMap { host in
+                (daemons[host]?.output ?? "").split(separator: "\n")
+                    .filter { $0.contains(" error ") || $0.contains(" warning ") || $0.contains(" critical ") }
+                    .map { "\(host): \($0)" }
+            }.joined(separator: "\n")
+        }
+
         func stop() {
             daemons = [:]  // each daemon gets SIGTERM and removes its namespaces
             etcd?.kill9()
@@ -135,9 +144,10 @@ final class FleetIntegrationTests: XCTestCase {
         try server.waitFor("listening", timeout: 10)
         let client = try Host.inNamespace(from, ["/usr/bin/python3", "-c", FleetTools.transfer, "client", address, "\(tcpPort)", "\(bytes)"],
                                           timeout: timeout)
-        XCTAssertEqual(client.status, 0, "the client in \(from) failed: \(client.output)\(client.error)", file: file, line: line)
+        XCTAssertEqual(client.status, 0, "the client in \(from) failed: \(client.output)\(client.error)\nthe daemons' errors and warnings:\n"
+                       + (Self.fixture?.problems() ?? ""), file: file, line: line)
         XCTAssertNotNil(server.exitStatus(timeout: 30), "the server in \(to) did not finish: \(server.output)", file: file, line: line)
-        let sent = try JSONSerialization.jsonObject(with: Data(client.output.utf8)) as? [String: Any]
+        let sent = (try? JSONSerialization.jsonObject(with: Data(client.output.utf8))) as? [String: Any]
         let received = server.output.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Any]
         XCTAssertEqual((sent?["bytes"] as? NSNumber)?.intValue, bytes, "\(from) sent all of it", file: file, line: line)
         XCTAssertEqual((received?["bytes"] as? NSNumber)?.intValue, bytes, "\(to) received all of it: \(server.output)", file: file, line: line)
@@ -413,8 +423,8 @@ final class FleetIntegrationTests: XCTestCase {
         let summary = redPing.output.split(separator: "\n").first { $0.contains("packets transmitted") }.map(String.init) ?? redPing.output
         let received = summary.split(separator: ",").first { $0.contains("received") }
             .flatMap { Int($0.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") } ?? 0
-        // A ping or two may fall between a lost reply and the next; the outage itself must not show.
-        XCTAssertGreaterThanOrEqual(received, 97, "red h1 -> h2 kept forwarding through the etcd restart: \(summary)")
+        // A ping or a few may be lost around the change (0.2 s apart); an outage of etcd's length must not show.
+        XCTAssertGreaterThanOrEqual(received, 95, "red h1 -> h2 kept forwarding through the etcd restart: \(summary)")
     }
 
     // MARK: 8. Host loss: kill -9 of h3's daemon
