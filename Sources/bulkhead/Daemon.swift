@@ -312,6 +312,13 @@ final class StatusBoard: Sendable {
 
     /// Records a running switch's report and rewrites the status file.
     func report(tenant: String, _ statistics: SwitchStatistics) {
+        // The tenant's VXLAN uplink is listed as one more of its ports ("uplink", interface
+        // "vxlan"): the API's counters, the metrics and the status file show it with the others.
+        var statistics = statistics
+        if let uplink = statistics.uplink {
+            statistics.ports.append(uplink)
+            statistics.uplink = nil
+        }
         state.withLock { $0.tenants[tenant, default: Tenant()].last = statistics }
         let snapshot = self.statistics()
         file.withLock { $0.write(snapshot) }
