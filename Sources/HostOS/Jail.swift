@@ -51,6 +51,15 @@ public enum Jail {
     public struct ResourceLimits: Sendable, Equatable {
         /// Tasks (threads) of the process's uid: RLIMIT_NPROC.
         public var threads: Int
+
+        /// RLIMIT_NPROC for every jailed process. The kernel counts it over every task of the
+        /// uid, not of the process: all tenants' switches share the switch uid, a tenant's block
+        /// server and its VMMs share the tenant's, and io_uring's io-wq workers count too. A
+        /// limit sized for one process made the kernel refuse io-wq workers once a few switches
+        /// ran (seen with three daemons on one machine), and io_uring then cancelled the queued
+        /// reads (ECANCELED). So the limit bounds runaway thread creation of the uid as a whole;
+        /// each child's own count is bounded by its cgroup's pids.max where cgroups are in use.
+        public static let uidTasks = 4096
         /// Open descriptors: RLIMIT_NOFILE.
         public var files: Int
         /// The size no file may be grown past: RLIMIT_FSIZE.

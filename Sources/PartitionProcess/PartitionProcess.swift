@@ -189,13 +189,14 @@ public enum PartitionProcess {
         }
     }
 
-    /// Threads and descriptors the partition may have: a main thread, the stdin watcher, one
-    /// thread per vCPU; descriptors for the VM, each vCPU, the memory, the console log, and per
+    /// Threads and descriptors the partition may have: threads, the uid-wide bound
+    /// (`Jail.ResourceLimits.uidTasks`: the tenant's block server and other VMMs share the uid);
+    /// descriptors for the VM, each vCPU, the memory, the console log, and per
     /// device its socket and two eventfds per queue. Twice that, plus room for the runtime. The
     /// console log may grow to 256 MiB.
     static func limits(_ partition: Partition) -> Jail.ResourceLimits {
         let devices = partition.disks.count + partition.nics.count
-        return Jail.ResourceLimits(threads: 16 + 2 * partition.vcpus,
+        return Jail.ResourceLimits(threads: Jail.ResourceLimits.uidTasks,
                                    files: 64 + 2 * (partition.vcpus + devices * (1 + 2 * 16)),
                                    fileBytes: 256 << 20)
     }

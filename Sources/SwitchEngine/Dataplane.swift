@@ -579,7 +579,10 @@ private final class PacketWorker: @unchecked Sendable {
         queueReads[q] -= 1
         let port = Int(queuePort[q])
         guard result > 0 else {
-            if result == -EAGAIN {
+            // ECANCELED: the kernel dropped the read it had moved off this thread (io-wq could
+            // not run it, e.g. no worker thread could be made); nothing was read, so the queue is
+            // treated as when a read finds it empty, never as a failed port.
+            if result == -EAGAIN || result == -ECANCELED {
                 // The queue was empty when this read looked: wait for its poll wake-up, unless
                 // one came after the read was submitted. A read may complete after a later poll
                 // (the kernel can retry it off the submitting thread); trusting its EAGAIN then

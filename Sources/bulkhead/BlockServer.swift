@@ -123,14 +123,14 @@ enum BlockServer {
     }
 
     /// Threads and descriptors a server of `volumes` volumes with `queues` queues each may have.
-    /// It needs a main thread, a stdin watcher and per volume a connection thread and a worker
-    /// per queue; descriptors are per volume two for the file, the listener and its connection,
+    /// Threads: the uid-wide bound (`Jail.ResourceLimits.uidTasks`: the tenant's VMMs share
+    /// the uid). Descriptors are per volume two for the file, the listener and its connection,
     /// up to 8 memory regions, and per queue a kick, a call, a ring and a stop eventfd. The
     /// limits are twice that, plus room for the runtime. No file may grow past the largest
     /// volume (RLIMIT_FSIZE): requests are checked against their volume's size already, and
     /// this holds even if that check had a flaw.
     static func limits(volumes: [Volume], queues: Int) -> Jail.ResourceLimits {
-        Jail.ResourceLimits(threads: 16 + 2 * volumes.count * (1 + queues),
+        Jail.ResourceLimits(threads: Jail.ResourceLimits.uidTasks,
                             files: 64 + 2 * volumes.count * (12 + 4 * queues),
                             fileBytes: volumes.map(\.sizeBytes).max() ?? 0)
     }

@@ -293,15 +293,15 @@ enum SwitchProcess {
         try Jail.restrictSystemCalls(.switch)
     }
 
-    /// Threads: main, control reader, one per worker, a connection thread per vhost-user port;
-    /// twice that plus room for the runtime. Descriptors: the TAP queues, a ring and a wake-up
+    /// Threads: the uid-wide bound (`Jail.ResourceLimits.uidTasks`; every tenant's switch has
+    /// this uid). Descriptors: the TAP queues, a ring and a wake-up
     /// eventfd per worker, the control socket and the standard streams, and per vhost-user port
     /// its listener, a connection, up to 8 guest memory regions and per queue pair (at most 16)
     /// a change eventfd and two kick and two call eventfds (a copy of a kick each); twice that
     /// plus room. The switch writes no file; its log (stderr) may be one, so file size is
     /// capped, not zero.
     static func limits(queues: Int, vhostUserPorts: Int, workers: Int) -> Jail.ResourceLimits {
-        Jail.ResourceLimits(threads: 16 + 2 * (2 + workers + vhostUserPorts),
+        Jail.ResourceLimits(threads: Jail.ResourceLimits.uidTasks,
                             files: 64 + 2 * (queues + 2 * workers + 4 + vhostUserPorts * (10 + 16 * 7)),
                             fileBytes: 1 << 30)
     }
