@@ -57,9 +57,11 @@ public enum Jail {
         /// server and its VMMs share the tenant's, and io_uring's io-wq workers count too. A
         /// limit sized for one process made the kernel refuse io-wq workers once a few switches
         /// ran (seen with three daemons on one machine), and io_uring then cancelled the queued
-        /// reads (ECANCELED). So the limit bounds runaway thread creation of the uid as a whole;
-        /// each child's own count is bounded by its cgroup's pids.max where cgroups are in use.
-        public static let uidTasks = 4096
+        /// reads (ECANCELED). So the limit bounds runaway thread creation of the uid as a whole,
+        /// far above what its processes use together (each 4 to 20 threads, plus io-wq
+        /// workers); each child's own count is bounded by its cgroup's pids.max where cgroups
+        /// are in use.
+        public static let uidTasks = 1000
         /// Open descriptors: RLIMIT_NOFILE.
         public var files: Int
         /// The size no file may be grown past: RLIMIT_FSIZE.
