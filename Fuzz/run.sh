@@ -93,7 +93,8 @@ compile_logging() {
 }
 
 case "$target" in
-  switch)
+  switch|vxlan)
+    # The forwarding plane; vxlan: the uplink's pure helpers (segmentation, ARP/ND answers, header).
     compile_module Virtio
     compile_module Config
     compile_module Metering
@@ -101,6 +102,7 @@ case "$target" in
     compile_module Switch
     objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o")
     main=Fuzz/SwitchFuzz/FuzzMain.swift
+    [[ "$target" == vxlan ]] && main=Fuzz/VXLANFuzz/FuzzMain.swift
     ;;
   vhostuser)
     # The codec alone, as module VhostUser: no HostOS, no swift-log.
@@ -171,15 +173,6 @@ case "$target" in
     objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o"
              "$modules/ManagementModel.o")
     main=Fuzz/APIFuzz/FuzzMain.swift
-    ;;
-  vxlan)
-    compile_module Virtio
-    compile_module Config
-    compile_module Metering
-    compile_module FleetModel
-    compile_module Switch
-    objects=("$modules/Virtio.o" "$modules/Config.o" "$modules/Metering.o" "$modules/FleetModel.o" "$modules/Switch.o")
-    main=Fuzz/VXLANFuzz/FuzzMain.swift
     ;;
   *) echo "unknown fuzz target '$target' (known: $targets)" >&2; exit 2 ;;
 esac

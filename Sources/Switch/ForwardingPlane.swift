@@ -346,25 +346,26 @@ public struct ForwardingPlane: Sendable {
         if targets.isEmpty { return .drop(.noDestination) }
 
         let tenant = state.uplinkBasis.uplinkTenant
-        let isND = parsed.layer == .ipv6 && parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
-            && parsed.icmpType >= 133 && parsed.icmpType <= 137
-        if parsed.isIP && !isND && state.acl.hasEgressRules[tenant] {
-            let packet = ACLPacket(family: parsed.layer == .ipv4 ? 4 : 6, proto: parsed.proto,
-                                   sourceHigh: parsed.sourceHigh, sourceLow: parsed.sourceLow,
-                                   destinationHigh: parsed.destinationHigh, destinationLow: parsed.destinationLow,
-                                   hasPorts: parsed.hasPorts, isNonFirstFragment: parsed.isNonFirstFragment,
-                                   sourcePort: parsed.sourcePort, destinationPort: parsed.destinationPort)
-            var remaining = targets
-            while let port = remaining.first {
-                remaining.remove(port)
-                if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
-                    targets.remove(port)
-                    counters.add(WorkerCounters.index(port: port, drop: .aclEgress))
-                }
-            }
-            if targets.isEmpty { return .drop(.aclEgress) }
+        if parsed.isACLFiltered && state.acl.hasEgressRules[tenant] {
+            return applyEgressACL(targets, tenant: tenant, packet: parsed.aclPacket)
         }
         return .forward(targets)
+    }
+
+    /// The egress ACL of each port of `targets`: a port that refuses `packet` is left out and
+    /// counts the drop; `.drop(.aclEgress)` when none is left.
+    @inline(__always)
+    func applyEgressACL(_ targets: PortMask, tenant: Int, packet: ACLPacket) -> Verdict {
+        var targets = targets
+        var remaining = targets
+        while let port = remaining.first {
+            remaining.remove(port)
+            if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
+                targets.remove(port)
+                counters.add(WorkerCounters.index(port: port, drop: .aclEgress))
+            }
+        }
+        return targets.isEmpty ? .drop(.aclEgress) : .forward(targets)
     }
 
     // Inlined into `process`, its one caller: the verdict is then written once, into the caller's
@@ -397,14 +398,8 @@ public struct ForwardingPlane: Sendable {
 
         // ACLs see IP packets; ARP and neighbor discovery keep the segment working whatever they say.
         let tenant = Int(plan.tenant)
-        let isND = parsed.layer == .ipv6 && parsed.proto == Wire.protoICMPv6 && parsed.hasTransportHeader
-            && parsed.icmpType >= 133 && parsed.icmpType <= 137
-        let filtered = parsed.isIP && !isND
-        let packet = ACLPacket(family: parsed.layer == .ipv4 ? 4 : 6, proto: parsed.proto,
-                               sourceHigh: parsed.sourceHigh, sourceLow: parsed.sourceLow,
-                               destinationHigh: parsed.destinationHigh, destinationLow: parsed.destinationLow,
-                               hasPorts: parsed.hasPorts, isNonFirstFragment: parsed.isNonFirstFragment,
-                               sourcePort: parsed.sourcePort, destinationPort: parsed.destinationPort)
+        let filtered = parsed.isACLFiltered
+        let packet = parsed.aclPacket
         if filtered && plan.hasIngressACL
             && !state.acl.allows(tenant: tenant, port: ingress, egress: false, packet: packet) {
             return .drop(.aclIngress)
@@ -434,15 +429,7 @@ public struct ForwardingPlane: Sendable {
         if targets.isEmpty { return .drop(.noDestination) }
 
         if filtered && plan.hasEgressACL {
-            var remaining = targets
-            while let port = remaining.first {
-                remaining.remove(port)
-                if !state.acl.allows(tenant: tenant, port: port, egress: true, packet: packet) {
-                    targets.remove(port)
-                    counters.add(WorkerCounters.index(port: port, drop: .aclEgress))
-                }
-            }
-            if targets.isEmpty { return .drop(.aclEgress) }
+            return applyEgressACL(targets, tenant: tenant, packet: packet)
         }
         return .forward(targets)
     }
@@ -601,5 +588,23 @@ public struct ForwardingPlane: Sendable {
                               macEntries: state.table.entryCount(segment: $0))
         }
         return SwitchStatistics(ports: portStatistics, segments: segmentStatistics, uplink: uplink)
+    }
+}
+
+extension ParsedFrame {
+    /// Whether the tenant's ACLs judge this frame: IP packets, but not neighbor discovery (ARP
+    /// and ND keep the segment working whatever the ACL says).
+    @inline(__always)
+    var isACLFiltered: Bool {
+        let isND = layer == .ipv6 && proto == Wire.protoICMPv6 && hasTransportHeader && icmpType >= 133 && icmpType <= 137
+        return isIP && !isND
+    }
+
+    /// The fields the ACL matches on.
+    @inline(__always)
+    var aclPacket: ACLPacket {
+        ACLPacket(family: layer == .ipv4 ? 4 : 6, proto: proto, sourceHigh: sourceHigh, sourceLow: sourceLow,
+                  destinationHigh: destinationHigh, destinationLow: destinationLow, hasPorts: hasPorts,
+                  isNonFirstFragment: isNonFirstFragment, sourcePort: sourcePort, destinationPort: destinationPort)
     }
 }
